@@ -1,0 +1,73 @@
+"""Which finished machines count as aborts, and the backoff they put on their machinetype (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+# shutdown_message codes from 300 up mean the machine found nothing useful to do
+# or could not work here (INTERFACES.md §6); 100 and 200 are normal endings.
+FIRST_ABORT_CODE = 300
+
+# Enough finished machines per machinetype for a status display; the scheduler
+# itself only needs the last abort time.
+RECENT_OUTCOMES_KEPT = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One finished machine: when it ran and the code of its shutdown_message (None: no message)."""
+    started_at: float
+    ended_at: float
+    code: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeHistory:
+    """What a machinetype's finished machines tell the scheduler: the last abort and recent outcomes."""
+    last_abort_at: float | None = None
+    recent: tuple[Outcome, ...] = ()
+
+
+def is_abort(code: int | None, started_at: float, ended_at: float, fizzle_seconds: float) -> bool:
+    """True if a machine that ended with this shutdown code (None: no message) counts as an abort."""
+    if code is None:
+        # A machine that vanished quickly without saying why is a silent fizzle;
+        # one that ran past fizzle_seconds without a message just ended.
+        return ended_at - started_at < fizzle_seconds
+    return code >= FIRST_ABORT_CODE
+
+
+def record_outcome(history: OutcomeHistory, started_at: float, ended_at: float,
+                   code: int | None, fizzle_seconds: float,
+                   keep: int = RECENT_OUTCOMES_KEPT) -> OutcomeHistory:
+    """Return `history` with one more finished machine, its last abort moved forward if this one aborted."""
+    last_abort_at = history.last_abort_at
+    if is_abort(code, started_at, ended_at, fizzle_seconds):
+        # Outcomes may be reported out of order (a slot worker restarting late):
+        # the backoff runs from the latest abort, never from an older one.
+        if last_abort_at is None or ended_at > last_abort_at:
+            last_abort_at = ended_at
+    recent = (history.recent + (Outcome(started_at, ended_at, code),))[-keep:] if keep > 0 else ()
+    return OutcomeHistory(last_abort_at=last_abort_at, recent=recent)
+
+
+def backoff_until(last_abort_at: float | None, backoff_seconds: float, fizzle_seconds: float,
+                  running_started_at: Iterable[float], now: float) -> float | None:
+    """The time a machinetype leaves backoff, or None if it is not in backoff at `now`.
+
+    `running_started_at` are the start times of that machinetype's running machines.
+    """
+    if last_abort_at is None:
+        return None
+    plain_end = last_abort_at + backoff_seconds
+    young = [started for started in running_started_at if now - started < fizzle_seconds]
+    if not young:
+        return plain_end if now < plain_end else None
+    # A machine of this type started after the abort may be about to fizzle too:
+    # wait fizzle_seconds longer, but only while such a young machine exists.
+    extended_end = plain_end + fizzle_seconds
+    if now >= extended_end:
+        return None
+    last_young_ages_at = max(young) + fizzle_seconds
+    return min(extended_end, max(plain_end, last_young_ages_at))
