@@ -1,1 +1,1 @@
-"""vac.ipc"""
+"""Inter-process communication: msgpack frames, typed messages, channels."""

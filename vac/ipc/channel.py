@@ -1,0 +1,121 @@
+"""Message channels over stream sockets.
+
+RootChannel is the root's non-blocking side for its selector loop;
+WorkerChannel is the simple blocking side a child uses.
+"""
+
+import errno
+import select
+import socket
+
+from vac.ipc import framing, messages
+
+READ_CHUNK = 65536
+# A child that does not read must not make the root hold unbounded output.
+MAX_PENDING_OUTPUT = 4 * framing.MAX_FRAME_BYTES
+
+
+class RootChannel:
+    """Non-blocking, buffered message channel for the root's selector loop."""
+
+    def __init__(self, sock, max_frame_bytes=framing.MAX_FRAME_BYTES):
+        sock.setblocking(False)
+        self.sock = sock
+        self.max_frame_bytes = max_frame_bytes
+        self._decoder = framing.FrameDecoder(max_frame_bytes)
+        self._output = bytearray()
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def receive(self):
+        """Read what is available; return the decoded messages or raise IpcError."""
+        received = []
+        while True:
+            try:
+                data = self.sock.recv(READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return received
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                self._decoder.eof()
+            received.extend(messages.decode(obj) for obj in self._decoder.feed(data))
+
+    def send(self, msg):
+        """Queue `msg` and write as much as the socket takes now."""
+        if len(self._output) > MAX_PENDING_OUTPUT:
+            raise framing.FrameTooLarge("peer is not reading; output buffer full")
+        self._output += framing.encode_frame(messages.encode(msg), self.max_frame_bytes)
+        self.flush()
+
+    def flush(self):
+        """Write queued output without blocking; True when nothing remains."""
+        while self._output:
+            try:
+                sent = self.sock.send(self._output)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError as error:
+                if error.errno in (errno.EPIPE, errno.ECONNRESET):
+                    raise framing.ChannelClosed("peer closed the channel while we wrote") from error
+                raise
+            del self._output[:sent]
+        return True
+
+    @property
+    def wants_write(self):
+        return bool(self._output)
+
+    def close(self):
+        self.sock.close()
+
+
+class WorkerChannel:
+    """Blocking message channel used inside a child process."""
+
+    def __init__(self, sock, max_frame_bytes=framing.MAX_FRAME_BYTES, send_timeout=10.0):
+        sock.setblocking(True)
+        self.sock = sock
+        self.max_frame_bytes = max_frame_bytes
+        self.send_timeout = send_timeout
+        self._decoder = framing.FrameDecoder(max_frame_bytes)
+        self._pending = []
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def send(self, msg):
+        """Send one message; a root that does not read for send_timeout is an error."""
+        self.sock.settimeout(self.send_timeout)
+        try:
+            self.sock.sendall(framing.encode_frame(messages.encode(msg), self.max_frame_bytes))
+        except BrokenPipeError as error:
+            raise framing.ChannelClosed("root closed the channel") from error
+        finally:
+            self.sock.settimeout(None)
+
+    def send_raw(self, data):
+        """Send bytes as they are (tests use it to play a broken child)."""
+        self.sock.sendall(data)
+
+    def receive(self, timeout):
+        """Return the next message, or None when `timeout` seconds pass first."""
+        if self._pending:
+            return self._pending.pop(0)
+        ready, _, _ = select.select([self.sock], [], [], max(timeout, 0))
+        if not ready:
+            return None
+        data = self.sock.recv(READ_CHUNK)
+        if not data:
+            self._decoder.eof()
+        self._pending.extend(messages.decode(obj) for obj in self._decoder.feed(data))
+        return self._pending.pop(0) if self._pending else None
+
+    def close(self):
+        self.sock.close()
+
+
+def channel_pair():
+    """Return (root_socket, worker_socket): a connected AF_UNIX stream pair."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

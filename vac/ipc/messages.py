@@ -1,0 +1,116 @@
+"""Typed messages between the root and its children.
+
+On the wire a message is the msgpack array ``[version, tag, {field: value}]``.
+encode() and decode() are pure and check the version, the tag and every
+field's type, so a confused or hostile peer yields an error, never a crash.
+"""
+
+import dataclasses
+import typing
+
+from vac.ipc.framing import IpcError
+
+PROTOCOL_VERSION = 1
+
+
+class MalformedMessage(IpcError):
+    """A frame that decodes but is not a valid message of this protocol."""
+
+
+class UnknownMessage(MalformedMessage):
+    """A well-formed message whose tag this side does not know."""
+
+
+_REGISTRY = {}
+
+
+def message(tag):
+    """Class decorator: register a frozen dataclass as message `tag`."""
+
+    def register(cls):
+        cls = dataclasses.dataclass(frozen=True)(cls)
+        if tag in _REGISTRY:
+            raise ValueError(f"message tag {tag!r} registered twice")
+        cls.TAG = tag
+        hints = typing.get_type_hints(cls)
+        cls._FIELD_TYPES = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+        _REGISTRY[tag] = cls
+        return cls
+
+    return register
+
+
+def encode(msg):
+    """Return the plain wire object of message `msg`."""
+    fields = {name: getattr(msg, name) for name in msg._FIELD_TYPES}
+    return [PROTOCOL_VERSION, msg.TAG, fields]
+
+
+def decode(obj):
+    """Return the message the wire object `obj` carries, or raise."""
+    if not isinstance(obj, list) or len(obj) != 3:
+        raise MalformedMessage(f"expected [version, tag, fields], got {type(obj).__name__}")
+    version, tag, fields = obj
+    if version != PROTOCOL_VERSION:
+        raise MalformedMessage(f"protocol version {version!r}, expected {PROTOCOL_VERSION}")
+    if not isinstance(tag, str) or not isinstance(fields, dict):
+        raise MalformedMessage("tag must be a string and fields a map")
+    cls = _REGISTRY.get(tag)
+    if cls is None:
+        raise UnknownMessage(f"unknown message type {tag!r}")
+    expected = cls._FIELD_TYPES
+    if set(fields) != set(expected):
+        raise MalformedMessage(
+            f"{tag}: fields {sorted(map(str, fields))} do not match {sorted(expected)}")
+    for name, kind in expected.items():
+        if not _conforms(fields[name], kind):
+            raise MalformedMessage(f"{tag}.{name}: {fields[name]!r} is not {kind}")
+    return cls(**fields)
+
+
+def _conforms(value, kind):
+    """True if `value` fits the (simple) annotation `kind`."""
+    origin = typing.get_origin(kind)
+    if origin is typing.Union:
+        return any(_conforms(value, option) for option in typing.get_args(kind))
+    if kind is type(None):
+        return value is None
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (dict, list):
+        return isinstance(value, origin)
+    return isinstance(value, kind)
+
+
+# Child to root.
+
+@message("ready")
+class Ready:
+    """The child finished initialising; counts as its first heartbeat."""
+    child_id: str
+    pid: int
+
+
+@message("heartbeat")
+class Heartbeat:
+    """The child's main loop is alive."""
+    child_id: str
+    seq: int
+
+
+@message("state")
+class StateReport:
+    """A change in what the child does: state name, free text, details."""
+    child_id: str
+    state: str
+    detail: dict
+
+
+# Root to child.
+
+@message("stop")
+class Stop:
+    """Finish what is safe to finish and exit 0."""
+    reason: str

@@ -1,0 +1,60 @@
+"""The factory's supervision tree, built from plain settings."""
+
+import dataclasses
+
+from vac.supervisor import policy
+from vac.supervisor.states import Restart, Strategy
+from vac.supervisor.tree import ChildSpec, PoolPolicy, SupervisorSpec
+from vac.workers import cvmfs_keeper, reaper, slot_worker
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeSettings:
+    """What shapes the tree: slot count and the supervision timings."""
+    slots: int
+    cvmfs_repositories: tuple = ()
+    state_dir: str = "/var/lib/vac"
+    heartbeat_interval: float = 2.0
+    heartbeat_timeout: float = 20.0
+    slot_shutdown: float = 10.0
+    helper_shutdown: float = 5.0
+    helper_intensity: policy.Intensity = policy.Intensity(max_restarts=5, period=30.0)
+    top_intensity: policy.Intensity = policy.Intensity(max_restarts=3, period=300.0)
+    degraded_retry: float = 60.0
+    slot_restart: policy.SlotRestartPolicy = policy.SlotRestartPolicy()
+    breaker: policy.BreakerPolicy = policy.BreakerPolicy()
+
+
+def slot_id(slot):
+    return f"slot-{slot:02d}"
+
+
+def build_tree(settings):
+    """services (keeper, reaper) first and stopped last; then the slot pool."""
+    timings = {"heartbeat_interval": settings.heartbeat_interval,
+               "heartbeat_timeout": settings.heartbeat_timeout}
+    services = SupervisorSpec(
+        id="services",
+        strategy=Strategy.ONE_FOR_ONE,
+        intensity=settings.helper_intensity,
+        children=(
+            ChildSpec(id="cvmfs-keeper", target=cvmfs_keeper.run,
+                      args={"repositories": list(settings.cvmfs_repositories)},
+                      restart=Restart.PERMANENT, shutdown=settings.helper_shutdown, **timings),
+            ChildSpec(id="reaper", target=reaper.run, args={"state_dir": settings.state_dir},
+                      restart=Restart.PERMANENT, shutdown=settings.helper_shutdown, **timings),
+        ))
+    slots = SupervisorSpec(
+        id="slots",
+        strategy=Strategy.ONE_FOR_ONE,
+        pool=PoolPolicy(slot_restart=settings.slot_restart, breaker=settings.breaker),
+        children=tuple(
+            ChildSpec(id=slot_id(n), target=slot_worker.run,
+                      args={"slot": n, "state_dir": settings.state_dir},
+                      restart=Restart.TRANSIENT, shutdown=settings.slot_shutdown,
+                      role="slot", **timings)
+            for n in range(settings.slots)))
+    return SupervisorSpec(id="vacd", strategy=Strategy.ONE_FOR_ONE,
+                          intensity=settings.top_intensity,
+                          degraded_retry=settings.degraded_retry,
+                          children=(services, slots))

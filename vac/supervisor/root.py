@@ -1,0 +1,396 @@
+"""The root process: one single-threaded selectors loop that never blocks.
+
+It waits on child channels, child pidfds, a signal wake-up pipe and any
+extra readers (the control socket), with the next timer deadline as its
+timeout; then it dispatches, reaps, checks deadlines and executes the
+tree's decisions. It is the tree's subreaper and the only place that reaps.
+"""
+
+import logging
+import os
+import selectors
+import signal
+import time
+
+from vac import logs, proctitle
+from vac.ipc import messages
+from vac.ipc.channel import WorkerChannel
+from vac.ipc.framing import ChannelClosed, IpcError
+from vac.supervisor import notify, tree as treemod
+from vac.supervisor.policy import ExitStatus
+from vac.supervisor.process import Processes, die_with_parent
+from vac.supervisor.states import ChildState, FactoryState
+
+log = logging.getLogger(__name__)
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+MAX_IDLE_WAIT = 5.0
+
+
+class Live:
+    """The root's view of one running child process."""
+
+    def __init__(self, spawned, now):
+        self.pid = spawned.pid
+        self.channel = spawned.channel
+        self.pidfd = spawned.pidfd
+        self.last_seen = now
+        self.kill_at = None
+
+
+class Root:
+    """The supervisor tree's root: runs the loop until asked to stop."""
+
+    def __init__(self, tree_spec, *, notifier=None, processes=None, observer=None,
+                 on_reload=None, clock=time.monotonic):
+        self.tree = treemod.Tree(tree_spec)
+        self.notifier = notifier or notify.Notifier()
+        self.processes = processes or Processes()
+        self.observer = observer
+        self.on_reload = on_reload
+        self.clock = clock
+        self.selector = selectors.DefaultSelector()
+        self.live = {}            # child id -> Live
+        self.by_pid = {}          # pid -> child id
+        self.reports = {}         # child id -> latest StateReport
+        self.state = FactoryState.STARTING
+        self.stop_requested = False
+        self.reload_requested = False
+        self.started_at = None
+        self._readers = {}        # extra fd -> callback
+        self._wake_r = self._wake_w = None
+        self._title = None
+
+    # Public surface for the daemon, the control socket and tests.
+
+    def add_reader(self, fd, callback):
+        """Call callback() from the loop whenever fd is readable."""
+        self._readers[fd] = callback
+        self.selector.register(fd, selectors.EVENT_READ, ("reader", fd))
+
+    def remove_reader(self, fd):
+        self._readers.pop(fd, None)
+        self.selector.unregister(fd)
+
+    def reset(self, child_id):
+        """Operator reset of a FATAL child."""
+        self._execute(self.tree.reset(child_id, self.clock()))
+
+    def request_stop(self):
+        self.stop_requested = True
+
+    def emit(self, event, **fields):
+        if self.observer is not None:
+            self.observer(dict(fields, event=event, t=time.time()))
+
+    def run(self):
+        """Start the tree, loop until SIGTERM/SIGINT, stop it in order; return 0."""
+        self.processes.become_subreaper()
+        self._install_signals()
+        self.started_at = self.clock()
+        self._execute(self.tree.start(self.started_at))
+        self.state = FactoryState.RUNNING
+        self.notifier.ready(self.summary())
+        log.info("supervisor running: %s", self.summary())
+        self.emit("running")
+        while not self.stop_requested:
+            self._pass()
+            if self.reload_requested:
+                self._reload()
+        self._shutdown()
+        return 0
+
+    # The loop.
+
+    def _pass(self, stopping=False):
+        timeout = self._timeout()
+        for key, _ in self.selector.select(timeout):
+            kind, ident = key.data
+            if kind == "wake":
+                self._on_signals()
+            elif kind == "pidfd":
+                self._reap()
+            elif kind == "channel":
+                self._on_channel(ident)
+            elif kind == "reader":
+                self._readers[ident]()
+        now = self.clock()
+        self._check_deadlines(now)
+        if not stopping:
+            self._execute(self.tree.due(now))
+        self._update_title(now)
+        if not stopping:
+            self.notifier.status(self.summary(), now)
+            # Only a pass that got this far is healthy enough to pet the watchdog.
+            self.notifier.watchdog(now)
+
+    def _timeout(self):
+        now = self.clock()
+        deadlines = [now + MAX_IDLE_WAIT]
+        for child_id, live in self.live.items():
+            leaf = self.tree.leaves[child_id]
+            if live.kill_at is not None:
+                deadlines.append(live.kill_at)
+            elif leaf.state is not ChildState.STOPPING:
+                deadlines.append(live.last_seen + leaf.spec.heartbeat_timeout)
+        for deadline in (self.tree.next_deadline(), self.notifier.next_watchdog()):
+            if deadline is not None:
+                deadlines.append(deadline)
+        return max(min(deadlines) - now, 0)
+
+    def _install_signals(self):
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for signum in HANDLED_SIGNALS:
+            # The handler does nothing: the signal number arrives on the
+            # wake-up pipe and the loop acts on it.
+            signal.signal(signum, _only_wake)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+
+    def _on_signals(self):
+        try:
+            data = os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                if not self.stop_requested:
+                    log.info("received %s: stopping", signal.Signals(signum).name)
+                self.stop_requested = True
+            elif signum == signal.SIGHUP:
+                self.reload_requested = True
+            elif signum == signal.SIGCHLD:
+                self._reap()
+
+    def _reload(self):
+        self.reload_requested = False
+        self.notifier.reloading()
+        log.info("reload requested")
+        if self.on_reload is not None:
+            self.on_reload(self)
+        self.notifier.ready(self.summary())
+
+    # Children.
+
+    def _execute(self, actions):
+        now = self.clock()
+        for action in actions:
+            if isinstance(action, treemod.Start):
+                self._start(action.child_id, now)
+            elif isinstance(action, treemod.Stop):
+                self._stop(action.child_id, now)
+
+    def _start(self, child_id, now):
+        spec = self.tree.leaves[child_id].spec
+        args = dict(spec.args, child_id=child_id, heartbeat_interval=spec.heartbeat_interval,
+                    root_pid=os.getpid())
+        try:
+            spawned = self.processes.spawn(lambda sock: self._child_main(spec, args, sock))
+        except OSError as error:
+            # fork failing (EAGAIN, ENOMEM) is a failed start, handled by policy.
+            log.error("%s: fork failed: %s", child_id, error)
+            self._execute(self.tree.exited(child_id, ExitStatus(code=-1), now))
+            return
+        live = Live(spawned, now)
+        self.live[child_id] = live
+        self.by_pid[live.pid] = child_id
+        self.selector.register(live.channel, selectors.EVENT_READ, ("channel", child_id))
+        if live.pidfd is not None:
+            self.selector.register(live.pidfd, selectors.EVENT_READ, ("pidfd", child_id))
+        self.tree.started(child_id, live.pid)
+        log.info("%s started, pid %d", child_id, live.pid)
+        self.emit("started", child=child_id, pid=live.pid)
+
+    def _child_main(self, spec, args, sock):
+        """Runs in the forked child: shed the root's resources, then the worker."""
+        status = 0
+        try:
+            self._forget_in_child()
+            die_with_parent()
+            spec.target(WorkerChannel(sock), args)
+        except SystemExit as exit_:
+            status = exit_.code if isinstance(exit_.code, int) else 1
+        except Exception:
+            # The one catch-all of a child: log with traceback, exit non-zero,
+            # and let the supervisor's policy decide.
+            log.exception("%s crashed", spec.id)
+            status = 1
+        finally:
+            logging.shutdown()
+            os._exit(status)
+
+    def _forget_in_child(self):
+        signal.set_wakeup_fd(-1)
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        # Ctrl-C in `make demo` reaches the whole process group: only the
+        # root acts on it, and it stops the children in order.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for live in self.live.values():
+            live.channel.close()
+            if live.pidfd is not None:
+                os.close(live.pidfd)
+        for fd in (self._wake_r, self._wake_w, *self._readers):
+            if fd is not None:
+                os.close(fd)
+        self.selector.close()
+        notify.forget_in_child(self.notifier)
+        logs.set_role("child")
+
+    def _stop(self, child_id, now):
+        live = self.live.get(child_id)
+        if live is None:
+            return
+        spec = self.tree.leaves[child_id].spec
+        if spec.shutdown == treemod.BRUTAL_KILL:
+            self.processes.signal(live.pid, signal.SIGKILL)
+            live.kill_at = now
+        else:
+            self.processes.signal(live.pid, signal.SIGTERM)
+            live.kill_at = now + spec.shutdown
+        self.emit("stop", child=child_id, pid=live.pid)
+
+    def _on_channel(self, child_id):
+        live = self.live.get(child_id)
+        if live is None:
+            return
+        try:
+            received = live.channel.receive()
+        except ChannelClosed:
+            # It is exiting (or broken); its exit or its silence decides.
+            self._close_channel(live)
+            return
+        except IpcError as error:
+            log.error("%s (pid %d) sent a bad frame: %s; treating it as failed",
+                      child_id, live.pid, error)
+            self._close_channel(live)
+            self.emit("bad_frame", child=child_id, pid=live.pid, error=str(error))
+            self._execute(self.tree.fail(child_id, f"bad frame: {error}"))
+            return
+        now = self.clock()
+        live.last_seen = now
+        for msg in received:
+            self._on_message(child_id, live, msg, now)
+
+    def _on_message(self, child_id, live, msg, now):
+        if isinstance(msg, messages.Ready):
+            self.tree.ready(child_id, now)
+            log.info("%s ready, pid %d", child_id, live.pid)
+            self.emit("ready", child=child_id, pid=live.pid)
+        elif isinstance(msg, messages.StateReport):
+            self.reports[child_id] = msg
+            self.emit("state", child=child_id, state=msg.state, detail=msg.detail)
+        elif isinstance(msg, messages.Heartbeat):
+            pass
+        else:
+            log.warning("%s sent an unexpected %s message; ignoring it", child_id, msg.TAG)
+
+    def _close_channel(self, live):
+        try:
+            self.selector.unregister(live.channel)
+        except (KeyError, ValueError):
+            pass
+
+    def _check_deadlines(self, now):
+        for child_id, live in list(self.live.items()):
+            leaf = self.tree.leaves[child_id]
+            if live.kill_at is not None:
+                if now >= live.kill_at:
+                    log.warning("%s (pid %d) still running after its shutdown budget: SIGKILL",
+                                child_id, live.pid)
+                    self.processes.signal(live.pid, signal.SIGKILL)
+                    self.emit("kill", child=child_id, pid=live.pid)
+                    live.kill_at = now + 3600  # already killed; wait for the reap
+                continue
+            silent = now - live.last_seen
+            if leaf.state is not ChildState.STOPPING and silent > leaf.spec.heartbeat_timeout:
+                log.error("%s (pid %d) silent for %.1fs (limit %.1fs): killing it",
+                          child_id, live.pid, silent, leaf.spec.heartbeat_timeout)
+                self.emit("hung", child=child_id, pid=live.pid)
+                self._execute(self.tree.fail(child_id, f"no heartbeat for {silent:.1f}s"))
+
+    def _reap(self):
+        now = self.clock()
+        for pid, status in self.processes.reap():
+            exit_status = ExitStatus.from_wait_status(status)
+            child_id = self.by_pid.pop(pid, None)
+            if child_id is None:
+                log.info("reaped orphaned process %d (%s)", pid, exit_status)
+                self.emit("orphan_reaped", pid=pid, status=str(exit_status))
+                continue
+            live = self.live.pop(child_id)
+            self._close_channel(live)
+            live.channel.close()
+            if live.pidfd is not None:
+                self.selector.unregister(live.pidfd)
+                os.close(live.pidfd)
+            leaf = self.tree.leaves[child_id]
+            level = logging.INFO if leaf.state is ChildState.STOPPING else logging.WARNING
+            log.log(level, "%s (pid %d) ended: %s", child_id, pid, exit_status)
+            self.reports.pop(child_id, None)
+            self.emit("exited", child=child_id, pid=pid, status=str(exit_status))
+            self._execute(self.tree.exited(child_id, exit_status, now))
+
+    # Shutdown.
+
+    def _shutdown(self):
+        self.state = FactoryState.STOPPING
+        self.notifier.stopping()
+        self.emit("stopping")
+        log.info("stopping: slots first, then helpers in reverse start order")
+        for phase in self.tree.shutdown_phases():
+            alive = [child_id for child_id in phase if child_id in self.live]
+            if not alive:
+                continue
+            self.emit("phase", children=alive)
+            now = self.clock()
+            for child_id in alive:
+                self.tree.leaves[child_id].state = ChildState.STOPPING
+                self._stop(child_id, now)
+            while any(child_id in self.live for child_id in alive):
+                self._pass(stopping=True)
+        self._reap()
+        log.info("stopped")
+        self.emit("stopped")
+
+    # What operators see.
+
+    def counts(self):
+        """Slots by state: running (a machine), idle, backoff, fatal."""
+        counts = {"slots": 0, "running": 0, "idle": 0, "backoff": 0, "fatal": 0}
+        for leaf in self.tree.leaves.values():
+            if leaf.spec.role != "slot":
+                continue
+            counts["slots"] += 1
+            report = self.reports.get(leaf.id)
+            if leaf.state is ChildState.FATAL:
+                counts["fatal"] += 1
+            elif leaf.state in (ChildState.BACKOFF, ChildState.STOPPED, ChildState.EXITED):
+                counts["backoff"] += 1
+            elif report is not None and report.state == "running":
+                counts["running"] += 1
+            else:
+                counts["idle"] += 1
+        return counts
+
+    def summary(self):
+        counts = self.counts()
+        text = (f"{counts['slots']} slots: {counts['running']} running, "
+                f"{counts['idle']} idle, {counts['backoff']} backoff")
+        if counts["fatal"]:
+            text += f", {counts['fatal']} fatal"
+        if self.tree.degraded:
+            text += ", DEGRADED"
+        if self.state is FactoryState.STOPPING:
+            text += ", stopping"
+        return text
+
+    def _update_title(self, now):
+        title = f"supervisor [{self.summary()}]"
+        if title != self._title:
+            proctitle.set_title(title)
+            self._title = title
+
+
+def _only_wake(signum, frame):
+    """Signal handler: nothing; the wake-up pipe carries the signal to the loop."""

@@ -1,0 +1,103 @@
+"""What every child does to be supervised: signals, title, ready, heartbeats.
+
+A worker's run(channel, spec) builds a WorkerLoop and calls wait() in its
+main loop; wait() sends heartbeats when due, returns messages from the root
+and turns SIGTERM or a Stop message into `stopping`.
+"""
+
+import logging
+import os
+import select
+import signal
+import time
+
+from vac import logs, proctitle
+from vac.ipc import messages
+from vac.ipc.framing import ChannelClosed
+
+log = logging.getLogger(__name__)
+
+
+class WorkerLoop:
+    """The supervision-facing side of a child process."""
+
+    def __init__(self, channel, spec, role):
+        self.channel = channel
+        self.child_id = spec["child_id"]
+        self.heartbeat_interval = float(spec["heartbeat_interval"])
+        self.root_pid = spec.get("root_pid")
+        self.role = role
+        self.stopping = False
+        self.stop_reason = None
+        self._seq = 0
+        self._next_heartbeat = 0.0
+        self._wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGTERM, self._on_term)
+        logs.set_role(self.child_id)
+
+    def _on_term(self, signum, frame):
+        self.stopping = True
+        self.stop_reason = "SIGTERM"
+
+    def title(self, text):
+        proctitle.set_title(text)
+
+    def ready(self):
+        """Tell the root we are initialised (the first heartbeat)."""
+        self.channel.send(messages.Ready(child_id=self.child_id, pid=os.getpid()))
+        self._next_heartbeat = time.monotonic() + self.heartbeat_interval
+
+    def report(self, state, **detail):
+        """Tell the root what this child now does."""
+        self.channel.send(messages.StateReport(child_id=self.child_id, state=state, detail=detail))
+
+    def heartbeat_if_due(self):
+        now = time.monotonic()
+        if now >= self._next_heartbeat:
+            self._seq += 1
+            self.channel.send(messages.Heartbeat(child_id=self.child_id, seq=self._seq))
+            self._next_heartbeat = now + self.heartbeat_interval
+
+    def wait(self, timeout):
+        """Wait up to `timeout` s for the root; heartbeat meanwhile; return its messages."""
+        deadline = time.monotonic() + timeout
+        received = []
+        while not self.stopping:
+            self.heartbeat_if_due()
+            if self.root_pid is not None and os.getppid() != self.root_pid:
+                self._stop("the root process is gone")
+                break
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            wait_for = min(deadline, self._next_heartbeat) - now
+            ready, _, _ = select.select([self.channel, self._wake_r], [], [], max(wait_for, 0))
+            if self._wake_r in ready:
+                _drain(self._wake_r)
+            if self.channel in ready:
+                try:
+                    msg = self.channel.receive(0)
+                except ChannelClosed:
+                    # The root died or closed us off: a new root starts new workers.
+                    self._stop("the root closed the channel")
+                    break
+                if isinstance(msg, messages.Stop):
+                    self._stop(msg.reason)
+                elif msg is not None:
+                    received.append(msg)
+                if received:
+                    break
+        return received
+
+    def _stop(self, reason):
+        self.stopping = True
+        self.stop_reason = reason
+
+
+def _drain(fd):
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
