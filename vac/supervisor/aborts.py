@@ -1,4 +1,4 @@
-"""Which finished machines count as aborts, and the backoff they put on their machinetype (pure)."""
+"""Which finished machines count as aborts, and the backoff they put on their machinetype."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ RECENT_OUTCOMES_KEPT = 20
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One finished machine: when it ran and the code of its shutdown_message (None: no message)."""
+    """One finished machine: when it ran and its shutdown_message code (None: no message)."""
     started_at: float
     ended_at: float
     code: int | None
@@ -24,13 +24,13 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class OutcomeHistory:
-    """What a machinetype's finished machines tell the scheduler: the last abort and recent outcomes."""
+    """A machinetype's last abort and its recently finished machines."""
     last_abort_at: float | None = None
     recent: tuple[Outcome, ...] = ()
 
 
 def is_abort(code: int | None, started_at: float, ended_at: float, fizzle_seconds: float) -> bool:
-    """True if a machine that ended with this shutdown code (None: no message) counts as an abort."""
+    """True if a machine that ended with this code (None: no message) counts as an abort."""
     if code is None:
         # A machine that vanished quickly without saying why is a silent fizzle;
         # one that ran past fizzle_seconds without a message just ended.
@@ -41,7 +41,7 @@ def is_abort(code: int | None, started_at: float, ended_at: float, fizzle_second
 def record_outcome(history: OutcomeHistory, started_at: float, ended_at: float,
                    code: int | None, fizzle_seconds: float,
                    keep: int = RECENT_OUTCOMES_KEPT) -> OutcomeHistory:
-    """Return `history` with one more finished machine, its last abort moved forward if this one aborted."""
+    """`history` with one more finished machine; an abort moves its last abort time forward."""
     last_abort_at = history.last_abort_at
     if is_abort(code, started_at, ended_at, fizzle_seconds):
         # Outcomes may be reported out of order (a slot worker restarting late):
