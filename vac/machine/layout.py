@@ -1,0 +1,159 @@
+"""Machine names and the per-machine directory under the state directory.
+
+Layout (one directory per machine, named by its UUID, which is known before
+anything else is prepared and also names the container's labels and the APEL
+record; the original Vac used created-time_machinetype_name, which collides
+when the clock steps back and cannot be derived from a container):
+
+    <state_dir>/machines/                    0711  traversable, not listable
+    <state_dir>/machines/<uuid>/             0700  (0710 + group for Singularity)
+        record.json                          0600  lifecycle record (record.py)
+        user_data                            0755  templated script, may hold proxies
+        machinefeatures/  jobfeatures/       0755  files 0644, mounted read-only
+        joboutputs/                          0755  mounted read-write, the container's
+        scratch/                             0700  scratch area or its mount point
+        scratch.img                          0600  loop-device image (loop backend)
+
+What the container needs: Docker bind mounts are made by dockerd as root, so
+the host-side 0700 parent is no obstacle, while inside the container the mounted
+paths keep their own modes; MJF must be readable and /user_data executable by
+whichever account the container's payload runs as (0755/0644, INTERFACES.md §3).
+The secrets in user_data are protected by the 0700 machine directory, which no
+unprivileged host account can enter. Singularity runs as `singularity_user`, so
+the machine directory is then 0710 with that account's group (`container_gid`)
+and joboutputs and scratch belong to that account.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import uuid as uuid_module
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+MACHINES_DIR_NAME = "machines"
+
+MACHINES_DIR_MODE = 0o711
+MACHINE_DIR_MODE = 0o700
+MACHINE_DIR_MODE_SHARED = 0o710
+FEATURES_DIR_MODE = 0o755
+FEATURES_FILE_MODE = 0o644
+JOBOUTPUTS_DIR_MODE = 0o755
+USER_DATA_MODE = 0o755
+SCRATCH_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def machine_name(factory_name: str, slot: int) -> str:
+    """The machine's hostname as Vac names it: f1.example.com, slot 3 -> f1-03.example.com."""
+    if slot < 0:
+        raise ValueError(f"slot number must not be negative, got {slot}")
+    host, dot, domain = factory_name.partition(".")
+    if not host:
+        raise ValueError(f"factory name {factory_name!r} has no host part")
+    return f"{host}-{slot:02d}{dot}{domain}"
+
+
+def is_machine_uuid(text: str) -> bool:
+    """True for a UUID in canonical lower-case form, the only names machine directories get."""
+    try:
+        return str(uuid_module.UUID(text)) == text
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class MachinePaths:
+    """Where each piece of one machine lives on the host."""
+    machine_uuid: str
+    root: Path
+
+    @classmethod
+    def for_machine(cls, state_dir: Path, machine_uuid: str) -> MachinePaths:
+        """The paths of machine `machine_uuid` under `state_dir` (nothing is created)."""
+        # The UUID becomes a path component: only the canonical form can never
+        # be '..', contain '/', or alias another machine's directory.
+        if not is_machine_uuid(machine_uuid):
+            raise ValueError(f"machine UUID {machine_uuid!r} is not a canonical lower-case UUID")
+        return cls(machine_uuid, Path(state_dir) / MACHINES_DIR_NAME / machine_uuid)
+
+    @property
+    def machinefeatures(self) -> Path:
+        return self.root / "machinefeatures"
+
+    @property
+    def jobfeatures(self) -> Path:
+        return self.root / "jobfeatures"
+
+    @property
+    def joboutputs(self) -> Path:
+        return self.root / "joboutputs"
+
+    @property
+    def user_data(self) -> Path:
+        return self.root / "user_data"
+
+    @property
+    def scratch(self) -> Path:
+        return self.root / "scratch"
+
+    @property
+    def scratch_image(self) -> Path:
+        return self.root / "scratch.img"
+
+    @property
+    def record(self) -> Path:
+        return self.root / "record.json"
+
+    @property
+    def finished_marker(self) -> Path:
+        return self.root / "finished"
+
+
+def ensure_directory(path: Path, mode: int, owner: tuple[int, int] | None = None) -> None:
+    """Create `path` if missing and set its mode (and owner); refuse a symlink or non-directory."""
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise NotADirectoryError(f"{path} exists and is not a directory (symlinks are refused)")
+    if owner is not None and (info.st_uid, info.st_gid) != owner:
+        os.chown(path, *owner, follow_symlinks=False)
+    if stat.S_IMODE(info.st_mode) != mode or owner is not None:
+        # chown clears set-id bits and mkdir obeys the umask: set the mode last.
+        os.chmod(path, mode)
+
+
+def create_machine_directory(state_dir: Path, machine_uuid: str, container_gid: int | None = None,
+                             container_owner: tuple[int, int] | None = None) -> MachinePaths:
+    """Create (or complete, after a restart) the machine directory and its fixed subdirectories.
+
+    `container_gid` lets that group enter the machine directory (Singularity's
+    account); `container_owner` (uid, gid) gets joboutputs. Both None for Docker.
+    """
+    paths = MachinePaths.for_machine(state_dir, machine_uuid)
+    ensure_directory(Path(state_dir) / MACHINES_DIR_NAME, MACHINES_DIR_MODE)
+    if container_gid is None:
+        ensure_directory(paths.root, MACHINE_DIR_MODE)
+    else:
+        ensure_directory(paths.root, MACHINE_DIR_MODE_SHARED, (0, container_gid))
+    ensure_directory(paths.machinefeatures, FEATURES_DIR_MODE)
+    ensure_directory(paths.jobfeatures, FEATURES_DIR_MODE)
+    ensure_directory(paths.joboutputs, JOBOUTPUTS_DIR_MODE, container_owner)
+    return paths
+
+
+def iter_machine_directories(state_dir: Path) -> Iterator[MachinePaths]:
+    """Every machine directory under `state_dir`, skipping anything not named by a UUID."""
+    machines_dir = Path(state_dir) / MACHINES_DIR_NAME
+    try:
+        entries = sorted(os.scandir(machines_dir), key=lambda entry: entry.name)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if is_machine_uuid(entry.name) and entry.is_dir(follow_symlinks=False):
+            yield MachinePaths(entry.name, machines_dir / entry.name)

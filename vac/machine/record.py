@@ -1,0 +1,100 @@
+"""The machine's lifecycle record (record.json) and its `finished` marker.
+
+The record is rewritten atomically at every transition, so a restarted slot
+worker finds the last state it reached and resumes from there; reading it
+never fails, because a missing or damaged record only means "start over".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vac.machine.atomicfile import create_atomic, write_atomic
+from vac.machine.layout import PRIVATE_FILE_MODE, MachinePaths
+
+log = logging.getLogger(__name__)
+
+# A record is a few hundred bytes; anything much larger is not ours.
+MAX_RECORD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MachineRecord:
+    """What a slot worker must remember about its machine across its own restarts."""
+    machine_uuid: str
+    slot: int
+    machine_name: str
+    machinetype: str
+    machine_model: str
+    processors: int
+    created: float
+    shutdown_time: int
+    state: str = "preparing"
+    generation: int = 0
+    container_id: str | None = None
+    started: float | None = None
+    ended: float | None = None
+    exit_code: int | None = None
+    cpu_seconds: float | None = None
+    shutdown_code: int | None = None
+    shutdown_text: str | None = None
+
+    def to_json(self) -> bytes:
+        """The record as JSON text."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, indent=1).encode() + b"\n"
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> MachineRecord:
+        """Build a record from decoded JSON, ignoring keys a newer version may have added."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def write_record(paths: MachinePaths, record: MachineRecord) -> None:
+    """Store `record` atomically (temp file, fsync, rename, fsync of the directory)."""
+    write_atomic(paths.record, record.to_json(), PRIVATE_FILE_MODE)
+
+
+def read_record(paths: MachinePaths) -> MachineRecord | None:
+    """The stored record, or None if it is missing, truncated or not a record (logged)."""
+    try:
+        with open(paths.record, "rb") as stream:
+            raw = stream.read(MAX_RECORD_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        log.warning("machine %s: cannot read %s (%s); treating the machine as unrecorded",
+                    paths.machine_uuid, paths.record, error)
+        return None
+    if len(raw) > MAX_RECORD_BYTES:
+        log.warning("machine %s: %s is larger than %d bytes; ignoring it",
+                    paths.machine_uuid, paths.record, MAX_RECORD_BYTES)
+        return None
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise TypeError(f"top level is {type(data).__name__}, not an object")
+        record = MachineRecord.from_mapping(data)
+    except (ValueError, TypeError) as error:
+        log.warning("machine %s: %s is damaged (%s); ignoring it", paths.machine_uuid, paths.record, error)
+        return None
+    if record.machine_uuid != paths.machine_uuid:
+        log.warning("machine %s: %s names machine %s; ignoring it",
+                    paths.machine_uuid, paths.record, record.machine_uuid)
+        return None
+    return record
+
+
+def mark_finished(paths: MachinePaths, ended: float) -> bool:
+    """Create the `finished` marker (content: end time); False if it already existed."""
+    return create_atomic(paths.finished_marker, f"{int(ended)}\n".encode(), PRIVATE_FILE_MODE)
+
+
+def is_finished(paths: MachinePaths) -> bool:
+    """True once the machine has been finalised (accounting written, outcome reported)."""
+    return paths.finished_marker.exists()
