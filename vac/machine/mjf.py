@@ -1,0 +1,149 @@
+"""Machine/Job Features: every key of INTERFACES.md §4, computed purely, one file per key."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from vac.machine.atomicfile import write_atomic
+from vac.machine.layout import FEATURES_FILE_MODE, MachinePaths
+
+log = logging.getLogger(__name__)
+
+MIB = 1048576
+_OPTION_NAME = re.compile(r"[a-z0-9_]+")
+
+
+@dataclass(frozen=True, slots=True)
+class MjfInputs:
+    """What the MJF values are computed from: the placement and the factory settings."""
+    machine_uuid: str
+    processors: int
+    start_time: int
+    shutdown_time: int
+    mb_per_processor: int
+    hs06_per_processor: float | None = None
+    scratch_bytes: int | None = None
+    max_swap_bytes: int | None = None
+    grace_seconds: int | None = None
+    machinefeatures_options: Mapping[str, str] = field(default_factory=dict)
+
+
+def _number(value: float) -> str:
+    # Vac wrote floats with str(): "40.0", never "40" or "4e+01".
+    return str(float(value))
+
+
+def machinefeatures(inputs: MjfInputs) -> dict[str, str]:
+    """Every machinefeatures key and its value."""
+    # Site options first, so the computed keys below always win: a container must
+    # be able to trust total_cpu and shutdowntime whatever vac.conf says.
+    values: dict[str, str] = {}
+    for name, value in inputs.machinefeatures_options.items():
+        if not _OPTION_NAME.fullmatch(name):
+            raise ValueError(f"machinefeatures_option_{name}: the key name may only contain a-z 0-9 _")
+        values[name] = value
+    processors = str(inputs.processors)
+    values.update({
+        "total_cpu": processors,
+        "shutdowntime": str(int(inputs.shutdown_time)),
+        # Deprecated MJF keys some old images still read.
+        "phys_cores": processors,
+        "log_cores": processors,
+        "jobslots": "1",
+    })
+    if inputs.hs06_per_processor is not None:
+        values["hs06"] = _number(inputs.hs06_per_processor * inputs.processors)
+    return values
+
+
+def jobfeatures(inputs: MjfInputs) -> dict[str, str]:
+    """Every jobfeatures key and its value."""
+    processors = inputs.processors
+    # A machine placed in a superslot whose time has run out gets 0, not a negative limit.
+    wall_limit = max(0, int(inputs.shutdown_time) - int(inputs.start_time))
+    cpu_limit = wall_limit * processors
+    rss_bytes = inputs.mb_per_processor * processors * MIB
+    values = {
+        "allocated_cpu": str(processors),
+        "wall_limit_secs": str(wall_limit),
+        "cpu_limit_secs": str(cpu_limit),
+        "jobstart_secs": str(int(inputs.start_time)),
+        "shutdowntime_job": str(int(inputs.shutdown_time)),
+        "max_rss_bytes": str(rss_bytes),
+        "job_id": inputs.machine_uuid,
+        # Deprecated keys for old images.
+        "allocated_CPU": str(processors),
+        "cpufactor_lrms": "1.0",
+        "cpu_limit_secs_lrms": str(cpu_limit),
+        "wall_limit_secs_lrms": str(wall_limit),
+        # The old jobfeatures wanted 10^6-byte megabytes, not MiB.
+        "mem_limit_MB": str(rss_bytes // 1000000),
+    }
+    if inputs.hs06_per_processor is not None:
+        values["hs06_job"] = _number(inputs.hs06_per_processor * processors)
+    if inputs.max_swap_bytes is not None:
+        values["max_swap_bytes"] = str(inputs.max_swap_bytes)
+    if inputs.scratch_bytes is not None:
+        values["scratch_limit_bytes"] = str(inputs.scratch_bytes)
+    if inputs.grace_seconds is not None:
+        values["grace_secs_job"] = str(inputs.grace_seconds)
+    return values
+
+
+def _write_keys(directory: Path, values: Mapping[str, str], temp_dir: Path) -> None:
+    for key, value in sorted(values.items()):
+        # Temp files go in the machine directory, outside the mounted one, so a
+        # container listing /etc/jobfeatures never sees half-written keys.
+        write_atomic(directory / key, value.encode(), FEATURES_FILE_MODE, temp_dir=temp_dir)
+
+
+def write_mjf(paths: MachinePaths, inputs: MjfInputs) -> None:
+    """Write every machinefeatures and jobfeatures key file (value as text, no newline)."""
+    _write_keys(paths.machinefeatures, machinefeatures(inputs), paths.root)
+    _write_keys(paths.jobfeatures, jobfeatures(inputs), paths.root)
+
+
+def lowered_shutdown_time(current: int, global_shutdown_time: int | None) -> int | None:
+    """The new shutdown time if a global `shutdown_time` is earlier than `current`, else None."""
+    if global_shutdown_time is None or global_shutdown_time >= current:
+        return None
+    return int(global_shutdown_time)
+
+
+def read_shutdown_time(paths: MachinePaths) -> int | None:
+    """The machine's current shutdown time from jobfeatures/shutdowntime_job, None if unreadable."""
+    try:
+        return int((paths.jobfeatures / "shutdowntime_job").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def rewrite_shutdown_time(paths: MachinePaths, global_shutdown_time: int | None) -> int | None:
+    """Lower `shutdowntime` and `shutdowntime_job` in place if `global_shutdown_time` is earlier.
+
+    Returns the new shutdown time, or None if nothing changed. Only these two keys
+    change (INTERFACES.md §4): the MJF note defines them as the moving deadline that
+    payloads re-read, while wall_limit_secs/cpu_limit_secs (and their _lrms copies)
+    describe the allocation made at jobstart_secs, which payloads read once and which
+    must stay consistent with each other and with the accounting of that allocation.
+    """
+    current = read_shutdown_time(paths)
+    if current is None:
+        log.warning("machine %s: no readable shutdowntime_job in %s; not rewriting it",
+                    paths.machine_uuid, paths.jobfeatures)
+        return None
+    new_time = lowered_shutdown_time(current, global_shutdown_time)
+    if new_time is None:
+        return None
+    value = str(new_time).encode()
+    # Job deadline first, so that even between the two writes shutdowntime_job
+    # never lies after shutdowntime.
+    write_atomic(paths.jobfeatures / "shutdowntime_job", value, FEATURES_FILE_MODE, temp_dir=paths.root)
+    write_atomic(paths.machinefeatures / "shutdowntime", value, FEATURES_FILE_MODE, temp_dir=paths.root)
+    log.info("machine %s: shutdown time lowered from %d to %d by the global shutdown_time",
+             paths.machine_uuid, current, new_time)
+    return new_time
