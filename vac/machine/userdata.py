@@ -1,0 +1,241 @@
+"""The /user_data script: obtaining its template and filling it in (INTERFACES.md §5)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import ssl
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from vac import __version__
+from vac.machine.atomicfile import write_atomic
+from vac.machine.layout import USER_DATA_MODE, MachinePaths
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"vac/{__version__}"
+MANAGER_VERSION = f"Vac-compatible vac {__version__}"
+
+FETCH_TIMEOUT_SECONDS = 30.0
+MAX_TEMPLATE_BYTES = 4 * 1024 * 1024
+MAX_OPTION_FILE_BYTES = 1024 * 1024
+GRID_CA_PATH = Path("/etc/grid-security/certificates")
+
+_READ_CHUNK = 65536
+_OPTION_NAME = re.compile(r"[a-z0-9_]+")
+_LEFTOVER_PATTERN = re.compile(r"##user_data_[a-z0-9_]*##")
+_OPTION_PREFIX = "user_data_option_"
+_FILE_PREFIX = "user_data_file_"
+
+
+class UserDataError(Exception):
+    """The template or one of its files could not be obtained; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A user_data template and the http(s) URL it came from (None for a file)."""
+    text: str
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateValues:
+    """Everything that fills a template's ##user_data_NAME## patterns."""
+    space: str
+    machinetype: str
+    machine_hostname: str
+    manager_hostname: str
+    machine_uuid: str
+    machinefeatures_url: str
+    jobfeatures_url: str
+    joboutputs_url: str
+    manager_version: str = MANAGER_VERSION
+    root_image_url: str | None = None
+    site: str | None = None
+    x509_proxy: str | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+    file_contents: Mapping[str, str] = field(default_factory=dict)
+
+
+def is_http_url(location: str) -> bool:
+    """True if `location` is fetched over the network rather than read from disk."""
+    return location.startswith(("http://", "https://"))
+
+
+def _decode(data: bytes) -> str:
+    # Templates are scripts, not necessarily UTF-8: keep every byte as it came.
+    return data.decode("utf-8", errors="surrogateescape")
+
+
+def _ssl_context(ca_path: Path | None) -> ssl.SSLContext:
+    if ca_path is not None and ca_path.is_dir():
+        # Grid sites publish the CAs their servers use here, as Vac relied on.
+        return ssl.create_default_context(capath=str(ca_path))
+    return ssl.create_default_context()
+
+
+def _opener(ca_path: Path | None) -> urllib.request.OpenerDirector:
+    # Only HTTP(S): a redirect to ftp:// or file:// must fail, not be followed.
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(),
+                    urllib.request.HTTPHandler(),
+                    urllib.request.HTTPSHandler(context=_ssl_context(ca_path)),
+                    urllib.request.HTTPRedirectHandler(),
+                    urllib.request.HTTPDefaultErrorHandler(),
+                    urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
+
+
+def fetch_url(url: str, timeout: float = FETCH_TIMEOUT_SECONDS, max_bytes: int = MAX_TEMPLATE_BYTES,
+              ca_path: Path | None = GRID_CA_PATH) -> bytes:
+    """GET `url`: status 200 only, at most `max_bytes`, within `timeout` seconds (plus one socket read).
+
+    Every socket operation times out after `timeout`, and the transfer is abandoned
+    once the overall deadline has passed, so a server that drips bytes cannot hold
+    the slot for longer than about twice `timeout`.
+    """
+    deadline = time.monotonic() + timeout
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    try:
+        with _opener(ca_path).open(request, timeout=timeout) as response:
+            if response.status != 200:
+                raise UserDataError(f"fetching {url} gave HTTP status {response.status}, not 200")
+            declared = response.headers.get("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                raise UserDataError(f"{url} is {declared} bytes, more than the limit of {max_bytes}")
+            chunks: list[bytes] = []
+            received = 0
+            while True:
+                if time.monotonic() > deadline:
+                    raise UserDataError(f"fetching {url} took longer than {timeout:g} s; abandoned")
+                # read1: return what has arrived instead of waiting for a full chunk.
+                chunk = response.read1(_READ_CHUNK)
+                if not chunk:
+                    break
+                received += len(chunk)
+                if received > max_bytes:
+                    raise UserDataError(f"{url} is more than the limit of {max_bytes} bytes")
+                chunks.append(chunk)
+    except urllib.error.HTTPError as error:
+        raise UserDataError(f"fetching {url} gave HTTP status {error.code} ({error.reason})") from error
+    except urllib.error.URLError as error:
+        raise UserDataError(f"fetching {url} failed: {error.reason}") from error
+    except (OSError, ValueError) as error:
+        # socket timeouts, resets, and malformed URLs or responses
+        raise UserDataError(f"fetching {url} failed: {error}") from error
+    return b"".join(chunks)
+
+
+def read_local_file(path: Path, max_bytes: int) -> bytes:
+    """The contents of a local file, refusing one larger than `max_bytes`."""
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read(max_bytes + 1)
+    except OSError as error:
+        raise UserDataError(f"cannot read {path}: {error.strerror or error}") from error
+    if len(data) > max_bytes:
+        raise UserDataError(f"{path} is more than the limit of {max_bytes} bytes")
+    return data
+
+
+def resolve_local(location: str, files_dir: Path) -> Path:
+    """An absolute path as given, or a plain name under the machinetype's files/ directory."""
+    if location.startswith("/"):
+        if ".." in location.split("/"):
+            raise UserDataError(f"{location!r} contains a '..' component")
+        return Path(location)
+    # Names under files/ come from pipes too: one plain component, never a way out.
+    if not location or "/" in location or location in (".", ".."):
+        raise UserDataError(f"{location!r} is neither an http(s) URL, an absolute path "
+                            f"nor a plain file name under {files_dir}")
+    return Path(files_dir) / location
+
+
+def obtain_template(location: str, files_dir: Path, timeout: float = FETCH_TIMEOUT_SECONDS,
+                    max_bytes: int = MAX_TEMPLATE_BYTES, ca_path: Path | None = GRID_CA_PATH) -> Template:
+    """The template named by the machinetype's `user_data`: fetched fresh if http(s), else read."""
+    if is_http_url(location):
+        data = fetch_url(location, timeout, max_bytes, ca_path)
+        log.debug("fetched user_data template %s (%d bytes)", location, len(data))
+        return Template(_decode(data), url=location)
+    return Template(_decode(read_local_file(resolve_local(location, files_dir), max_bytes)))
+
+
+def split_user_data_options(options: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Split `user_data_option_X` and `user_data_file_X` settings into ({X: value}, {X: file})."""
+    values: dict[str, str] = {}
+    files: dict[str, str] = {}
+    for name, value in options.items():
+        for prefix, target in ((_OPTION_PREFIX, values), (_FILE_PREFIX, files)):
+            if name.startswith(prefix):
+                suffix = name[len(prefix):]
+                if not _OPTION_NAME.fullmatch(suffix):
+                    raise UserDataError(f"{name}: the part after {prefix} may only contain a-z 0-9 _")
+                target[suffix] = value
+    return values, files
+
+
+def read_option_files(files: Mapping[str, str], files_dir: Path,
+                      max_bytes: int = MAX_OPTION_FILE_BYTES) -> dict[str, str]:
+    """The contents of each `user_data_file_X` ({X: contents}), read from disk."""
+    contents = {}
+    for suffix, location in files.items():
+        try:
+            contents[suffix] = _decode(read_local_file(resolve_local(location, files_dir), max_bytes))
+        except UserDataError as error:
+            raise UserDataError(f"user_data_file_{suffix}: {error}") from error
+    return contents
+
+
+def render(template: Template, values: TemplateValues) -> str:
+    """Fill in `template` in the order of INTERFACES.md §5 and delete leftover patterns."""
+    text = template.text
+
+    def put(name: str, value: str | None) -> None:
+        nonlocal text
+        if value is not None:
+            text = text.replace(f"##user_data_{name}##", value)
+
+    put("space", values.space)
+    put("machinetype", values.machinetype)
+    put("machine_hostname", values.machine_hostname)
+    put("manager_version", values.manager_version)
+    put("manager_hostname", values.manager_hostname)
+    for kind in ("machinefeatures", "jobfeatures", "joboutputs"):
+        url = getattr(values, f"{kind}_url")
+        put(f"{kind}_url", url)
+        put(f"manager_{kind}_url", url)
+    # The UUID is known before templating (Vac filled it in only after it had
+    # written user_data, leaving ##user_data_uuid## empty).
+    put("uuid", values.machine_uuid)
+    put("url", template.url)
+    put("root_image_url", values.root_image_url)
+    put("site", values.site)
+    # Deprecated VM-era names.
+    put("vmtype", values.machinetype)
+    put("vm_hostname", values.machine_hostname)
+    put("vmlm_version", values.manager_version)
+    put("vmlm_hostname", values.manager_hostname)
+    # A proxy made by the factory (user_data_proxy) takes the option's place, as in Vac.
+    put("option_x509_proxy", values.x509_proxy)
+    # Options before files: an explicit user_data_option_X wins its own pattern,
+    # and the file's contents still fill ##user_data_file_X##.
+    for suffix, value in sorted(values.options.items()):
+        put(f"option_{suffix}", value)
+    for suffix, contents in sorted(values.file_contents.items()):
+        put(f"option_{suffix}", contents)
+        put(f"file_{suffix}", contents)
+    return _LEFTOVER_PATTERN.sub("", text)
+
+
+def write_user_data(paths: MachinePaths, text: str) -> None:
+    """Store the rendered script as the machine's user_data (mode 0755, INTERFACES.md §3)."""
+    write_atomic(paths.user_data, text.encode("utf-8", errors="surrogateescape"), USER_DATA_MODE)
+
