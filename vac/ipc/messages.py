@@ -51,7 +51,8 @@ def decode(obj):
     if not isinstance(obj, list) or len(obj) != 3:
         raise MalformedMessage(f"expected [version, tag, fields], got {type(obj).__name__}")
     version, tag, fields = obj
-    if version != PROTOCOL_VERSION:
+    # True and 1.0 compare equal to 1, yet are not this protocol's version.
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise MalformedMessage(f"protocol version {version!r}, expected {PROTOCOL_VERSION}")
     if not isinstance(tag, str) or not isinstance(fields, dict):
         raise MalformedMessage("tag must be a string and fields a map")
