@@ -1,0 +1,160 @@
+"""The frozen, typed configuration the rest of vac reads."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from vac.config.problems import ConfigProblem
+
+MACHINE_MODELS = ("docker", "singularity")
+SCRATCH_BACKENDS = ("directory", "loop", "lvm")
+# Vac's volume group name, used when scratch_backend = lvm and volume_group is unset.
+DEFAULT_VOLUME_GROUP = "vac_volume_group"
+
+EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+def frozen_mapping(items) -> Mapping:
+    """A read-only mapping, so frozen objects stay frozen all the way down."""
+    return MappingProxyType(dict(items))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The [settings] section: Vac's options with Vac's defaults, plus vac's own."""
+
+    vac_space: str
+    total_processors: int
+    factories: tuple[str, ...] = (".",)
+    processors_per_superslot: int = 1
+    mb_per_processor: int = 2048
+    hs06_per_processor: float | None = None
+    disk_gb_per_processor: int | None = None
+    volume_group: str | None = None
+    shutdown_time: int | None = None
+    draining: bool = False
+    overload_per_processor: float = 1.25
+    gocdb_sitename: str | None = None
+    udp_timeout_seconds: float = 10.0
+    vacmon_hostport: tuple[str, ...] = ()
+    singularity_user: str | None = None
+    user_data_options: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    user_data_files: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    machinefeatures_options: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    # Options of vac's own, not in Vac.
+    state_dir: str = "/var/lib/vac"
+    control_socket: str = "/run/vac/control.sock"
+    admin_group: str | None = None
+    readonly_group: str | None = None
+    slots: int | None = None
+    scratch_backend: str = "directory"
+    docker_url: str = "unix:///var/run/docker.sock"
+    docker_timeout_seconds: int = 30
+    pids_limit: int | None = None
+    heartbeat_timeout_seconds: int = 30
+
+    def __post_init__(self):
+        # slots defaults to one per processor, the most machines the processors allow.
+        if self.slots is None:
+            object.__setattr__(self, "slots", self.total_processors)
+
+    @property
+    def hs06_per_processor_or_default(self) -> float:
+        """HS06 per processor used internally: 1.0 when the site has not set it."""
+        return 1.0 if self.hs06_per_processor is None else self.hs06_per_processor
+
+    @property
+    def effective_volume_group(self) -> str | None:
+        """The LVM volume group scratch volumes go in, when the lvm backend is chosen."""
+        if self.scratch_backend != "lvm":
+            return None
+        return self.volume_group or DEFAULT_VOLUME_GROUP
+
+    @property
+    def machinetypes_dir(self) -> str:
+        """Where each machinetype's files/ directory lives, as in Vac."""
+        return os.path.join(self.state_dir, "machinetypes")
+
+
+@dataclass(frozen=True)
+class Machinetype:
+    """One kind of logical machine, complete and checked, from a file or a pipe."""
+
+    name: str
+    machine_model: str
+    root_image: str
+    user_data: str
+    container_command: str = "/user_data"
+    cvmfs_repositories: tuple[str, ...] = ()
+    tmp_binds: tuple[str, ...] = ()
+    target_share: float = 0.0
+    min_processors: int = 1
+    max_processors: int = 1
+    max_wallclock_seconds: int = 86400
+    min_wallclock_seconds: int = 86400
+    backoff_seconds: int = 10
+    fizzle_seconds: int = 600
+    heartbeat_file: str | None = None
+    heartbeat_seconds: int = 0
+    accounting_fqan: str | None = None
+    machinegroup: str = ""
+    machines_dir_days: float = 3.0
+    disk_gb_per_processor: int | None = None
+    image_signing_dn: str | None = None
+    user_data_proxy: bool = False
+    legacy_proxy: bool = False
+    user_data_options: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    user_data_files: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    # The directory under machinetypes/ whose files/ holds this type's files:
+    # the machinetype's name, or for pipe machinetypes the pipe's prefix (as Vac).
+    files_name: str = ""
+    # The pipe prefix this machinetype came from, None for a local one.
+    pipe: str | None = None
+
+    @property
+    def started(self) -> bool:
+        """Whether the scheduler may start it at all: a share of 0 or less never starts."""
+        return self.target_share > 0
+
+
+@dataclass(frozen=True)
+class VacuumPipe:
+    """A [vacuum_pipe PREFIX] section: where the pipe is and what it adds to its machinetypes."""
+
+    prefix: str
+    url: str
+    target_share: float = 0.0
+    # Checked machinetype options from the section, copied into each generated type.
+    options: Mapping[str, object] = field(default_factory=lambda: EMPTY)
+    file: str = ""
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """Everything read from the files: settings, machinetypes, pipes, and where it came from."""
+
+    settings: Settings
+    machinetypes: Mapping[str, Machinetype] = field(default_factory=lambda: EMPTY)
+    vacuum_pipes: Mapping[str, VacuumPipe] = field(default_factory=lambda: EMPTY)
+    # The checked options of every local [machinetype] section, as written; pipes
+    # need them because local options take precedence over the pipe's.
+    machinetype_options: Mapping[str, Mapping[str, object]] = field(default_factory=lambda: EMPTY)
+    files: tuple[str, ...] = ()
+    warnings: tuple[ConfigProblem, ...] = field(default=(), compare=False)
+
+
+def apply_overrides(config: Configuration, *, state_dir: str | None = None,
+                    control_socket: str | None = None) -> Configuration:
+    """The configuration with command-line values in place of the files' ones."""
+    changes = {}
+    if state_dir is not None:
+        changes["state_dir"] = os.path.abspath(state_dir)
+    if control_socket is not None:
+        changes["control_socket"] = os.path.abspath(control_socket)
+    if not changes:
+        return config
+    return dataclasses.replace(config, settings=dataclasses.replace(config.settings, **changes))
