@@ -1,0 +1,198 @@
+"""The [settings] section: each option read, checked and defaulted into Settings."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+from collections.abc import Mapping
+
+from vac.config import values
+from vac.config.files import RawValue
+from vac.config.machinetypes import check_user_data_file
+from vac.config.model import SCRATCH_BACKENDS, Settings, frozen_mapping
+from vac.config.problems import ConfigProblem
+from vac.config.values import BadValue
+
+SECTION = "settings"
+_DNS_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+_HOSTPORT_RE = re.compile(r"[a-z0-9.-]+:[0-9]+")
+_ACCOUNT_RE = re.compile(r"[a-z_][a-z0-9_.-]*\$?")
+_VOLUME_GROUP_RE = re.compile(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]*")
+_DOCKER_URL_SCHEMES = ("unix://", "tcp://", "http://", "https://", "ssh://")
+# Old Vac spellings still found in sites' files, read as their current names.
+DEPRECATED = {"hs06_per_cpu": "hs06_per_processor", "mb_per_cpu": "mb_per_processor",
+              "overload_per_cpu": "overload_per_processor",
+              "disk_gb_per_cpu": "disk_gb_per_processor", "scratch_gb": "disk_gb_per_processor",
+              "cpu_per_machine": "processors_per_superslot",
+              "vcpu_per_machine": "processors_per_superslot"}
+PREFIXES = {"user_data_option_": "user_data_options", "user_data_file_": "user_data_files",
+            "machinefeatures_option_": "machinefeatures_options"}
+
+
+def _int(minimum):
+    def convert(text):
+        number = values.ini_int(text)
+        values.check_minimum(number, minimum)
+        return number
+    return convert
+
+
+def _positive_number(text):
+    number = values.ini_number(text)
+    if number <= 0:
+        raise BadValue("must be greater than 0")
+    return number
+
+
+def _dns_name(text):
+    if not _DNS_NAME_RE.fullmatch(text.lower()) or len(text) > 253:
+        raise BadValue("not a DNS-like name (letters, digits, - and .)")
+    return text.lower()
+
+
+def _factories(text):
+    names = tuple(text.lower().split())
+    for name in names:
+        if name != ".":
+            _dns_name(name)
+    return names
+
+
+def _hostports(text):
+    pairs = tuple(text.lower().split())
+    for pair in pairs:
+        if not _HOSTPORT_RE.fullmatch(pair):
+            raise BadValue(f"{pair!r} is not host.domain:port")
+    return pairs
+
+
+def _account(text):
+    if not _ACCOUNT_RE.fullmatch(text) or len(text) > 32:
+        raise BadValue("not a valid user or group name")
+    return text
+
+
+def _singularity_user(text):
+    _account(text)
+    try:
+        entry = pwd.getpwnam(text)
+    except KeyError:
+        raise BadValue("no such user on this host") from None
+    if entry.pw_uid == 0:
+        raise BadValue("Singularity machines must not run as root")
+    return text
+
+
+def _volume_group(text):
+    if not _VOLUME_GROUP_RE.fullmatch(text) or len(text) > 127:
+        raise BadValue("not a valid LVM volume group name")
+    return text
+
+
+def _path(text):
+    values.check_absolute_path(text)
+    return text
+
+
+def _one_word(text):
+    values.check_text(text, limit=256)
+    if not text or any(character.isspace() for character in text):
+        raise BadValue("must be one word")
+    return text
+
+
+def _scratch_backend(text):
+    if text not in SCRATCH_BACKENDS:
+        raise BadValue("must be one of " + ", ".join(SCRATCH_BACKENDS))
+    return text
+
+
+def _docker_url(text):
+    _one_word(text)
+    if not text.startswith(_DOCKER_URL_SCHEMES):
+        raise BadValue("must start with one of " + ", ".join(_DOCKER_URL_SCHEMES))
+    return text
+
+
+def _draining(text):
+    # Vac drains only on "yes"; any other value means not draining.
+    return text.lower() == "yes"
+
+
+CONVERTERS = {
+    "vac_space": _dns_name, "factories": _factories, "total_processors": _int(1),
+    "processors_per_superslot": _int(1), "mb_per_processor": _int(1),
+    "hs06_per_processor": _positive_number, "disk_gb_per_processor": _int(1),
+    "volume_group": _volume_group, "shutdown_time": _int(0), "draining": _draining,
+    "overload_per_processor": _positive_number, "gocdb_sitename": _one_word,
+    "udp_timeout_seconds": _positive_number, "vacmon_hostport": _hostports,
+    "singularity_user": _singularity_user,
+    "state_dir": _path, "control_socket": _path, "admin_group": _account,
+    "readonly_group": _account, "slots": _int(1), "scratch_backend": _scratch_backend,
+    "docker_url": _docker_url, "docker_timeout_seconds": _int(1), "pids_limit": _int(1),
+    "heartbeat_timeout_seconds": _int(1),
+}
+
+
+def read_settings(raw: Mapping[str, RawValue] | None, where: str, *,
+                  cpu_count: int | None = None):
+    """Settings from the [settings] options, or None; with (problems, warnings).
+
+    `where` names the file(s) for problems of the section as a whole."""
+    problems, warnings = [], []
+    if raw is None:
+        return None, [ConfigProblem(where, None, None, None, "no [settings] section")], warnings
+    cpu_count = cpu_count or os.cpu_count() or 1
+    fields = {key: {} for key in PREFIXES.values()}
+
+    def problem(name, raw_value, reason, into=problems):
+        into.append(ConfigProblem(raw_value.file, SECTION, name, raw_value.text, reason))
+
+    for name, raw_value in raw.items():
+        target = DEPRECATED.get(name, name)
+        if target != name:
+            if target in raw:
+                problem(name, raw_value, f"deprecated Vac option ignored: {target} is also set",
+                        warnings)
+                continue
+            problem(name, raw_value, f"deprecated Vac option, read as {target}", warnings)
+        prefix = next((prefix for prefix in PREFIXES if name.startswith(prefix)), None)
+        try:
+            if prefix is not None:
+                fields[PREFIXES[prefix]][name[len(prefix):]] = _prefixed(prefix, name, raw_value.text)
+            elif target in CONVERTERS:
+                fields[target] = CONVERTERS[target](raw_value.text)
+            else:
+                problem(name, raw_value, "unknown option, ignored", warnings)
+        except BadValue as error:
+            problem(name, raw_value, str(error))
+    if "draining" in raw and raw["draining"].text.lower() not in ("yes", "no"):
+        problem("draining", raw["draining"], "only 'yes' drains; read as not draining", warnings)
+    if "vac_space" not in raw:
+        problems.append(ConfigProblem(where, SECTION, "vac_space", None,
+                                      "required option is missing"))
+    fields.setdefault("total_processors", cpu_count)
+    if fields["total_processors"] > cpu_count:
+        problem("total_processors", raw["total_processors"],
+                f"more than the {cpu_count} logical processors of this host", warnings)
+    if "volume_group" in fields and fields.get("scratch_backend", "directory") != "lvm":
+        problem("volume_group", raw["volume_group"],
+                "not used: set scratch_backend = lvm to put scratch space in it", warnings)
+    if problems:
+        return None, problems, warnings
+    for key in PREFIXES.values():
+        fields[key] = frozen_mapping(sorted(fields[key].items()))
+    return Settings(**fields), problems, warnings
+
+
+def _prefixed(prefix: str, name: str, text: str) -> str:
+    values.check_option_suffix(name[len(prefix):])
+    if prefix == "user_data_file_":
+        check_user_data_file(text, False)
+    elif prefix == "machinefeatures_option_":
+        values.check_text(text)
+    else:
+        values.check_text(text, multiline=True)
+    return text
+
