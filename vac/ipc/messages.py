@@ -6,6 +6,7 @@ field's type, so a confused or hostile peer yields an error, never a crash.
 """
 
 import dataclasses
+import types
 import typing
 
 from vac.ipc.framing import IpcError
@@ -72,7 +73,8 @@ def decode(obj):
 def _conforms(value, kind):
     """True if `value` fits the (simple) annotation `kind`."""
     origin = typing.get_origin(kind)
-    if origin is typing.Union:
+    # `int | None` is a types.UnionType, `Optional[int]` a typing.Union.
+    if origin in (typing.Union, types.UnionType):
         return any(_conforms(value, option) for option in typing.get_args(kind))
     if kind is type(None):
         return value is None
