@@ -1,0 +1,143 @@
+"""Typed messages: every one round-trips; a confused peer gets a clean error (vac.ipc.messages)."""
+
+import msgpack
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from vac.ipc import messages
+from vac.ipc.framing import FrameDecoder, IpcError, encode_frame
+from vac.ipc.messages import (
+    PROTOCOL_VERSION, Heartbeat, MalformedMessage, Ready, StateReport, Stop, UnknownMessage,
+    decode, encode,
+)
+
+EXAMPLES = {
+    "ready": Ready(child_id="slot-03", pid=4242),
+    "heartbeat": Heartbeat(child_id="cvmfs-keeper", seq=17),
+    "state": StateReport(child_id="slot-03", state="running",
+                         detail={"machinetype": "lhcb-dc-prod", "elapsed": 7985.5, "ok": True}),
+    "stop": Stop(reason="factory shutting down"),
+}
+
+
+def test_every_registered_message_has_an_example():
+    # A new message type must be added here, so its round trip is tested too.
+    assert set(messages._REGISTRY) == set(EXAMPLES)
+
+
+@pytest.mark.parametrize("tag", sorted(EXAMPLES))
+def test_round_trip_through_a_frame(tag):
+    msg = EXAMPLES[tag]
+    (wire,) = FrameDecoder().feed(encode_frame(encode(msg)))
+    assert wire[:2] == [PROTOCOL_VERSION, tag]
+    assert decode(wire) == msg
+    assert type(decode(wire)) is type(msg)
+
+
+def test_unknown_tag_is_its_own_error():
+    with pytest.raises(UnknownMessage):
+        decode([PROTOCOL_VERSION, "launch-missiles", {}])
+    # A peer speaking a newer protocol is still a malformed peer to the root.
+    assert issubclass(UnknownMessage, MalformedMessage)
+    assert issubclass(MalformedMessage, IpcError)
+
+
+READY_FIELDS = {"child_id": "slot-01", "pid": 100}
+
+MALFORMED = {
+    "not a list": {"version": 1, "tag": "ready"},
+    "too short": [PROTOCOL_VERSION, "ready"],
+    "too long": [PROTOCOL_VERSION, "ready", READY_FIELDS, None],
+    "a tuple is not the wire shape": (PROTOCOL_VERSION, "ready", READY_FIELDS),
+    "wrong version": [PROTOCOL_VERSION + 1, "ready", READY_FIELDS],
+    "version zero": [0, "ready", READY_FIELDS],
+    "version as string": [str(PROTOCOL_VERSION), "ready", READY_FIELDS],
+    "version as bool": [True, "ready", READY_FIELDS],
+    "version as float": [float(PROTOCOL_VERSION), "ready", READY_FIELDS],
+    "tag not a string": [PROTOCOL_VERSION, b"ready", READY_FIELDS],
+    "fields not a map": [PROTOCOL_VERSION, "ready", ["slot-01", 100]],
+    "missing field": [PROTOCOL_VERSION, "ready", {"child_id": "slot-01"}],
+    "extra field": [PROTOCOL_VERSION, "ready", {**READY_FIELDS, "uid": 0}],
+    "no fields": [PROTOCOL_VERSION, "stop", {}],
+    "bool where int": [PROTOCOL_VERSION, "ready", {"child_id": "slot-01", "pid": True}],
+    "str where int": [PROTOCOL_VERSION, "heartbeat", {"child_id": "x", "seq": "1"}],
+    "float where int": [PROTOCOL_VERSION, "heartbeat", {"child_id": "x", "seq": 1.0}],
+    "None where int": [PROTOCOL_VERSION, "ready", {"child_id": "slot-01", "pid": None}],
+    "int where str": [PROTOCOL_VERSION, "ready", {"child_id": 1, "pid": 100}],
+    "bytes where str": [PROTOCOL_VERSION, "stop", {"reason": b"bye"}],
+    "list where map": [PROTOCOL_VERSION, "state", {"child_id": "x", "state": "s", "detail": []}],
+}
+
+
+@pytest.mark.parametrize("wire", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_wire_objects_are_refused(wire):
+    with pytest.raises(MalformedMessage) as refused:
+        decode(wire)
+    assert not isinstance(refused.value, UnknownMessage)
+
+
+@pytest.mark.parametrize("tag", sorted(EXAMPLES))
+def test_each_field_of_each_message_is_type_checked(tag):
+    # Swap every field for a value of a type it never has: each swap is refused.
+    version, _, fields = encode(EXAMPLES[tag])
+    for name, value in fields.items():
+        wrong = [1.5] if isinstance(value, (str, int, dict)) else "x"
+        with pytest.raises(MalformedMessage):
+            decode([version, tag, {**fields, name: wrong}])
+
+
+# Property: whatever msgpack object arrives, decode() returns a message or refuses it.
+
+plain = st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(max_size=12) \
+    | st.binary(max_size=12)
+msgpack_objects = st.recursive(
+    plain,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=15,
+)
+# Near-misses: the right shape with arbitrary contents, so the checks past the shape run too.
+field_names = st.sampled_from(["child_id", "pid", "seq", "state", "detail", "reason", "other"])
+near_misses = st.tuples(
+    st.sampled_from([PROTOCOL_VERSION, 0, 2, True, 1.0]) | msgpack_objects,
+    st.sampled_from(sorted(EXAMPLES) + ["nope"]) | msgpack_objects,
+    st.dictionaries(field_names, msgpack_objects, max_size=4) | msgpack_objects,
+).map(list)
+
+
+@settings(max_examples=300, deadline=None)
+@given(obj=msgpack_objects | near_misses)
+def test_any_object_decodes_to_a_message_or_malformed(obj):
+    # Only what msgpack itself can produce reaches decode() from a frame.
+    (wire,) = FrameDecoder().feed(encode_frame(obj))
+    try:
+        msg = decode(wire)
+    except MalformedMessage:
+        return
+    assert type(msg) in messages._REGISTRY.values()
+    assert encode(msg) == wire
+
+
+@settings(max_examples=100, deadline=None)
+@given(child_id=st.text(max_size=30), pid=st.integers(0, 2**31), seq=st.integers(0, 2**63 - 1),
+       detail=st.dictionaries(st.text(max_size=10), st.text() | st.integers(0, 99) | st.floats(allow_nan=False),
+                              max_size=5))
+def test_valid_fields_always_round_trip(child_id, pid, seq, detail):
+    for msg in (Ready(child_id=child_id, pid=pid), Heartbeat(child_id=child_id, seq=seq),
+                StateReport(child_id=child_id, state="running", detail=detail)):
+        wire = msgpack.unpackb(msgpack.packb(encode(msg), use_bin_type=True), raw=False)
+        got = decode(wire)
+        assert type(got) is type(msg)
+        assert got == msg
+
+
+@pytest.mark.parametrize("value, kind, fits", [
+    (3, int, True), (True, int, False), (3.0, int, False),
+    (3, float, True), (3.5, float, True), (False, float, False),
+    (None, int | None, True), (3, int | None, True), (True, int | None, False),
+    (3, float | None, True), ("3", float | None, False),
+    (None, str | None, True), (b"x", str | None, False),
+    ({}, dict, True), ([], dict, False), ([], list, True),
+])
+def test_field_type_rules(value, kind, fits):
+    # Optional fields (`X | None`) follow the same rules as plain ones.
+    assert messages._conforms(value, kind) is fits
