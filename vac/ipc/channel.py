@@ -24,23 +24,39 @@ class RootChannel:
         self.max_frame_bytes = max_frame_bytes
         self._decoder = framing.FrameDecoder(max_frame_bytes)
         self._output = bytearray()
+        self.failure = None       # the IpcError (or EOF) that ended reading
 
     def fileno(self):
         return self.sock.fileno()
 
     def receive(self):
-        """Read what is available; return the decoded messages or raise IpcError."""
+        """Read what is available and return the messages decoded from it.
+
+        A protocol error or EOF ends the read and is left in `failure`; the
+        good messages that came before it are still returned.
+        """
         received = []
-        while True:
+        while self.failure is None:
             try:
                 data = self.sock.recv(READ_CHUNK)
             except (BlockingIOError, InterruptedError):
-                return received
+                break
             except ConnectionResetError:
                 data = b""
-            if not data:
-                self._decoder.eof()
-            received.extend(messages.decode(obj) for obj in self._decoder.feed(data))
+            try:
+                if not data:
+                    self._decoder.eof()
+                objects = self._decoder.feed(data)
+            except framing.IpcError as error:
+                objects = error.decoded
+                self.failure = error
+            for obj in objects:
+                try:
+                    received.append(messages.decode(obj))
+                except messages.MalformedMessage as error:
+                    self.failure = error
+                    break
+        return received
 
     def send(self, msg):
         """Queue `msg` and write as much as the socket takes now."""

@@ -13,7 +13,12 @@ HEADER = struct.Struct("!I")
 
 
 class IpcError(Exception):
-    """Base of every error a channel or decoder raises."""
+    """Base of every error a channel or decoder raises.
+
+    `decoded` holds the objects a feed completed before the error.
+    """
+
+    decoded = ()
 
 
 class FrameTooLarge(IpcError):
@@ -62,9 +67,18 @@ class FrameDecoder:
         return len(self._buffer)
 
     def feed(self, data):
-        """Add bytes; return the list of objects completed by them."""
+        """Add bytes; return the objects they complete, or raise IpcError."""
         self._buffer += data
         objects = []
+        try:
+            self._decode_into(objects)
+        except IpcError as error:
+            # The frames before the bad one were good: the caller still gets them.
+            error.decoded = objects
+            raise
+        return objects
+
+    def _decode_into(self, objects):
         while len(self._buffer) >= HEADER.size:
             (length,) = HEADER.unpack_from(self._buffer)
             if length > self.max_bytes:
@@ -77,7 +91,6 @@ class FrameDecoder:
             payload = bytes(self._buffer[HEADER.size:end])
             del self._buffer[:end]
             objects.append(decode_payload(payload))
-        return objects
 
     def eof(self):
         """Signal end of stream: raise ChannelClosed, noting a cut frame."""

@@ -15,7 +15,7 @@ import time
 from vac import logs, proctitle
 from vac.ipc import messages
 from vac.ipc.channel import WorkerChannel
-from vac.ipc.framing import ChannelClosed, IpcError
+from vac.ipc.framing import ChannelClosed
 from vac.supervisor import notify, tree as treemod
 from vac.supervisor.policy import ExitStatus
 from vac.supervisor.process import Processes, die_with_parent
@@ -220,12 +220,13 @@ class Root:
             os._exit(status)
 
     def _forget_in_child(self):
+        # Its own process group: a signal to the root's group (Ctrl-C in a
+        # terminal, `timeout`, `kill -- -PGID`) reaches the root alone, which
+        # then stops the children in order.
+        os.setpgid(0, 0)
         signal.set_wakeup_fd(-1)
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
-        # Ctrl-C in `make demo` reaches the whole process group: only the
-        # root acts on it, and it stops the children in order.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         for live in self.live.values():
             live.channel.close()
             if live.pidfd is not None:
@@ -254,23 +255,23 @@ class Root:
         live = self.live.get(child_id)
         if live is None:
             return
-        try:
-            received = live.channel.receive()
-        except ChannelClosed:
-            # It is exiting (or broken); its exit or its silence decides.
-            self._close_channel(live)
-            return
-        except IpcError as error:
-            log.error("%s (pid %d) sent a bad frame: %s; treating it as failed",
-                      child_id, live.pid, error)
-            self._close_channel(live)
-            self.emit("bad_frame", child=child_id, pid=live.pid, error=str(error))
-            self._execute(self.tree.fail(child_id, f"bad frame: {error}"))
-            return
+        received = live.channel.receive()
         now = self.clock()
-        live.last_seen = now
+        if received:
+            live.last_seen = now
         for msg in received:
             self._on_message(child_id, live, msg, now)
+        error = live.channel.failure
+        if error is None:
+            return
+        self._close_channel(live)
+        if isinstance(error, ChannelClosed):
+            # It is exiting (or broken); its exit or its silence decides.
+            return
+        log.error("%s (pid %d) sent a bad frame: %s; treating it as failed",
+                  child_id, live.pid, error)
+        self.emit("bad_frame", child=child_id, pid=live.pid, error=str(error))
+        self._execute(self.tree.fail(child_id, f"bad frame: {error}"))
 
     def _on_message(self, child_id, live, msg, now):
         if isinstance(msg, messages.Ready):

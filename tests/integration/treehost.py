@@ -1,0 +1,232 @@
+"""Runs a real Root with a test tree in this process, for integration tests.
+
+usage: python treehost.py SCENARIO EVENTS_FILE [STATE_DIR]
+
+Every event of the root is appended to EVENTS_FILE as one JSON line; lines
+on stdin are operator commands ("reset CHILD"). The scenarios use the real
+workers where they can and small misbehaving workers where a test needs one.
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+
+from vac import logs  # noqa: E402
+from vac.supervisor import policy  # noqa: E402
+from vac.supervisor.build import TreeSettings, build_tree  # noqa: E402
+from vac.supervisor.root import Root  # noqa: E402
+from vac.supervisor.states import Restart, Strategy  # noqa: E402
+from vac.supervisor.tree import ChildSpec, PoolPolicy, SupervisorSpec  # noqa: E402
+from vac.workers.harness import WorkerLoop  # noqa: E402
+
+STATE_DIR = sys.argv[3] if len(sys.argv) > 3 else "/tmp"
+
+
+def idle(channel, spec):
+    """A well-behaved worker that does nothing but heartbeat."""
+    loop = WorkerLoop(channel, spec, role=spec["child_id"])
+    loop.title(f"test {spec['child_id']}")
+    loop.ready()
+    while not loop.stopping:
+        loop.wait(1.0)
+
+
+def crash_while_marker(channel, spec):
+    """Crashes at start while the marker file exists, else behaves."""
+    if os.path.exists(spec["marker"]):
+        raise RuntimeError("told to crash at start")
+    idle(channel, spec)
+
+
+def crash_at_once(channel, spec):
+    raise RuntimeError("a helper that always fails")
+
+
+def hang_after_ready(channel, spec):
+    """Becomes ready, then stops heartbeating and ignores SIGTERM."""
+    loop = WorkerLoop(channel, spec, role=spec["child_id"])
+    loop.ready()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if not os.path.exists(spec["marker"]):
+        open(spec["marker"], "w").close()
+        while True:
+            time.sleep(60)
+    while not loop.stopping:
+        loop.wait(1.0)
+
+
+def send_garbage(channel, spec):
+    """Becomes ready, then sends bytes that are no frame at all (once)."""
+    loop = WorkerLoop(channel, spec, role=spec["child_id"])
+    loop.ready()
+    if not os.path.exists(spec["marker"]):
+        open(spec["marker"], "w").close()
+        channel.send_raw(b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1")
+    while not loop.stopping:
+        loop.wait(1.0)
+
+
+def send_oversize(channel, spec):
+    """Becomes ready, then announces a 1 GiB frame (once)."""
+    loop = WorkerLoop(channel, spec, role=spec["child_id"])
+    loop.ready()
+    if not os.path.exists(spec["marker"]):
+        open(spec["marker"], "w").close()
+        channel.send_raw(b"\x40\x00\x00\x00" + b"x" * 64)
+    while not loop.stopping:
+        loop.wait(1.0)
+
+
+def leave_orphan(channel, spec):
+    """Forks a grandchild that forks again and exits: the last one is orphaned."""
+    loop = WorkerLoop(channel, spec, role=spec["child_id"])
+    loop.ready()
+    read_end, write_end = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        orphan = os.fork()
+        if orphan == 0:
+            time.sleep(1.0)
+            os._exit(7)
+        os.write(write_end, str(orphan).encode())
+        os._exit(0)
+    os.waitpid(middle, 0)
+    orphan_pid = int(os.read(read_end, 32))
+    loop.report("orphan", pid=orphan_pid)
+    while not loop.stopping:
+        loop.wait(1.0)
+
+
+def slow_to_stop(channel, spec):
+    """Takes `stop_delay` seconds to stop after SIGTERM (a budget test)."""
+    loop = WorkerLoop(channel, spec, role=spec["child_id"])
+    loop.ready()
+    while not loop.stopping:
+        loop.wait(1.0)
+    time.sleep(spec["stop_delay"])
+
+
+FAST = {"heartbeat_interval": 0.2, "heartbeat_timeout": 1.5}
+
+
+def factory():
+    """The real factory tree: keeper, reaper and three real slot workers."""
+    return build_tree(TreeSettings(slots=3, state_dir=STATE_DIR, heartbeat_interval=0.2,
+                                   heartbeat_timeout=3.0, slot_shutdown=3.0,
+                                   helper_shutdown=3.0))
+
+
+def crashing_slot():
+    marker = os.path.join(STATE_DIR, "crash-marker")
+    slot_policy = policy.SlotRestartPolicy(healthy_after=5.0, first_delay=0.2, max_delay=2.0,
+                                           max_failed_starts=4)
+    slots = SupervisorSpec(id="slots", pool=PoolPolicy(slot_restart=slot_policy), children=(
+        ChildSpec(id="slot-00", target=idle, restart=Restart.TRANSIENT, role="slot", **FAST),
+        ChildSpec(id="slot-01", target=crash_while_marker, args={"marker": marker},
+                  restart=Restart.TRANSIENT, role="slot", **FAST),
+        ChildSpec(id="slot-02", target=idle, restart=Restart.TRANSIENT, role="slot", **FAST),
+    ))
+    return SupervisorSpec(id="vacd", children=(slots,))
+
+
+def crash_storm():
+    slot_policy = policy.SlotRestartPolicy(healthy_after=5.0, first_delay=0.1, max_delay=0.2,
+                                           max_failed_starts=100)
+    breaker = policy.BreakerPolicy(crashes=5, window=5.0, pause=2.0)
+    children = tuple(
+        ChildSpec(id=f"slot-{n:02d}", target=crash_at_once if n >= 2 else idle,
+                  restart=Restart.TRANSIENT, role="slot", **FAST) for n in range(5))
+    slots = SupervisorSpec(id="slots", children=children,
+                           pool=PoolPolicy(slot_restart=slot_policy, breaker=breaker))
+    return SupervisorSpec(id="vacd", children=(slots,))
+
+
+def helper_storm():
+    services = SupervisorSpec(
+        id="services", intensity=policy.Intensity(max_restarts=2, period=10.0), children=(
+            ChildSpec(id="good-helper", target=idle, **FAST),
+            ChildSpec(id="bad-helper", target=crash_at_once, **FAST),
+        ))
+    slots = SupervisorSpec(id="slots", pool=PoolPolicy(), children=(
+        ChildSpec(id="slot-00", target=idle, restart=Restart.TRANSIENT, role="slot", **FAST),))
+    return SupervisorSpec(id="vacd", intensity=policy.Intensity(max_restarts=1, period=10.0),
+                          degraded_retry=1.0, children=(services, slots))
+
+
+def rest_for_one():
+    group = SupervisorSpec(
+        id="chain", strategy=Strategy.REST_FOR_ONE,
+        intensity=policy.Intensity(max_restarts=10, period=10.0),
+        children=tuple(ChildSpec(id=f"link-{n}", target=idle, **FAST) for n in range(4)))
+    return SupervisorSpec(id="vacd", children=(group,))
+
+
+def misbehaving():
+    marker = os.path.join(STATE_DIR, "marker")
+    pool = SupervisorSpec(id="slots", pool=PoolPolicy(), children=(
+        ChildSpec(id="slot-00", target=idle, restart=Restart.TRANSIENT, role="slot", **FAST),
+        ChildSpec(id="slot-01", target=hang_after_ready, args={"marker": marker + "-hang"},
+                  restart=Restart.TRANSIENT, role="slot", shutdown=0.5, **FAST),
+        ChildSpec(id="slot-02", target=send_garbage, args={"marker": marker + "-garbage"},
+                  restart=Restart.TRANSIENT, role="slot", **FAST),
+        ChildSpec(id="slot-03", target=send_oversize, args={"marker": marker + "-oversize"},
+                  restart=Restart.TRANSIENT, role="slot", **FAST),
+        ChildSpec(id="slot-04", target=idle, restart=Restart.TRANSIENT, role="slot", **FAST),
+    ))
+    return SupervisorSpec(id="vacd", children=(pool,))
+
+
+def orphans():
+    services = SupervisorSpec(id="services", children=(
+        ChildSpec(id="orphan-maker", target=leave_orphan, **FAST),))
+    return SupervisorSpec(id="vacd", children=(services,))
+
+
+def shutdown_budget():
+    services = SupervisorSpec(id="services", children=(
+        ChildSpec(id="helper-a", target=idle, **FAST),
+        ChildSpec(id="helper-b", target=slow_to_stop, args={"stop_delay": 30}, shutdown=1.0,
+                  **FAST),
+    ))
+    slots = SupervisorSpec(id="slots", pool=PoolPolicy(), children=tuple(
+        ChildSpec(id=f"slot-{n:02d}", target=slow_to_stop, args={"stop_delay": 0.3},
+                  restart=Restart.TRANSIENT, role="slot", shutdown=2.0, **FAST)
+        for n in range(3)))
+    return SupervisorSpec(id="vacd", children=(services, slots))
+
+
+SCENARIOS = {f.__name__.replace("_", "-"): f for f in (
+    factory, crashing_slot, crash_storm, helper_storm, rest_for_one, misbehaving, orphans,
+    shutdown_budget)}
+
+
+def main():
+    scenario, events_path = sys.argv[1], sys.argv[2]
+    logs.configure("INFO")
+    events = open(events_path, "a", buffering=1)
+
+    def observe(event):
+        events.write(json.dumps(event) + "\n")
+
+    root = Root(SCENARIOS[scenario](), observer=observe)
+
+    def on_command():
+        line = sys.stdin.readline()
+        if not line:
+            root.remove_reader(sys.stdin.fileno())
+            return
+        command, _, argument = line.strip().partition(" ")
+        if command == "reset":
+            root.reset(argument)
+        observe({"event": "command", "command": line.strip(), "t": time.time()})
+
+    root.add_reader(sys.stdin.fileno(), on_command)
+    sys.exit(root.run())
+
+
+if __name__ == "__main__":
+    main()
