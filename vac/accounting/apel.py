@@ -1,0 +1,269 @@
+"""APEL accounting: one individual job record per finished machine, written exactly once.
+
+Files follow the dirq "QueueSimple" layout that ssmsend reads: directories of
+8 hex digits (YYYYMMDD) holding elements named by 14 hex digits. The element
+name is hashed from the machine UUID and the directory comes from the machine's
+end time, so writing the same machine twice names the same file both times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from vac.machine.atomicfile import create_atomic, fsync_directory, write_atomic
+
+log = logging.getLogger(__name__)
+
+JOB_HEADER = "APEL-individual-job-message: v0.3"
+SYNC_HEADER = "APEL-sync-message: v0.1"
+RECORD_END = "%%"
+ARCHIVE_DIR_NAME = "apel-archive"
+OUTGOING_DIR_NAME = "apel-outgoing"
+# Kept in the machine directory: the record text as first written, so a repeat
+# after a crash copies the very same text (same EndTime, same day directory).
+MACHINE_RECORD_NAME = "apel-record"
+
+RECORD_FILE_MODE = 0o644
+RECORD_DIR_MODE = 0o755
+MAX_RECORD_BYTES = 64 * 1024
+
+_DAY_DIRECTORY = re.compile(r"[0-9]{8}")
+_ELEMENT_NAME = re.compile(r"[0-9a-f]{14}")
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedMachine:
+    """What the accounting record of one finished machine is made from."""
+    machine_uuid: str
+    machinetype: str
+    space: str
+    factory: str
+    processors: int
+    start_time: int
+    end_time: int
+    cpu_seconds: int
+    mb_per_processor: int
+    hs06_per_processor: float | None = None
+    gocdb_sitename: str | None = None
+    accounting_fqan: str | None = None
+
+
+def global_user_name(space: str) -> str:
+    """The space as a DN in Vac's order: vac01.example.com -> /DC=com/DC=example/DC=vac01."""
+    return "".join(f"/DC={component}" for component in reversed(space.split(".")))
+
+
+def site_name(space: str, gocdb_sitename: str | None) -> str:
+    """gocdb_sitename, or (as Vac did) the space without its first label."""
+    if gocdb_sitename:
+        return gocdb_sitename
+    return space.split(".", 1)[1] if "." in space else space
+
+
+def submit_host(space: str, factory: str) -> str:
+    """The SubmitHost of this factory's records: <space>/vac-<factory>."""
+    return f"{space}/vac-{factory}"
+
+
+def job_record(machine: FinishedMachine) -> str:
+    """The individual job message for `machine` (header, Key: value lines, %%)."""
+    memory_kib = machine.mb_per_processor * machine.processors * 1024
+    # Without a configured HS06 figure Vac accounted 1.0 per processor (such
+    # records stay in the archive and are never sent).
+    hs06 = machine.hs06_per_processor if machine.hs06_per_processor is not None else 1.0
+    lines = [
+        JOB_HEADER,
+        f"Site: {site_name(machine.space, machine.gocdb_sitename)}",
+        f"SubmitHost: {submit_host(machine.space, machine.factory)}",
+        f"LocalJobId: {machine.machine_uuid}",
+        f"LocalUserId: {machine.factory}",
+        f"Queue: {machine.machinetype}",
+        f"GlobalUserName: {global_user_name(machine.space)}",
+    ]
+    if machine.accounting_fqan:
+        lines.append(f"FQAN: {machine.accounting_fqan}")
+    lines += [
+        f"WallDuration: {max(0, machine.end_time - machine.start_time)}",
+        f"CpuDuration: {machine.cpu_seconds}",
+        f"Processors: {machine.processors}",
+        "NodeCount: 1",
+        "InfrastructureDescription: APEL-VAC",
+        "InfrastructureType: grid",
+        f"StartTime: {machine.start_time}",
+        f"EndTime: {machine.end_time}",
+        f"MemoryReal: {memory_kib}",
+        f"MemoryVirtual: {memory_kib}",
+        "ServiceLevelType: HEPSPEC",
+        f"ServiceLevel: {float(hs06)}",
+        RECORD_END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def lived_long_enough(start_time: float, end_time: float, fizzle_seconds: float) -> bool:
+    """True if a machine is accounted: it lived at least fizzle_seconds."""
+    return end_time - start_time >= fizzle_seconds
+
+
+def sends_outgoing(gocdb_sitename: str | None, hs06_per_processor: float | None) -> bool:
+    """True if records also go to apel-outgoing (both gocdb_sitename and hs06_per_processor set)."""
+    return bool(gocdb_sitename) and hs06_per_processor is not None
+
+
+def element_name(machine_uuid: str, attempt: int = 0) -> str:
+    """The record's file name: 14 hex digits hashed from the machine UUID (a dirq element name).
+
+    Hashing spreads any UUID form evenly; `attempt` > 0 gives the alternatives
+    used if another machine's record already holds the name.
+    """
+    key = machine_uuid if attempt == 0 else f"{machine_uuid}#{attempt}"
+    return hashlib.sha256(key.encode()).hexdigest()[:14]
+
+
+def _holds_machine(path: Path, machine_uuid: str) -> bool:
+    try:
+        text = path.read_bytes()[:MAX_RECORD_BYTES].decode(errors="replace")
+    except FileNotFoundError:
+        return False
+    return any(record.get("LocalJobId") == machine_uuid for record in parse_records(text))
+
+
+def _element_for(archive_day: Path, machine_uuid: str) -> str:
+    """The first name that is free or already holds this machine's record."""
+    for attempt in range(16):
+        name = element_name(machine_uuid, attempt)
+        path = archive_day / name
+        if not path.exists() or _holds_machine(path, machine_uuid):
+            return name
+    raise FileExistsError(f"no free APEL element name for machine {machine_uuid} in {archive_day}")
+
+
+def day_directory(end_time: float) -> str:
+    """The YYYYMMDD directory (UTC) of a record ending at `end_time`."""
+    return time.strftime("%Y%m%d", time.gmtime(end_time))
+
+
+def parse_records(text: str) -> list[dict[str, str]]:
+    """The records of an APEL message as {Key: value} dicts (the header line is skipped)."""
+    records: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.strip() == RECORD_END:
+            if current:
+                records.append(current)
+            current = {}
+        elif ": " in line and not line.startswith("APEL-"):
+            key, value = line.split(": ", 1)
+            current[key.strip()] = value.strip()
+    return records
+
+
+def _stored_record(machine_dir: Path, machine: FinishedMachine) -> str:
+    """The record text kept in the machine directory, created from `machine` the first time."""
+    path = Path(machine_dir) / MACHINE_RECORD_NAME
+    create_atomic(path, job_record(machine).encode(), RECORD_FILE_MODE)
+    with open(path, "rb") as stream:
+        return stream.read(MAX_RECORD_BYTES).decode()
+
+
+def _ensure_day_directory(base: Path, day: str) -> Path:
+    directory = base / day
+    if not directory.is_dir():
+        directory.mkdir(mode=RECORD_DIR_MODE, parents=True, exist_ok=True)
+        # The new directory entry must survive a power cut as surely as the file in it.
+        fsync_directory(base)
+    return directory
+
+
+def write_job_record(state_dir: Path, machine_dir: Path, machine: FinishedMachine,
+                     fizzle_seconds: float) -> list[Path]:
+    """Write the machine's record to apel-archive (and apel-outgoing if sent) exactly once.
+
+    Returns the files written by this call: empty if the machine fizzled or its
+    record was already complete. Safe to repeat after a crash at any point.
+    """
+    if not lived_long_enough(machine.start_time, machine.end_time, fizzle_seconds):
+        log.info("machine %s lived %d s, less than fizzle_seconds %g: no accounting record",
+                 machine.machine_uuid, machine.end_time - machine.start_time, fizzle_seconds)
+        return []
+    text = _stored_record(machine_dir, machine)
+    # The stored text decides the day, so a repeat on a later day still finds the file.
+    stored = parse_records(text)
+    end_time = int(stored[0]["EndTime"]) if stored and stored[0].get("EndTime", "").isdigit() \
+        else machine.end_time
+    day = day_directory(end_time)
+    name = _element_for(Path(state_dir) / ARCHIVE_DIR_NAME / day, machine.machine_uuid)
+    archive_path = Path(state_dir) / ARCHIVE_DIR_NAME / day / name
+    if archive_path.exists():
+        # The archive copy is written last: it existing means this record is complete.
+        return []
+    written = []
+    if sends_outgoing(machine.gocdb_sitename, machine.hs06_per_processor):
+        # ssmsend deletes outgoing files once sent, so their absence proves nothing:
+        # the archive copy (written next) is the marker. A repeat can duplicate the
+        # message only if ssmsend ran between these two writes; the APEL server
+        # replaces a record with the same LocalJobId, SubmitHost and EndTime.
+        outgoing_path = _ensure_day_directory(Path(state_dir) / OUTGOING_DIR_NAME, day) / name
+        write_atomic(outgoing_path, text.encode(), RECORD_FILE_MODE)
+        written.append(outgoing_path)
+    _ensure_day_directory(Path(state_dir) / ARCHIVE_DIR_NAME, day)
+    if create_atomic(archive_path, text.encode(), RECORD_FILE_MODE):
+        written.append(archive_path)
+    log.info("machine %s: APEL record written to %s", machine.machine_uuid,
+             ", ".join(str(path) for path in written) or "nowhere (already there)")
+    return written
+
+
+def archived_job_counts(state_dir: Path) -> Counter[tuple[str, str, int, int]]:
+    """Jobs in apel-archive per (Site, SubmitHost, Year, Month) of their EndTime (UTC)."""
+    counts: Counter[tuple[str, str, int, int]] = Counter()
+    archive = Path(state_dir) / ARCHIVE_DIR_NAME
+    for day_dir in sorted(archive.iterdir()) if archive.is_dir() else []:
+        if not _DAY_DIRECTORY.fullmatch(day_dir.name) or not day_dir.is_dir():
+            continue
+        for element in sorted(day_dir.iterdir()):
+            if not _ELEMENT_NAME.fullmatch(element.name):
+                continue  # temp files of a write in progress
+            try:
+                text = element.read_bytes()[:MAX_RECORD_BYTES].decode(errors="replace")
+            except OSError as error:
+                log.warning("cannot read APEL record %s (%s); not counted", element, error)
+                continue
+            for record in parse_records(text):
+                try:
+                    ended = time.gmtime(int(record["EndTime"]))
+                    key = (record["Site"], record["SubmitHost"], ended.tm_year, ended.tm_mon)
+                except (KeyError, ValueError):
+                    log.warning("APEL record in %s lacks Site, SubmitHost or EndTime; not counted", element)
+                    continue
+                counts[key] += 1
+    return counts
+
+
+def sync_message(counts: Counter[tuple[str, str, int, int]], site: str | None = None) -> str:
+    """The APEL-sync-message for `counts`, one record per site, submit host and month."""
+    lines = [SYNC_HEADER]
+    for (record_site, host, year, month), number in sorted(counts.items()):
+        if site is not None and record_site != site:
+            continue  # records of other sites were never sent
+        lines += [f"Site: {record_site}", f"SubmitHost: {host}", f"NumberOfJobs: {number}",
+                  f"Month: {month}", f"Year: {year}", RECORD_END]
+    return "\n".join(lines) + "\n"
+
+
+def write_sync_message(state_dir: Path, text: str, now: float) -> Path:
+    """Queue a sync message in apel-outgoing under a time-based element name."""
+    day = day_directory(now)
+    # dirq's own naming: seconds, microseconds, one digit of the pid.
+    name = f"{int(now):08x}{int((now % 1) * 1000000) % 0x100000:05x}{os.getpid() % 16:01x}"
+    path = _ensure_day_directory(Path(state_dir) / OUTGOING_DIR_NAME, day) / name
+    write_atomic(path, text.encode(), RECORD_FILE_MODE)
+    return path
+
