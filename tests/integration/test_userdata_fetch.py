@@ -67,6 +67,13 @@ class _QuietServer(http.server.ThreadingHTTPServer):
         pass  # clients that gave up (timeouts under test) break the pipe on purpose
 
 
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch):
+    # A site proxy from the environment must not carry requests for 127.0.0.1.
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(scope="module")
 def server():
     httpd = _QuietServer(("127.0.0.1", 0), _Handler)

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from vac.machine.atomicfile import create_atomic, write_atomic
