@@ -90,14 +90,14 @@ def job_record(machine: FinishedMachine) -> str:
     if machine.accounting_fqan:
         lines.append(f"FQAN: {machine.accounting_fqan}")
     lines += [
-        f"WallDuration: {max(0, machine.end_time - machine.start_time)}",
-        f"CpuDuration: {machine.cpu_seconds}",
+        f"WallDuration: {max(0, int(machine.end_time) - int(machine.start_time))}",
+        f"CpuDuration: {int(machine.cpu_seconds)}",
         f"Processors: {machine.processors}",
         "NodeCount: 1",
         "InfrastructureDescription: APEL-VAC",
         "InfrastructureType: grid",
-        f"StartTime: {machine.start_time}",
-        f"EndTime: {machine.end_time}",
+        f"StartTime: {int(machine.start_time)}",
+        f"EndTime: {int(machine.end_time)}",
         f"MemoryReal: {memory_kib}",
         f"MemoryVirtual: {memory_kib}",
         "ServiceLevelType: HEPSPEC",
@@ -173,13 +173,18 @@ def _stored_record(machine_dir: Path, machine: FinishedMachine) -> str:
         return stream.read(MAX_RECORD_BYTES).decode()
 
 
+def _ensure_durable_directory(directory: Path) -> None:
+    if directory.is_dir():
+        return
+    _ensure_durable_directory(directory.parent)
+    directory.mkdir(mode=RECORD_DIR_MODE, exist_ok=True)
+    # A new directory entry must survive a power cut as surely as the record in it.
+    fsync_directory(directory.parent)
+
+
 def _ensure_day_directory(base: Path, day: str) -> Path:
-    directory = base / day
-    if not directory.is_dir():
-        directory.mkdir(mode=RECORD_DIR_MODE, parents=True, exist_ok=True)
-        # The new directory entry must survive a power cut as surely as the file in it.
-        fsync_directory(base)
-    return directory
+    _ensure_durable_directory(base / day)
+    return base / day
 
 
 def write_job_record(state_dir: Path, machine_dir: Path, machine: FinishedMachine,
@@ -208,8 +213,8 @@ def write_job_record(state_dir: Path, machine_dir: Path, machine: FinishedMachin
     if sends_outgoing(machine.gocdb_sitename, machine.hs06_per_processor):
         # ssmsend deletes outgoing files once sent, so their absence proves nothing:
         # the archive copy (written next) is the marker. A repeat can duplicate the
-        # message only if ssmsend ran between these two writes; the APEL server
-        # replaces a record with the same LocalJobId, SubmitHost and EndTime.
+        # message only if ssmsend ran between these two writes, and the APEL
+        # server replaces a record with the same Site, LocalJobId and EndTime.
         outgoing_path = _ensure_day_directory(Path(state_dir) / OUTGOING_DIR_NAME, day) / name
         write_atomic(outgoing_path, text.encode(), RECORD_FILE_MODE)
         written.append(outgoing_path)

@@ -8,6 +8,8 @@ when the clock steps back and cannot be derived from a container):
     <state_dir>/machines/                    0711  traversable, not listable
     <state_dir>/machines/<uuid>/             0700  (0710 + group for Singularity)
         record.json                          0600  lifecycle record (record.py)
+        finished                             0600  marker: finalised exactly once
+        apel-record                          0644  APEL record as first written
         user_data                            0755  templated script, may hold proxies
         machinefeatures/  jobfeatures/       0755  files 0644, mounted read-only
         joboutputs/                          0755  mounted read-write, the container's
