@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence
 
+from vac.machine.atomicfile import fsync_directory
 from vac.machine.layout import PRIVATE_FILE_MODE, SCRATCH_DIR_MODE, MachinePaths, ensure_directory
 
 log = logging.getLogger(__name__)
@@ -250,6 +251,7 @@ class LoopScratch:
         try:
             self._run([*MKFS_COMMAND, str(new_image)], MKFS_TIMEOUT_SECONDS, None)
             os.rename(new_image, machine.scratch_image)
+            fsync_directory(machine.root)
         except BaseException:
             new_image.unlink(missing_ok=True)
             raise
