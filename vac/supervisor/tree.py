@@ -75,7 +75,8 @@ def validate_tree(spec):
             problems.append(f"{path}: {node!r} is neither a ChildSpec nor a SupervisorSpec")
             return
         where = f"{path}/{node.id}" if path else node.id
-        if not isinstance(node.id, str) or not ID_PATTERN.match(node.id):
+        # fullmatch: with match, '$' would let an id end in a newline.
+        if not isinstance(node.id, str) or not ID_PATTERN.fullmatch(node.id):
             problems.append(f"{where}: id must match {ID_PATTERN.pattern}")
         if node.id in seen:
             problems.append(f"{where}: id {node.id!r} is used twice")
