@@ -110,7 +110,8 @@ def _validate_child(child, where, problems):
         problems.append(f"{where}: need 0 < heartbeat_interval < heartbeat_timeout")
     try:
         msgpack.packb(dict(child.args), use_bin_type=True)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, OverflowError) as error:
+        # OverflowError: an int beyond 64 bits, which msgpack cannot carry.
         problems.append(f"{where}: args must be plain data ({error})")
 
 
