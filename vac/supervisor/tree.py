@@ -423,7 +423,10 @@ class Tree:
             return
         if now - self.degraded_since < self._degraded_clear_after():
             return
-        helpers = [leaf for leaf in self.leaves.values() if leaf.parent.spec.pool is None]
+        # A helper that ended for good as its restart type allows (EXITED) is
+        # not failing: waiting for it to run again would never end.
+        helpers = [leaf for leaf in self.leaves.values()
+                   if leaf.parent.spec.pool is None and leaf.state is not ChildState.EXITED]
         if all(leaf.state is ChildState.RUNNING and leaf.ready_at is not None
                and now - leaf.ready_at >= self._degraded_clear_after() for leaf in helpers):
             log.warning("every helper runs again: leaving DEGRADED")
