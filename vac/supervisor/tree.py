@@ -372,6 +372,11 @@ class Tree:
 
     def _restart_members(self, node, members, now, at):
         """Stop what still runs of `members`, then start them all in order at `at`."""
+        if node.pending_group is not None:
+            # A restart of this node still waits for its members to stop:
+            # widen it, or the members it was to start would never start.
+            members = [m for m in node.members if m in node.pending_group or m in members]
+            at = max(at, node.pending_at)
         node.pending_group = list(members)
         node.pending_at = at
         actions = []
