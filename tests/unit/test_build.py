@@ -1,0 +1,64 @@
+"""The factory's supervision tree built from settings (vac.supervisor.build)."""
+
+import pytest
+
+from vac.supervisor.build import TreeSettings, build_tree, slot_id
+from vac.supervisor.policy import Intensity, SlotRestartPolicy
+from vac.supervisor.states import Restart, Strategy
+from vac.supervisor.tree import ChildSpec, SupervisorSpec, Tree, validate_tree
+from vac.workers import cvmfs_keeper, reaper, slot_worker
+
+
+@pytest.mark.parametrize("slots", [0, 1, 16, 128])
+def test_services_first_then_a_pool_of_slots(slots):
+    spec = build_tree(TreeSettings(slots=slots))
+    assert validate_tree(spec) == []
+    services, pool = spec.children
+    assert [c.id for c in services.children] == ["cvmfs-keeper", "reaper"]
+    assert [c.target for c in services.children] == [cvmfs_keeper.run, reaper.run]
+    assert all(c.restart is Restart.PERMANENT and c.role == "helper" for c in services.children)
+    assert services.pool is None
+    assert pool.pool is not None and pool.strategy is Strategy.ONE_FOR_ONE
+    assert [c.id for c in pool.children] == [f"slot-{n:02d}" for n in range(slots)]
+    assert all(isinstance(c, ChildSpec) and c.target is slot_worker.run and c.restart is Restart.TRANSIENT
+               and c.role == "slot" for c in pool.children)
+    assert [c.args["slot"] for c in pool.children] == list(range(slots))
+
+
+def test_start_and_stop_order_of_the_factory():
+    tree = Tree(build_tree(TreeSettings(slots=3)))
+    assert [a.child_id for a in tree.start(0.0)] == [
+        "cvmfs-keeper", "reaper", "slot-00", "slot-01", "slot-02"]
+    assert tree.shutdown_phases() == [["slot-00", "slot-01", "slot-02"], ["reaper"], ["cvmfs-keeper"]]
+
+
+def test_settings_reach_the_specs():
+    settings = TreeSettings(
+        slots=2, cvmfs_repositories=("atlas.cern.ch", "lhcb.cern.ch"), state_dir="/srv/vac",
+        heartbeat_interval=1.0, heartbeat_timeout=7.0, slot_shutdown=30.0, helper_shutdown=3.0,
+        helper_intensity=Intensity(2, 9.0), top_intensity=Intensity(1, 99.0), degraded_retry=45.0,
+        slot_restart=SlotRestartPolicy(max_failed_starts=3))
+    spec = build_tree(settings)
+    services, pool = spec.children
+    keeper, reaper_spec = services.children
+    assert keeper.args == {"repositories": ["atlas.cern.ch", "lhcb.cern.ch"]}
+    assert reaper_spec.args == {"state_dir": "/srv/vac"}
+    assert pool.children[1].args == {"slot": 1, "state_dir": "/srv/vac"}
+    assert {(c.heartbeat_interval, c.heartbeat_timeout) for c in (keeper, reaper_spec, *pool.children)} == {(1.0, 7.0)}
+    assert {c.shutdown for c in services.children} == {3.0}
+    assert {c.shutdown for c in pool.children} == {30.0}
+    assert services.intensity == Intensity(2, 9.0)
+    assert spec.intensity == Intensity(1, 99.0) and spec.degraded_retry == 45.0
+    assert pool.pool.slot_restart.max_failed_starts == 3
+    assert isinstance(spec, SupervisorSpec) and spec.strategy is Strategy.ONE_FOR_ONE
+
+
+def test_slot_ids_sort_in_slot_order():
+    ids = [slot_id(n) for n in range(12)]
+    assert sorted(ids) == ids
+    assert slot_id(3) == "slot-03"
+
+
+def test_bad_timings_are_caught_by_validation():
+    spec = build_tree(TreeSettings(slots=2, heartbeat_interval=20.0, heartbeat_timeout=20.0))
+    assert len(validate_tree(spec)) == 4      # every child names the fault
