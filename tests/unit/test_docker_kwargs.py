@@ -181,6 +181,7 @@ def test_parse_docker_time_reads_nanoseconds_and_the_zero_time():
 INSPECT_EXITED = {
     "Id": "c0ffee" * 10 + "abcd",
     "Name": f"/vac-f1.example.com-03-{UUID}",
+    "Created": "2024-03-01T11:59:59.25Z",
     "Config": {"Labels": {"vac.factory": "f1.example.com", "vac.slot": "3", "vac.machine": UUID,
                           "vac.generation": "7"}},
     "State": {"Status": "exited", "Running": False, "OOMKilled": True, "ExitCode": 137,
@@ -193,7 +194,7 @@ def test_handle_and_exit_info_from_an_exited_container():
     assert handle == ContainerHandle(
         id="c0ffee" * 10 + "abcd", name=f"vac-f1.example.com-03-{UUID}",
         labels={"vac.factory": "f1.example.com", "vac.slot": "3", "vac.machine": UUID, "vac.generation": "7"},
-        state=ContainerState.EXITED, started_at=1709294400.5, finished_at=1709295000.0)
+        state=ContainerState.EXITED, created_at=1709294399.25, started_at=1709294400.5, finished_at=1709295000.0)
     assert (handle.machine_uuid, handle.slot, handle.generation) == (UUID, 3, 7)
     assert exit_info_from_inspect(INSPECT_EXITED) == ExitInfo(exit_code=137, finished_at=1709295000.0,
                                                               oom_killed=True)

@@ -135,6 +135,7 @@ class ContainerHandle:
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)
     state: ContainerState = ContainerState.CREATED
+    created_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
 

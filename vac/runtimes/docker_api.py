@@ -132,6 +132,7 @@ def handle_from_inspect(attrs: dict) -> ContainerHandle:
         name=attrs["Name"].lstrip("/"),
         labels=dict(attrs["Config"].get("Labels") or {}),
         state=status,
+        created_at=parse_docker_time(attrs.get("Created")),
         started_at=parse_docker_time(state.get("StartedAt")),
         # FinishedAt survives from an earlier run while running again.
         finished_at=parse_docker_time(state.get("FinishedAt")) if status.has_ended else None,
