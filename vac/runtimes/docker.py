@@ -1,0 +1,342 @@
+"""The Docker runtime: the runtime protocol on the Docker SDK's low-level client.
+
+Build one inside the slot process (after the fork): it connects lazily, so a
+Docker engine that is down makes calls raise RuntimeUnavailable instead of
+breaking construction. Ordinary calls use a client with a short timeout;
+`wait` uses a second client whose every request carries the caller's
+deadline, so a long wait never holds the connection of ordinary calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+
+import docker
+import docker.auth
+import docker.errors
+import requests
+import urllib3.exceptions
+
+from vac.runtimes.base import (LABEL_FACTORY, LABEL_SLOT, ContainerHandle, ContainerNotStarted, ContainerRequest,
+                               ContainerRuntimeError, ContainerGone, ContainerState, ExitInfo, ImageMissing,
+                               RuntimeUnavailable, StartFailed, Usage)
+from vac.runtimes.docker_api import (create_kwargs, exit_info_from_inspect, handle_from_inspect, image_reference,
+                                     usage_from_stats)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "unix:///var/run/docker.sock"
+DEFAULT_TIMEOUT_SECONDS = 30.0
+# The engine answers one-shot stats (no second sample a second later) from API 1.41.
+ONE_SHOT_STATS_API = (1, 41)
+PULL_MESSAGE_LIMIT = 300
+
+
+def is_read_timeout(error: BaseException) -> bool:
+    """True if `error` is a read timeout, however requests wrapped it.
+
+    On a chunked response (Docker's wait sends its headers at once) requests
+    reports the timeout as a ConnectionError around urllib3's ReadTimeoutError.
+    """
+    seen = set()
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, (requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError)):
+            # The engine did not even accept the connection: not a wait that ran out.
+            return False
+        if isinstance(current, (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError)):
+            return True
+        if isinstance(current, BaseException):
+            pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
+            pending.extend((current.__cause__, current.__context__))
+    return False
+
+
+def translate_error(error: Exception, what: str) -> ContainerRuntimeError:
+    """The runtime error that a Docker SDK or requests error while doing `what` stands for."""
+    if isinstance(error, docker.errors.NotFound):
+        return ContainerGone(f"{what}: {error.explanation or error}")
+    if isinstance(error, docker.errors.APIError):
+        if error.is_server_error():
+            return RuntimeUnavailable(f"{what}: the engine failed: {error.explanation or error}")
+        return ContainerRuntimeError(f"{what}: the engine refused: {error.explanation or error}")
+    # Connection refused or reset, read timeouts, and the SDK's own failure to
+    # reach the engine while learning its API version.
+    return RuntimeUnavailable(f"{what}: {error}")
+
+
+@contextlib.contextmanager
+def translated_errors(what: str):
+    """Turn Docker SDK and requests errors raised inside into runtime errors."""
+    try:
+        yield
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+        raise translate_error(error, what) from error
+
+
+class DockerRuntime:
+    """The runtime protocol (vac.runtimes.base.ContainerRuntime) on a Docker engine."""
+
+    def __init__(self, base_url: str | None = None, timeout: float = DEFAULT_TIMEOUT_SECONDS, clock=time.monotonic):
+        self.base_url = base_url or os.environ.get("DOCKER_HOST") or DEFAULT_BASE_URL
+        self.timeout = timeout
+        self._clock = clock
+        self._api = None
+        self._wait_api = None
+        # Last usage per container id: the engine has none once a container exits.
+        self._last_usage: dict[str, Usage] = {}
+
+    def _client(self) -> docker.APIClient:
+        if self._api is None:
+            with translated_errors(f"connect to the Docker engine at {self.base_url}"):
+                self._api = docker.APIClient(base_url=self.base_url, version="auto", timeout=self.timeout)
+        return self._api
+
+    def _waiting_client(self) -> docker.APIClient:
+        if self._wait_api is None:
+            version = self._client().api_version
+            # No default timeout: each wait request passes the caller's deadline.
+            self._wait_api = docker.APIClient(base_url=self.base_url, version=version, timeout=None)
+        return self._wait_api
+
+    def close(self) -> None:
+        """Close both clients' connections."""
+        for client in (self._api, self._wait_api):
+            if client is not None:
+                client.close()
+        self._api = self._wait_api = None
+
+    def ensure_image(self, image: str, deadline: float) -> None:
+        """Make `image` present locally, pulling it before `deadline`, or raise ImageMissing."""
+        reference = image_reference(image)
+        api = self._client()
+        with translated_errors(f"look for image {reference}"):
+            try:
+                api.inspect_image(reference)
+                return
+            except docker.errors.ImageNotFound:
+                pass
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            raise ImageMissing(f"image {reference} is not present and no time is left to pull it")
+        log.info("image %s is not present: pulling it (%.0f s allowed)", reference, remaining)
+        self._pull(api, reference, deadline)
+        with translated_errors(f"look for image {reference} after pulling it"):
+            try:
+                api.inspect_image(reference)
+            except docker.errors.ImageNotFound as error:
+                raise ImageMissing(f"image {reference} is still not present after a pull that reported "
+                                   f"no error") from error
+        log.info("image %s pulled", reference)
+
+    def _pull(self, api: docker.APIClient, reference: str, deadline: float) -> None:
+        # The SDK's pull() sends its request with no timeout at all, so the
+        # request is made here with a read timeout bounded by the deadline.
+        repository, tag = docker.utils.parse_repository_tag(reference)
+        registry, _ = docker.auth.resolve_repository_name(repository)
+        headers = {}
+        auth_header = docker.auth.get_config_header(api, registry)
+        if auth_header:
+            headers["X-Registry-Auth"] = auth_header
+        read_timeout = max(0.1, min(self.timeout, deadline - self._clock()))
+        url = f"{api.base_url}/v{api.api_version}/images/create"
+        try:
+            with api.post(url, params={"fromImage": repository, "tag": tag or "latest"}, headers=headers,
+                          stream=True, timeout=read_timeout) as response:
+                if response.status_code >= 400:
+                    raise ImageMissing(f"pull of {reference} failed: {_short(_error_message(response.text))}")
+                for line in response.iter_lines():
+                    if self._clock() > deadline:
+                        raise ImageMissing(f"pull of {reference} did not finish before its deadline")
+                    event = _json_or_none(line)
+                    if event is not None and event.get("error"):
+                        raise ImageMissing(f"pull of {reference} failed: {_short(event['error'])}")
+        except requests.exceptions.RequestException as error:
+            if is_read_timeout(error):
+                raise ImageMissing(f"pull of {reference} stalled: nothing from the engine for "
+                                   f"{read_timeout:.0f} s") from error
+            raise translate_error(error, f"pull image {reference}") from error
+
+    def create(self, request: ContainerRequest) -> ContainerHandle:
+        """Create the container of `request` (idempotent per machine: an existing one is returned)."""
+        kwargs = create_kwargs(request)
+        name = kwargs["name"]
+        api = self._client()
+        with translated_errors(f"create container {name}"):
+            try:
+                response = api.create_container(**kwargs)
+            except docker.errors.ImageNotFound as error:
+                raise ImageMissing(f"image {kwargs['image']} is not present for container {name}") from error
+            except docker.errors.APIError as error:
+                if error.status_code == 409:
+                    return self._existing(name, request)
+                if error.is_server_error() or error.is_client_error():
+                    raise StartFailed(f"the engine refused to create container {name}: "
+                                      f"{error.explanation or error}") from error
+                raise
+        for warning in response.get("Warnings") or ():
+            log.warning("slot %02d machine %s: creating container %s: %s", request.slot, request.machine_uuid,
+                        name, warning)
+        log.info("slot %02d machine %s: created container %s (%s)", request.slot, request.machine_uuid, name,
+                 response["Id"][:12])
+        return ContainerHandle(id=response["Id"], name=name, labels=kwargs["labels"], state=ContainerState.CREATED,
+                               created_at=time.time())
+
+    def _existing(self, name: str, request: ContainerRequest) -> ContainerHandle:
+        # A restarted worker may create again what its predecessor created.
+        handle = self.inspect(name)
+        if handle.machine_uuid != request.machine_uuid:
+            raise StartFailed(f"container name {name} is taken by a container of machine {handle.machine_uuid}")
+        log.info("slot %02d machine %s: container %s already exists, using it", request.slot,
+                 request.machine_uuid, name)
+        return handle
+
+    def start(self, handle: ContainerHandle) -> None:
+        """Start a created container (starting a running one is a no-op)."""
+        with translated_errors(f"start container {handle.name}"):
+            try:
+                self._client().start(handle.id)
+            except docker.errors.NotFound:
+                raise
+            except docker.errors.APIError as error:
+                raise StartFailed(f"the engine could not start container {handle.name}: "
+                                  f"{error.explanation or error}") from error
+        log.info("started container %s (%s)", handle.name, handle.id[:12])
+
+    def _inspect_attrs(self, container_id: str) -> dict:
+        with translated_errors(f"inspect container {container_id}"):
+            return self._client().inspect_container(container_id)
+
+    def inspect(self, container_id: str) -> ContainerHandle:
+        """The current handle of a container given by id or name; ContainerGone if it does not exist."""
+        return handle_from_inspect(self._inspect_attrs(container_id))
+
+    def find(self, factory: str, slot: int | None = None) -> list[ContainerHandle]:
+        """Containers in any state labelled with `factory` (and `slot`), oldest first."""
+        labels = [f"{LABEL_FACTORY}={factory}"]
+        if slot is not None:
+            labels.append(f"{LABEL_SLOT}={slot}")
+        with translated_errors(f"list containers of factory {factory}"):
+            summaries = self._client().containers(all=True, filters={"label": labels})
+        handles = []
+        for summary in summaries:
+            try:
+                handles.append(self.inspect(summary["Id"]))
+            except ContainerGone:
+                # Removed between the listing and the inspection.
+                continue
+        # The listing's creation times are whole seconds; inspect's are not.
+        return sorted(handles, key=lambda handle: (handle.created_at or 0.0, handle.id))
+
+    def wait(self, handle: ContainerHandle, deadline: float) -> ExitInfo | None:
+        """The container's ExitInfo once it exits, or None if `deadline` (monotonic) passes first."""
+        while True:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return self.exit_status(handle)
+            api = self._waiting_client()
+            with translated_errors(f"wait for container {handle.name}"):
+                try:
+                    api.wait(handle.id, timeout=remaining)
+                except docker.errors.APIError:
+                    raise
+                except requests.exceptions.RequestException as error:
+                    if is_read_timeout(error):
+                        return None
+                    raise
+            attrs = self._inspect_attrs(handle.id)
+            info = exit_info_from_inspect(attrs)
+            if info is not None:
+                return info
+            if attrs["State"]["Status"] == ContainerState.CREATED:
+                # Docker's wait returns at once for a container never started.
+                raise ContainerNotStarted(f"container {handle.name} was created but never started")
+            # Started again between the wait and the inspection: wait again.
+
+    def exit_status(self, handle: ContainerHandle) -> ExitInfo | None:
+        """How the container ended, or None while it has not."""
+        return exit_info_from_inspect(self._inspect_attrs(handle.id))
+
+    def stop(self, handle: ContainerHandle, grace_seconds: float) -> None:
+        """SIGTERM, SIGKILL after `grace_seconds`; returns once it has exited."""
+        grace = max(0, math.ceil(grace_seconds))
+        log.info("stopping container %s (%s), %d s grace", handle.name, handle.id[:12], grace)
+        # The SDK extends the request's timeout by the grace period.
+        with translated_errors(f"stop container {handle.name}"):
+            self._client().stop(handle.id, timeout=grace)
+
+    def kill(self, handle: ContainerHandle) -> None:
+        """SIGKILL now; a container that has already exited is left alone."""
+        log.info("killing container %s (%s)", handle.name, handle.id[:12])
+        with translated_errors(f"kill container {handle.name}"):
+            try:
+                self._client().kill(handle.id)
+            except docker.errors.NotFound:
+                raise
+            except docker.errors.APIError as error:
+                if error.status_code != 409:
+                    raise
+                # 409: it is not running, which is what kill wanted.
+
+    def remove(self, handle: ContainerHandle) -> None:
+        """Remove the container, killing it if needed; one already gone is fine."""
+        with translated_errors(f"remove container {handle.name}"):
+            try:
+                self._client().remove_container(handle.id, force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as error:
+                # 409: removal already in progress (another remove, or the reaper).
+                if error.status_code != 409:
+                    raise
+        self._last_usage.pop(handle.id, None)
+        log.info("removed container %s (%s)", handle.name, handle.id[:12])
+
+    def stats(self, handle: ContainerHandle) -> Usage:
+        """CPU seconds and peak memory; after exit, the last sample this object took (zeros if none)."""
+        api = self._client()
+        one_shot = _api_version_tuple(api.api_version) >= ONE_SHOT_STATS_API
+        with translated_errors(f"read statistics of container {handle.name}"):
+            if one_shot:
+                raw = api.stats(handle.id, stream=False, one_shot=True)
+            else:
+                raw = api.stats(handle.id, stream=False)
+        sample = usage_from_stats(raw)
+        previous = self._last_usage.get(handle.id, Usage(0.0, 0))
+        if sample is None:
+            return previous
+        usage = Usage(max(sample.cpu_seconds, previous.cpu_seconds), max(sample.memory_bytes, previous.memory_bytes))
+        self._last_usage[handle.id] = usage
+        return usage
+
+
+def _api_version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def _json_or_none(line: bytes):
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
+def _error_message(body: str) -> str:
+    event = _json_or_none(body.encode())
+    if isinstance(event, dict) and event.get("message"):
+        return event["message"]
+    return body
+
+
+def _short(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= PULL_MESSAGE_LIMIT else text[:PULL_MESSAGE_LIMIT] + "…"
