@@ -4,6 +4,7 @@ import argparse
 import fcntl
 import logging
 import os
+import socket
 import sys
 
 from vac import __version__, logs
@@ -11,6 +12,7 @@ from vac.config.load import load_configuration, try_load_configuration
 from vac.config.model import apply_overrides
 from vac.config.problems import ConfigError
 from vac.supervisor.build import TreeSettings, build_tree
+from vac.supervisor.factory import Factory
 from vac.supervisor.root import Root
 
 log = logging.getLogger("vac.daemon")
@@ -52,6 +54,11 @@ def check_config(args, out=sys.stdout, err=sys.stderr):
     return 0
 
 
+def factory_name(settings):
+    """This factory's name: the factory_name setting, else this host's FQDN."""
+    return getattr(settings, "factory_name", None) or socket.getfqdn()
+
+
 def tree_settings(config):
     """The supervision tree's shape from the configuration."""
     settings = config.settings
@@ -59,8 +66,10 @@ def tree_settings(config):
                            for repo in mt.cvmfs_repositories})
     timeout = float(settings.heartbeat_timeout_seconds)
     return TreeSettings(slots=settings.slots, cvmfs_repositories=tuple(repositories),
-                        state_dir=settings.state_dir, heartbeat_timeout=timeout,
-                        heartbeat_interval=min(2.0, timeout / 4))
+                        state_dir=settings.state_dir, factory_name=factory_name(settings),
+                        docker_url=settings.docker_url,
+                        docker_timeout_seconds=float(settings.docker_timeout_seconds),
+                        heartbeat_timeout=timeout, heartbeat_interval=min(2.0, timeout / 4))
 
 
 def lock_state_dir(state_dir):
@@ -79,7 +88,7 @@ def lock_state_dir(state_dir):
     return fd
 
 
-def make_reload(args):
+def make_reload(args, factory):
     """SIGHUP: re-read and check the files; a bad configuration leaves the running one."""
 
     def on_reload(root):
@@ -88,8 +97,8 @@ def make_reload(args):
             for problem in problems:
                 log.error("reload refused, running configuration kept: %s", problem)
             return
-        log.info("configuration re-read from %s; it is applied to slots as they start "
-                 "machines, which this version does not do yet", ", ".join(config.files))
+        config = apply_overrides(config, state_dir=args.state_dir, control_socket=args.socket)
+        factory.apply_config(config)
 
     return on_reload
 
@@ -111,7 +120,9 @@ def main(argv=None):
     lock_state_dir(settings.state_dir)
     log.info("vacd %s starting: space %s, %d slots, state in %s",
              __version__, settings.vac_space, settings.slots, settings.state_dir)
-    root = Root(build_tree(tree_settings(config)), on_reload=make_reload(args))
+    factory = Factory(config, factory_name=factory_name(settings))
+    root = Root(build_tree(tree_settings(config)), app=factory,
+                on_reload=make_reload(args, factory))
     return root.run()
 
 

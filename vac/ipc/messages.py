@@ -117,3 +117,39 @@ class StateReport:
 class Stop:
     """Finish what is safe to finish and exit 0."""
     reason: str
+
+
+# Root and slot workers: placing and ending machines.
+
+@message("place")
+class Place:
+    """Root to slot: start this machine (uuid chosen by the root, all terms plain data)."""
+    machine: dict
+
+
+@message("end_machine")
+class EndMachine:
+    """Root to slot: end the running machine; `code` and `text` go to shutdown_message."""
+    uuid: str
+    code: int
+    text: str
+
+
+@message("lower_shutdown")
+class LowerShutdown:
+    """Root to slot: a global shutdown_time lowers the running machine's shutdown time."""
+    uuid: str
+    shutdown_at: int
+
+
+@message("machine_finished")
+class MachineFinished:
+    """Slot to root: a machine ended; its outcome feeds the scheduler's backoff."""
+    uuid: str
+    machinetype: str
+    started_at: float
+    ended_at: float
+    code: int | None
+    text: str
+    processors: int
+    cpu_seconds: float

@@ -14,6 +14,9 @@ class TreeSettings:
     slots: int
     cvmfs_repositories: tuple = ()
     state_dir: str = "/var/lib/vac"
+    factory_name: str = "localhost"
+    docker_url: str = "unix:///var/run/docker.sock"
+    docker_timeout_seconds: float = 30.0
     heartbeat_interval: float = 2.0
     heartbeat_timeout: float = 20.0
     slot_shutdown: float = 10.0
@@ -50,7 +53,10 @@ def build_tree(settings):
         pool=PoolPolicy(slot_restart=settings.slot_restart, breaker=settings.breaker),
         children=tuple(
             ChildSpec(id=slot_id(n), target=slot_worker.run,
-                      args={"slot": n, "state_dir": settings.state_dir},
+                      args={"slot": n, "state_dir": settings.state_dir,
+                            "factory_name": settings.factory_name,
+                            "docker_url": settings.docker_url,
+                            "docker_timeout_seconds": settings.docker_timeout_seconds},
                       restart=Restart.TRANSIENT, shutdown=settings.slot_shutdown,
                       role="slot", **timings)
             for n in range(settings.slots)))

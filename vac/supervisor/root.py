@@ -15,7 +15,7 @@ import time
 from vac import logs, proctitle
 from vac.ipc import messages
 from vac.ipc.channel import WorkerChannel
-from vac.ipc.framing import ChannelClosed
+from vac.ipc.framing import ChannelClosed, IpcError
 from vac.supervisor import notify, tree as treemod
 from vac.supervisor.policy import ExitStatus
 from vac.supervisor.process import Processes, die_with_parent
@@ -41,9 +41,11 @@ class Live:
 class Root:
     """The supervisor tree's root: runs the loop until asked to stop."""
 
-    def __init__(self, tree_spec, *, notifier=None, processes=None, observer=None,
+    def __init__(self, tree_spec, *, app=None, notifier=None, processes=None, observer=None,
                  on_reload=None, clock=time.monotonic):
         self.tree = treemod.Tree(tree_spec)
+        # The factory logic (placements, outcomes); None runs a bare tree.
+        self.app = app
         self.notifier = notifier or notify.Notifier()
         self.processes = processes or Processes()
         self.observer = observer
@@ -78,6 +80,21 @@ class Root:
 
     def request_stop(self):
         self.stop_requested = True
+
+    def send(self, child_id, msg):
+        """Send a message to a live child; a child that cannot take it has failed."""
+        live = self.live.get(child_id)
+        if live is None:
+            log.warning("%s is not running: dropping its %s message", child_id, msg.TAG)
+            return False
+        try:
+            live.channel.send(msg)
+            return True
+        except IpcError as error:
+            log.error("%s (pid %d) cannot take messages: %s; treating it as failed",
+                      child_id, live.pid, error)
+            self._execute(self.tree.fail(child_id, f"channel: {error}"))
+            return False
 
     def emit(self, event, **fields):
         if self.observer is not None:
@@ -118,6 +135,10 @@ class Root:
         self._check_deadlines(now)
         if not stopping:
             self._execute(self.tree.due(now))
+            if self.app is not None:
+                may_start = self.state is FactoryState.RUNNING and not self.tree.degraded
+                for child_id, msg in self.app.tick(may_start):
+                    self.send(child_id, msg)
         self._update_title(now)
         if not stopping:
             self.notifier.status(self.summary(), now)
@@ -136,6 +157,11 @@ class Root:
         for deadline in (self.tree.next_deadline(), self.notifier.next_watchdog()):
             if deadline is not None:
                 deadlines.append(deadline)
+        if self.app is not None:
+            # The app thinks in wall-clock time (shutdown times are absolute).
+            wall_deadline = self.app.next_deadline()
+            if wall_deadline is not None:
+                deadlines.append(now + wall_deadline - time.time())
         return max(min(deadlines) - now, 0)
 
     def _install_signals(self):
@@ -278,11 +304,16 @@ class Root:
             self.tree.ready(child_id, now)
             log.info("%s ready, pid %d", child_id, live.pid)
             self.emit("ready", child=child_id, pid=live.pid)
+        elif isinstance(msg, messages.Heartbeat):
+            pass
         elif isinstance(msg, messages.StateReport):
             self.reports[child_id] = msg
             self.emit("state", child=child_id, state=msg.state, detail=msg.detail)
-        elif isinstance(msg, messages.Heartbeat):
-            pass
+            if self.app is not None:
+                self.app.on_message(child_id, msg)
+        elif self.app is not None:
+            self.emit(msg.TAG, child=child_id, **messages.encode(msg)[2])
+            self.app.on_message(child_id, msg)
         else:
             log.warning("%s sent an unexpected %s message; ignoring it", child_id, msg.TAG)
 
@@ -329,6 +360,8 @@ class Root:
             level = logging.INFO if leaf.state is ChildState.STOPPING else logging.WARNING
             log.log(level, "%s (pid %d) ended: %s", child_id, pid, exit_status)
             self.reports.pop(child_id, None)
+            if self.app is not None:
+                self.app.on_child_exit(child_id)
             self.emit("exited", child=child_id, pid=pid, status=str(exit_status))
             self._execute(self.tree.exited(child_id, exit_status, now))
 

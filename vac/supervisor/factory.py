@@ -1,0 +1,188 @@
+"""The root's factory logic: which machine goes into which free slot.
+
+Pure bookkeeping over the workers' reports plus calls to the scheduler; the
+root calls it from its loop and sends the messages it returns. No I/O here
+apart from reading the clock and load average it was given.
+"""
+
+import dataclasses
+import logging
+import os
+import random
+import time
+import uuid as uuidlib
+
+from vac.ipc import messages
+from vac.machine.layout import machine_name
+from vac.supervisor import aborts, scheduler, terms
+from vac.supervisor.build import slot_id
+from vac.supervisor.slot_table import SlotTable
+
+log = logging.getLogger(__name__)
+
+# The load average and the clock move without any report: look again this often.
+RECONSIDER_SECONDS = 10.0
+
+
+def slot_number(child_id):
+    """slot-03 -> 3; None for helpers."""
+    if child_id.startswith("slot-"):
+        return int(child_id[5:])
+    return None
+
+
+class Factory:
+    """Placements, outcomes and backoff of one factory, fed by the root's loop."""
+
+    def __init__(self, config, *, factory_name, rng=None, clock=time.time,
+                 load_average=lambda: os.getloadavg()[0]):
+        self.config = config
+        self.factory_name = factory_name
+        self.table = SlotTable(config.settings.slots)
+        self.histories = {}
+        self.paused = set()
+        self.unavailable_repositories = frozenset()
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.load_average = load_average
+        self.last_refusal = None
+        self._retry_at = None
+        self._reconsider_at = 0.0
+        self._changed = True
+        self._lowered = {}        # uuid -> shutdown time we asked its slot to lower to
+
+    # Reports from the workers.
+
+    def on_message(self, child_id, msg):
+        slot = slot_number(child_id)
+        if isinstance(msg, messages.StateReport) and slot is not None:
+            self.table.report(slot, msg.state, msg.detail.get("machine"), msg.detail.get("error"))
+            self._changed = True
+        elif isinstance(msg, messages.MachineFinished):
+            self._finished(msg)
+
+    def _finished(self, msg):
+        machinetype = self.config.machinetypes.get(msg.machinetype)
+        fizzle = machinetype.fizzle_seconds if machinetype else 600
+        history = self.histories.get(msg.machinetype, aborts.OutcomeHistory())
+        self.histories[msg.machinetype] = aborts.record_outcome(
+            history, msg.started_at, msg.ended_at, msg.code, fizzle)
+        abort = aborts.is_abort(msg.code, msg.started_at, msg.ended_at, fizzle)
+        log.info("machine %s (%s) finished: %s %s%s", msg.uuid, msg.machinetype,
+                 msg.code if msg.code is not None else "no message", msg.text,
+                 " (abort: the machinetype backs off)" if abort else "")
+        self._lowered.pop(msg.uuid, None)
+        self._changed = True
+
+    def on_child_exit(self, child_id):
+        slot = slot_number(child_id)
+        if slot is not None:
+            self.table.worker_gone(slot)
+            self._changed = True
+
+    # Decisions.
+
+    def tick(self, may_start):
+        """Messages to send now: placements for free slots, lowered shutdown times."""
+        now = self.clock()
+        out = self._lower_shutdown_times()
+        if may_start and self.table.free_slots() and self._due(now):
+            out.extend(self._place(now))
+        return out
+
+    def _due(self, now):
+        if self._changed or now >= self._reconsider_at:
+            return True
+        return self._retry_at is not None and now >= self._retry_at
+
+    def _place(self, now):
+        settings = self.config.settings
+        factory = terms.factory_terms(settings)
+        machinetypes = [terms.machinetype_terms(mt, paused=mt.name in self.paused)
+                        for mt in self.config.machinetypes.values()]
+        placements, refusal = scheduler.fill_free_slots(
+            factory, machinetypes, self.table.running(settings.hs06_per_processor),
+            self.histories, self.table.free_slots(), now=now,
+            load_average=self.load_average(), rng=self.rng,
+            unavailable_repositories=self.unavailable_repositories)
+        self._changed = False
+        self._reconsider_at = now + RECONSIDER_SECONDS
+        self._retry_at = refusal.retry_at if refusal is not None else None
+        if refusal is not None and (self.last_refusal is None
+                                    or refusal.reason != self.last_refusal.reason):
+            log.info("free slots stay empty: %s", refusal.text)
+        self.last_refusal = refusal
+        out = []
+        for slot, placement in placements:
+            out.append((slot_id(slot), self._place_one(slot, placement, now)))
+        return out
+
+    def _place_one(self, slot, placement, now):
+        machine_uuid = str(uuidlib.uuid4())
+        machinetype = self.config.machinetypes[placement.machinetype]
+        spec = terms.machine_spec(
+            uuid=machine_uuid, slot=slot, factory_name=self.factory_name,
+            machine_name=machine_name(self.factory_name, slot), settings=self.config.settings,
+            machinetype=machinetype, placement=placement, placed_at=now)
+        self.table.placed(slot, {
+            "uuid": machine_uuid, "machinetype": machinetype.name,
+            "processors": placement.processors, "started_at": now,
+            "shutdown_at": int(placement.shutdown_at), "superslot": placement.superslot,
+            "container_id": None})
+        log.info("slot %02d: placing %s machine %s on %d processor(s) until %d", slot,
+                 machinetype.name, machine_uuid, placement.processors, placement.shutdown_at)
+        return messages.Place(machine=spec)
+
+    def _lower_shutdown_times(self):
+        shutdown_time = self.config.settings.shutdown_time
+        if shutdown_time is None:
+            return []
+        out = []
+        for slot, machine in self.table.machines():
+            uuid = machine["uuid"]
+            if machine["shutdown_at"] > shutdown_time and self._lowered.get(uuid) != shutdown_time:
+                self._lowered[uuid] = shutdown_time
+                out.append((slot_id(slot), messages.LowerShutdown(uuid=uuid,
+                                                                  shutdown_at=int(shutdown_time))))
+        return out
+
+    def next_deadline(self):
+        """The wall-clock time tick() next has something to decide, or None."""
+        times = [self._reconsider_at]
+        if self._retry_at is not None:
+            times.append(self._retry_at)
+        return min(times)
+
+    # Configuration.
+
+    def apply_config(self, config):
+        """Adopt a re-read configuration; running machines are left as they are."""
+        old, new = self.config.machinetypes, config.machinetypes
+        added = sorted(set(new) - set(old))
+        removed = sorted(set(old) - set(new))
+        changed = sorted(name for name in set(old) & set(new) if old[name] != new[name])
+        if config.settings.slots != self.config.settings.slots:
+            log.warning("slots changed from %d to %d: that takes a restart of vacd; "
+                        "keeping %d until then", self.config.settings.slots,
+                        config.settings.slots, self.config.settings.slots)
+            config = _keep_slots(config, self.config.settings.slots)
+        self.config = config
+        self._changed = True
+        log.info("configuration applied: machinetypes added %s, changed %s, removed %s; "
+                 "running machines untouched", added or "none", changed or "none",
+                 removed or "none")
+        return {"added": added, "changed": changed, "removed": removed}
+
+    # What operators see.
+
+    def backoff(self):
+        """Machinetype -> the time it leaves backoff, for those in backoff now."""
+        now = self.clock()
+        running = self.table.running(self.config.settings.hs06_per_processor)
+        return scheduler.backoff_table(
+            [terms.machinetype_terms(mt) for mt in self.config.machinetypes.values()],
+            self.histories, running, now)
+
+
+def _keep_slots(config, slots):
+    return dataclasses.replace(config, settings=dataclasses.replace(config.settings, slots=slots))

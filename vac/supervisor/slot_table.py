@@ -1,0 +1,72 @@
+"""The root's in-memory table of slots, learnt from the slot workers' reports.
+
+A machine stays in the table while its worker is down or restarting: the
+container keeps running under dockerd and the next worker adopts it, so its
+processors stay taken.
+"""
+
+import dataclasses
+
+from vac.supervisor.scheduler import RunningMachine
+
+IDLE = "idle"
+
+
+@dataclasses.dataclass
+class SlotEntry:
+    """What the root knows of one slot."""
+    slot: int
+    state: str = "unknown"       # the worker's last reported state
+    machine: dict | None = None  # the machine the slot holds, as reported
+    pending: dict | None = None  # a placement sent and not yet acknowledged
+    error: str | None = None
+    worker_alive: bool = False
+
+
+class SlotTable:
+    """Slots by number, with the queries the scheduler and status need."""
+
+    def __init__(self, slots):
+        self.entries = {n: SlotEntry(n) for n in range(slots)}
+
+    def report(self, slot, state, machine, error=None):
+        """A worker's StateReport: it is the authority on its slot."""
+        entry = self.entries[slot]
+        entry.state = state
+        entry.machine = machine
+        entry.error = error
+        entry.worker_alive = True
+        if state != IDLE or machine is not None:
+            entry.pending = None
+        return entry
+
+    def placed(self, slot, machine):
+        self.entries[slot].pending = machine
+
+    def worker_gone(self, slot):
+        """The worker exited: forget unacknowledged placements, keep the machine."""
+        entry = self.entries[slot]
+        entry.worker_alive = False
+        entry.pending = None
+        if entry.machine is None:
+            entry.state = "unknown"
+
+    def free_slots(self):
+        """Slots whose worker is alive, idle and has nothing on its way."""
+        return [e.slot for e in self.entries.values()
+                if e.worker_alive and e.state == IDLE and e.machine is None and e.pending is None]
+
+    def machines(self):
+        """Every machine the factory holds: reported ones and placements in flight."""
+        for entry in self.entries.values():
+            machine = entry.machine or entry.pending
+            if machine is not None:
+                yield entry.slot, machine
+
+    def running(self, hs06_per_processor):
+        """The scheduler's view of the machines this factory holds."""
+        per_processor = 1.0 if hs06_per_processor is None else hs06_per_processor
+        return [RunningMachine(slot=slot, machinetype=m["machinetype"], processors=m["processors"],
+                               started_at=m["started_at"], shutdown_at=m["shutdown_at"],
+                               superslot=m["superslot"], hs06=per_processor * m["processors"])
+                for slot, m in self.machines()]
