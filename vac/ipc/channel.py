@@ -122,7 +122,11 @@ class WorkerChannel:
         ready, _, _ = select.select([self.sock], [], [], max(timeout, 0))
         if not ready:
             return None
-        data = self.sock.recv(READ_CHUNK)
+        try:
+            data = self.sock.recv(READ_CHUNK)
+        except ConnectionResetError:
+            # A root that closed with our output unread: the same end as EOF.
+            data = b""
         if not data:
             self._decoder.eof()
         self._pending.extend(messages.decode(obj) for obj in self._decoder.feed(data))
