@@ -56,7 +56,8 @@ class Factory:
     def on_message(self, child_id, msg):
         slot = slot_number(child_id)
         if isinstance(msg, messages.StateReport) and slot is not None:
-            self.table.report(slot, msg.state, msg.detail.get("machine"), msg.detail.get("error"))
+            self.table.report(slot, msg.state, msg.detail.get("machine"), msg.detail.get("error"),
+                              msg.detail.get("rejected"))
             self._changed = True
         elif isinstance(msg, messages.MachineFinished):
             self._finished(msg)

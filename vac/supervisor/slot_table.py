@@ -29,14 +29,20 @@ class SlotTable:
     def __init__(self, slots):
         self.entries = {n: SlotEntry(n) for n in range(slots)}
 
-    def report(self, slot, state, machine, error=None):
-        """A worker's StateReport: it is the authority on its slot."""
+    def report(self, slot, state, machine, error=None, rejected=None):
+        """A worker's StateReport: it is the authority on its slot.
+
+        A placement in flight is settled when the worker reports it busy, or
+        idle naming the placement it `rejected`; a plain idle report may have
+        crossed the placement on its way and settles nothing.
+        """
         entry = self.entries[slot]
         entry.state = state
         entry.machine = machine
         entry.error = error
         entry.worker_alive = True
-        if state != IDLE or machine is not None:
+        if entry.pending is not None and (
+                state != IDLE or machine is not None or rejected == entry.pending["uuid"]):
             entry.pending = None
         return entry
 

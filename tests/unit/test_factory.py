@@ -1,0 +1,198 @@
+"""The root's placement logic fed scripted worker reports, with a fake clock."""
+
+import random
+
+import pytest
+
+from vac.config.load import load_configuration
+from vac.ipc import messages
+from vac.supervisor.factory import Factory
+
+CONFIG = """
+[settings]
+vac_space = space.example.com
+total_processors = {processors}
+{extra}
+
+[machinetype work]
+machine_model = docker
+root_image = docker://work:latest
+user_data = work.user_data
+target_share = 3
+max_wallclock_seconds = 3600
+backoff_seconds = 100
+fizzle_seconds = 60
+
+[machinetype other]
+machine_model = docker
+root_image = docker://other:latest
+user_data = other.user_data
+target_share = 1
+max_wallclock_seconds = 3600
+backoff_seconds = 100
+fizzle_seconds = 60
+"""
+
+
+class Clock:
+    def __init__(self, now=1_800_000_000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def config_file(tmp_path, processors=4, extra="", text=CONFIG):
+    path = tmp_path / "vac.conf"
+    path.write_text(text.format(processors=processors, extra=extra))
+    return load_configuration([str(path)])
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+def make_factory(config, clock):
+    return Factory(config, factory_name="f1.example.com", rng=random.Random(1), clock=clock,
+                   load_average=lambda: 0.0)
+
+
+def report_idle(factory, slots):
+    for slot in slots:
+        factory.on_message(f"slot-{slot:02d}", messages.StateReport(
+            child_id=f"slot-{slot:02d}", state="idle", detail={"slot": slot, "machine": None}))
+
+
+def report_running(factory, slot, machine):
+    factory.on_message(f"slot-{slot:02d}", messages.StateReport(
+        child_id=f"slot-{slot:02d}", state="running", detail={"slot": slot, "machine": machine}))
+
+
+def summary(place):
+    m = place.machine
+    return {"uuid": m["uuid"], "machinetype": m["machinetype"]["name"],
+            "processors": m["processors"], "started_at": m["placed_at"],
+            "shutdown_at": m["shutdown_at"], "superslot": m["superslot"], "container_id": "c"}
+
+
+def test_every_idle_slot_gets_a_placement_in_one_tick_by_share(tmp_path, clock):
+    factory = make_factory(config_file(tmp_path), clock)
+    assert factory.tick(may_start=True) == [], "no worker has reported yet"
+    report_idle(factory, range(4))
+    sent = factory.tick(may_start=True)
+    assert [child for child, _ in sent] == ["slot-00", "slot-01", "slot-02", "slot-03"]
+    kinds = sorted(place.machine["machinetype"]["name"] for _, place in sent)
+    assert kinds == ["other", "work", "work", "work"], "shares 3:1 over four processors"
+    first = sent[0][1].machine
+    assert first["machine_name"] == "f1-00.example.com"
+    assert first["shutdown_at"] == int(clock.now) + 3600
+    assert first["factory"]["vac_space"] == "space.example.com"
+    assert first["factory"]["factory_name"] == "f1.example.com"
+    assert len({place.machine["uuid"] for _, place in sent}) == 4
+    assert factory.tick(may_start=True) == [], "placements in flight are not repeated"
+
+
+def test_nothing_is_placed_while_starting_is_not_allowed(tmp_path, clock):
+    factory = make_factory(config_file(tmp_path), clock)
+    report_idle(factory, range(4))
+    assert factory.tick(may_start=False) == []
+    assert len(factory.tick(may_start=True)) == 4
+
+
+def test_a_restarting_worker_keeps_its_machine_but_loses_its_unacknowledged_placement(
+        tmp_path, clock):
+    factory = make_factory(config_file(tmp_path, processors=2), clock)
+    report_idle(factory, [0, 1])
+    (_, place0), (_, place1) = factory.tick(may_start=True)
+    report_running(factory, 0, summary(place0))
+    factory.on_child_exit("slot-00")
+    factory.on_child_exit("slot-01")
+    assert [m["uuid"] for _, m in factory.table.machines()] == [place0.machine["uuid"]]
+    report_idle(factory, [1])
+    sent = factory.tick(may_start=True)
+    assert [child for child, _ in sent] == ["slot-01"], "slot 0's processor is still taken"
+
+
+def test_an_abort_backs_the_machinetype_off_and_a_completed_machine_does_not(tmp_path, clock):
+    factory = make_factory(config_file(tmp_path, processors=1), clock)
+    report_idle(factory, [0])
+    (_, place), = factory.tick(may_start=True)
+
+    def finish(place, code, lived):
+        m = place.machine
+        report_running(factory, 0, summary(place))
+        factory.on_message("slot-00", messages.MachineFinished(
+            uuid=m["uuid"], machinetype=m["machinetype"]["name"], started_at=clock.now - lived,
+            ended_at=clock.now, code=code, text="", processors=1, cpu_seconds=1.0))
+        report_idle(factory, [0])
+        (_, nxt), = factory.tick(may_start=True)
+        return nxt
+
+    first = place.machine["machinetype"]["name"]
+    clock.now += 1000
+    nxt = finish(place, 300, lived=1000)
+    second = nxt.machine["machinetype"]["name"]
+    assert second != first, "300: the first type backs off, the other one starts"
+    assert set(factory.backoff()) == {first}
+    clock.now += 1000
+    finish(nxt, 200, lived=1000)
+    assert factory.backoff() == {}, "200: no backoff, and the first type's has expired"
+    clock.now += 10
+    nxt = finish(nxt, None, lived=10)
+    assert set(factory.backoff()) == {second}, "no message before fizzle_seconds: an abort"
+
+
+def test_global_shutdown_time_lowers_running_machines_once(tmp_path, clock):
+    shutdown = int(clock.now) + 600
+    factory = make_factory(config_file(tmp_path, processors=1,
+                                       extra=f"shutdown_time = {shutdown}"), clock)
+    report_idle(factory, [0])
+    assert factory.tick(may_start=True) == [], "min_wallclock 3600 > 600 s left"
+    machine = {"uuid": "11111111-2222-4333-8444-555555555555", "machinetype": "work",
+               "processors": 1, "started_at": clock.now, "shutdown_at": int(clock.now) + 3600,
+               "superslot": 0, "container_id": "c"}
+    report_running(factory, 0, machine)
+    sent = factory.tick(may_start=True)
+    assert sent == [("slot-00", messages.LowerShutdown(uuid=machine["uuid"], shutdown_at=shutdown))]
+    assert factory.tick(may_start=True) == []
+
+
+def test_reload_changes_shares_adds_and_removes_without_touching_running(tmp_path, clock):
+    factory = make_factory(config_file(tmp_path, processors=2), clock)
+    report_idle(factory, [0, 1])
+    (_, place0), (_, place1) = factory.tick(may_start=True)
+    report_running(factory, 0, summary(place0))
+    report_running(factory, 1, summary(place1))
+    running_before = sorted(m["uuid"] for _, m in factory.table.machines())
+
+    text = CONFIG.replace("[machinetype other]", "[machinetype newer]") + """
+[machinetype other]
+machine_model = docker
+root_image = docker://other:latest
+user_data = other.user_data
+target_share = 0
+"""
+    changes = factory.apply_config(config_file(tmp_path, processors=2, text=text.replace(
+        "target_share = 3", "target_share = 5")))
+    assert changes == {"added": ["newer"], "changed": ["other", "work"], "removed": []}
+    assert sorted(m["uuid"] for _, m in factory.table.machines()) == running_before
+
+    removed = factory.apply_config(config_file(tmp_path, processors=2))
+    assert removed["removed"] == ["newer"]
+    assert sorted(m["uuid"] for _, m in factory.table.machines()) == running_before
+
+
+def test_an_idle_report_crossing_a_placement_does_not_free_the_slot_but_a_rejection_does(
+        tmp_path, clock):
+    factory = make_factory(config_file(tmp_path, processors=1), clock)
+    report_idle(factory, [0])
+    (_, place), = factory.tick(may_start=True)
+    report_idle(factory, [0])
+    assert factory.tick(may_start=True) == [], "the placement may still be on its way"
+    factory.on_message("slot-00", messages.StateReport(
+        child_id="slot-00", state="idle",
+        detail={"slot": 0, "machine": None, "rejected": place.machine["uuid"],
+                "error": "bad spec"}))
+    (_, again), = factory.tick(may_start=True)
+    assert again.machine["uuid"] != place.machine["uuid"]
