@@ -43,6 +43,7 @@ def check_machine_model(text: str, untrusted: bool) -> None:
 
 def check_root_image(text: str, untrusted: bool) -> None:
     """docker://IMAGE, an http(s) URL, an absolute path (only under /cvmfs/ from a pipe) or a file name."""
+    _refuse_parent_components(text)
     if text.startswith("docker://"):
         values.check_docker_image(text)
     elif text.startswith(("http://", "https://")):
@@ -51,7 +52,7 @@ def check_root_image(text: str, untrusted: bool) -> None:
         values.check_file_name(text)
     elif untrusted and not text.startswith("/cvmfs/"):
         raise BadValue("from a pipe, a root_image with / must be docker://, /cvmfs/... or http(s)://")
-    elif not text.startswith("/") and ".." not in text.split("/"):
+    elif not text.startswith("/"):
         raise BadValue("must be docker://IMAGE, an http(s):// URL, an absolute path or a file name")
     else:
         values.check_absolute_path(text)
@@ -59,16 +60,23 @@ def check_root_image(text: str, untrusted: bool) -> None:
 
 def check_user_data(text: str, untrusted: bool) -> None:
     """An http(s) URL, a file name under files/, or (locally only) an absolute path."""
+    _refuse_parent_components(text)
     if text.startswith(("http://", "https://")):
         values.check_http_url(text)
     elif "/" not in text:
         values.check_file_name(text)
     elif untrusted:
         raise BadValue("from a pipe, a user_data with / must be an http(s):// URL")
-    elif not text.startswith("/") and ".." not in text.split("/"):
+    elif not text.startswith("/"):
         raise BadValue("must be an http(s):// URL, an absolute path or a file name")
     else:
         values.check_absolute_path(text)
+
+
+def _refuse_parent_components(text: str) -> None:
+    # Said first, whatever else is wrong: ".." is the mistake that matters most.
+    if ".." in text.split("/"):
+        raise BadValue('must not contain ".." components')
 
 
 def check_user_data_file(text: str, untrusted: bool) -> None:
@@ -86,9 +94,10 @@ def check_command(text: str, untrusted: bool) -> None:
 
 def check_tmp_bind(text: str, untrusted: bool) -> None:
     """A clean absolute container path other than /, free of mount-spec separators."""
-    values.check_absolute_path(text)
+    # Docker's mount syntax gives ":" and "," meaning; refuse them before anything else.
     if ":" in text or "," in text:
         raise BadValue('a tmp_binds path must not contain ":" or ","')
+    values.check_absolute_path(text)
 
 
 def check_repository(text: str, untrusted: bool) -> None:
