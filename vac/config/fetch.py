@@ -1,0 +1,204 @@
+"""Fetching Vacuum Pipe documents over http(s), with an on-disk last good copy."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import logging
+import os
+import ssl
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+
+import vac
+from vac.config.pipes import MAX_DOCUMENT_BYTES, PipeError, cache_seconds_of, parse_pipe_document
+
+log = logging.getLogger(__name__)
+
+GRID_CA_PATH = "/etc/grid-security/certificates"
+DEFAULT_TIMEOUT_SECONDS = 30.0
+_CHUNK_BYTES = 65536
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """The document to use for a pipe, where it came from, and any refresh error."""
+
+    url: str
+    # The raw document in use: freshly fetched or the cached copy; None if neither.
+    document: bytes | None
+    fetched_at: float | None
+    # Whether a request went out this time (False while the cached copy is fresh).
+    requested: bool
+    # True when a refresh failed and the last good copy is in use.
+    stale: bool = False
+    error: str | None = None
+
+
+class FetchFailed(Exception):
+    """A refresh did not produce a usable document; the message says why."""
+
+
+def default_user_agent() -> str:
+    """The User-Agent naming vac and its version."""
+    return f"vac/{vac.__version__} (Vacuum Pipe fetcher)"
+
+
+def cache_path(url: str, cache_dir: str) -> str:
+    """Where the last good copy of the pipe at `url` is kept."""
+    return os.path.join(cache_dir, hashlib.sha256(url.encode()).hexdigest()[:32] + ".pipe")
+
+
+def read_cached(url: str, cache_dir: str) -> tuple[bytes, float] | None:
+    """The last good copy and its fetch time, or None if there is none usable."""
+    try:
+        with open(cache_path(url, cache_dir), "rb") as stream:
+            header, _, document = stream.read(MAX_DOCUMENT_BYTES + 4096).partition(b"\n")
+        meta = json.loads(header)
+        if meta.get("url") != url:
+            return None
+        return document, float(meta["fetched_at"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        log.warning("ignoring unreadable cached copy of pipe %s in %s: %s", url, cache_dir, error)
+        return None
+
+
+def fetch_pipe(url: str, cache_dir: str, now: float, *,
+               timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+               max_bytes: int = MAX_DOCUMENT_BYTES, user_agent: str | None = None,
+               ca_paths=(GRID_CA_PATH,)) -> FetchResult:
+    """The pipe document: the cached copy while fresh, else a new one, else the last good copy.
+
+    Never raises for network or document errors; they are returned in the result."""
+    cached = read_cached(url, cache_dir)
+    if cached is not None:
+        document, fetched_at = cached
+        try:
+            lifetime = cache_seconds_of(parse_pipe_document(document))
+        except PipeError:
+            cached = None
+        else:
+            # A clock that went backwards makes the copy look fresh for ever; refetch then.
+            if fetched_at <= now < fetched_at + lifetime:
+                return FetchResult(url, document, fetched_at, requested=False)
+    try:
+        document = download(url, timeout_seconds=timeout_seconds, max_bytes=max_bytes,
+                            user_agent=user_agent or default_user_agent(), ca_paths=ca_paths)
+        parse_pipe_document(document)
+    except (FetchFailed, PipeError) as error:
+        if cached is None:
+            log.warning("fetching pipe %s failed and there is no earlier copy: %s", url, error)
+            return FetchResult(url, None, None, requested=True, error=str(error))
+        log.warning("fetching pipe %s failed, keeping the copy fetched at %d: %s",
+                    url, cached[1], error)
+        return FetchResult(url, cached[0], cached[1], requested=True, stale=True, error=str(error))
+    _save(url, cache_dir, document, now)
+    log.info("fetched pipe %s (%d bytes)", url, len(document))
+    return FetchResult(url, document, now, requested=True)
+
+
+def download(url: str, *, timeout_seconds: float, max_bytes: int, user_agent: str,
+             ca_paths=(GRID_CA_PATH,)) -> bytes:
+    """The body of a 200 response to GET url, within the time and size bounds, or FetchFailed."""
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise FetchFailed("only http:// and https:// URLs are fetched")
+    deadline = time.monotonic() + timeout_seconds
+    request = urllib.request.Request(url, headers={"User-Agent": user_agent,
+                                                   "Accept": "application/json"})
+    try:
+        with _opener(ca_paths).open(request, timeout=timeout_seconds) as response:
+            if response.status != 200:
+                raise FetchFailed(f"HTTP status {response.status}, not 200")
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > max_bytes:
+                raise FetchFailed(f"document is {length} bytes, more than the {max_bytes} bytes allowed")
+            return _read_bounded(response, max_bytes, deadline, timeout_seconds)
+    except urllib.error.HTTPError as error:
+        error.close()
+        raise FetchFailed(f"HTTP status {error.code} {error.reason}") from None
+    except urllib.error.URLError as error:
+        raise FetchFailed(f"cannot fetch: {error.reason}") from None
+    except TimeoutError:
+        raise FetchFailed(f"no answer within {timeout_seconds:g} seconds") from None
+    except (OSError, http.client.HTTPException, ssl.SSLError) as error:
+        raise FetchFailed(f"cannot fetch: {error!r}") from None
+    except ValueError as error:
+        raise FetchFailed(f"bad URL: {error}") from None
+
+
+def _read_bounded(response, max_bytes, deadline, timeout_seconds) -> bytes:
+    # read1 returns after one receive, so the deadline also bounds a slow trickle;
+    # each receive is bounded by the socket timeout.
+    chunks, size = [], 0
+    while True:
+        chunk = response.read1(min(_CHUNK_BYTES, max_bytes + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            raise FetchFailed(f"document is larger than {max_bytes} bytes")
+        if time.monotonic() > deadline:
+            raise FetchFailed(f"document not complete within {timeout_seconds:g} seconds")
+
+
+class _SameOrSaferRedirect(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only to http(s), and never from https down to http."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        old_scheme = urllib.parse.urlsplit(req.full_url).scheme
+        new_scheme = urllib.parse.urlsplit(newurl).scheme
+        if new_scheme not in ("http", "https") or (old_scheme, new_scheme) == ("https", "http"):
+            raise urllib.error.URLError(f"redirect to {newurl!r} refused")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _opener(ca_paths) -> urllib.request.OpenerDirector:
+    # Built by hand so file:, ftp: and data: URLs have no handler at all.
+    context = ssl.create_default_context()
+    for path in ca_paths:
+        try:
+            if os.path.isdir(path):
+                context.load_verify_locations(capath=path)
+            elif os.path.isfile(path):
+                context.load_verify_locations(cafile=path)
+        except (OSError, ssl.SSLError) as error:
+            log.warning("cannot use CA certificates from %s: %s", path, error)
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.HTTPHandler(),
+                    urllib.request.HTTPSHandler(context=context), _SameOrSaferRedirect(),
+                    urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
+
+
+def _save(url: str, cache_dir: str, document: bytes, now: float) -> None:
+    """Keep the document as the last good copy: temp file, fsync, rename."""
+    header = json.dumps({"url": url, "fetched_at": now}).encode() + b"\n"
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".pipe")
+        try:
+            with os.fdopen(descriptor, "wb") as stream:
+                stream.write(header + document)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temporary, cache_path(url, cache_dir))
+        except BaseException:
+            os.unlink(temporary)
+            raise
+        directory = os.open(cache_dir, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as error:
+        # The fresh document is still used now; only the fallback copy is older.
+        log.warning("cannot keep a copy of pipe %s in %s: %s", url, cache_dir, error)
