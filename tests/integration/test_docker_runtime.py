@@ -7,7 +7,6 @@ import subprocess
 import textwrap
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -330,9 +329,32 @@ def test_missing_image_is_reported_quickly(runtime, docker_client, factory_label
 
 
 @pytest.mark.docker
+def test_pull_from_a_registry_that_never_answers_ends_at_its_deadline(runtime, docker_client):
+    # A registry on the loopback address (which dockerd may use without TLS)
+    # that accepts connections and never says a word.
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    try:
+        started = time.monotonic()
+        with pytest.raises(ImageMissing, match=f"127.0.0.1:{port}/vo/image:1 did not finish before its deadline"):
+            runtime.ensure_image(f"docker://127.0.0.1:{port}/vo/image:1", started + 3)
+        assert 2.9 <= time.monotonic() - started < 6
+    finally:
+        listener.close()
+
+
+@pytest.mark.docker
 def test_missing_image_with_no_time_left_is_not_pulled(runtime, docker_client):
     with pytest.raises(ImageMissing, match="no time is left"):
         runtime.ensure_image("vac-test-absent-image:latest", time.monotonic() - 1)
+
+
+@pytest.mark.docker
+def test_image_reference_the_engine_refuses_is_missing(runtime, docker_client):
+    with pytest.raises(ImageMissing, match="cannot be used: .*lowercase"):
+        runtime.ensure_image("docker://Vac-Test-Busybox:latest", time.monotonic() + 10)
 
 
 @pytest.mark.docker

@@ -125,6 +125,11 @@ class DockerRuntime:
                 return
             except docker.errors.ImageNotFound:
                 pass
+            except docker.errors.APIError as error:
+                if not error.is_client_error():
+                    raise
+                # Such as "invalid reference format": no pull can help.
+                raise ImageMissing(f"image {reference} cannot be used: {error.explanation or error}") from error
         remaining = deadline - self._clock()
         if remaining <= 0:
             raise ImageMissing(f"image {reference} is not present and no time is left to pull it")
@@ -161,6 +166,8 @@ class DockerRuntime:
                     if event is not None and event.get("error"):
                         raise ImageMissing(f"pull of {reference} failed: {_short(event['error'])}")
         except requests.exceptions.RequestException as error:
+            if is_read_timeout(error) and self._clock() >= deadline:
+                raise ImageMissing(f"pull of {reference} did not finish before its deadline") from error
             if is_read_timeout(error):
                 raise ImageMissing(f"pull of {reference} stalled: nothing from the engine for "
                                    f"{read_timeout:.0f} s") from error
