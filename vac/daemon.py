@@ -12,10 +12,13 @@ from vac.config.load import load_configuration, try_load_configuration
 from vac.config.model import apply_overrides
 from vac.config.problems import ConfigError
 from vac.supervisor.build import TreeSettings, build_tree
+from vac.supervisor.config_watch import ConfigWatcher
 from vac.supervisor.factory import Factory
 from vac.supervisor.root import Root
 
 log = logging.getLogger("vac.daemon")
+
+RELOAD_SETTLE_SECONDS = 0.5
 
 
 def parse_args(argv):
@@ -96,8 +99,10 @@ def make_reload(args, factory):
         if config is None:
             for problem in problems:
                 log.error("reload refused, running configuration kept: %s", problem)
+            factory.config_problems = [str(problem) for problem in problems]
             return
         config = apply_overrides(config, state_dir=args.state_dir, control_socket=args.socket)
+        factory.config_problems = []
         factory.apply_config(config)
 
     return on_reload
@@ -123,6 +128,9 @@ def main(argv=None):
     factory = Factory(config, factory_name=factory_name(settings))
     root = Root(build_tree(tree_settings(config)), app=factory,
                 on_reload=make_reload(args, factory))
+    # Editors write a file in several steps: fold a burst of events into one reload.
+    watcher = ConfigWatcher(args.config, lambda path: root.request_reload(RELOAD_SETTLE_SECONDS))
+    root.add_reader(watcher.fileno(), watcher.on_readable)
     return root.run()
 
 

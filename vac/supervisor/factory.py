@@ -46,6 +46,8 @@ class Factory:
         self.clock = clock
         self.load_average = load_average
         self.last_refusal = None
+        # Problems of the last refused reload, shown in status until one succeeds.
+        self.config_problems = []
         self._retry_at = None
         self._reconsider_at = 0.0
         self._changed = True

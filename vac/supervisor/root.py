@@ -57,7 +57,7 @@ class Root:
         self.reports = {}         # child id -> latest StateReport
         self.state = FactoryState.STARTING
         self.stop_requested = False
-        self.reload_requested = False
+        self._reload_at = None
         self.started_at = None
         self._readers = {}        # extra fd -> callback
         self._wake_r = self._wake_w = None
@@ -80,6 +80,12 @@ class Root:
 
     def request_stop(self):
         self.stop_requested = True
+
+    def request_reload(self, delay=0.0):
+        """Reload after `delay` s; later requests within it fold into one."""
+        at = self.clock() + delay
+        if self._reload_at is None or at < self._reload_at:
+            self._reload_at = at
 
     def send(self, child_id, msg):
         """Send a message to a live child; a child that cannot take it has failed."""
@@ -112,7 +118,7 @@ class Root:
         self.emit("running")
         while not self.stop_requested:
             self._pass()
-            if self.reload_requested:
+            if self._reload_at is not None and self.clock() >= self._reload_at:
                 self._reload()
         self._shutdown()
         return 0
@@ -154,7 +160,8 @@ class Root:
                 deadlines.append(live.kill_at)
             elif leaf.state is not ChildState.STOPPING:
                 deadlines.append(live.last_seen + leaf.spec.heartbeat_timeout)
-        for deadline in (self.tree.next_deadline(), self.notifier.next_watchdog()):
+        for deadline in (self.tree.next_deadline(), self.notifier.next_watchdog(),
+                         self._reload_at):
             if deadline is not None:
                 deadlines.append(deadline)
         if self.app is not None:
@@ -184,12 +191,12 @@ class Root:
                     log.info("received %s: stopping", signal.Signals(signum).name)
                 self.stop_requested = True
             elif signum == signal.SIGHUP:
-                self.reload_requested = True
+                self.request_reload()
             elif signum == signal.SIGCHLD:
                 self._reap()
 
     def _reload(self):
-        self.reload_requested = False
+        self._reload_at = None
         self.notifier.reloading()
         log.info("reload requested")
         if self.on_reload is not None:

@@ -1,0 +1,127 @@
+"""Reloading the configuration of a real vacd: file edits, SIGHUP, a broken file."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+CONFIG = """
+[settings]
+vac_space = reload.example.com
+total_processors = 2
+heartbeat_timeout_seconds = 20
+
+{machinetypes}
+"""
+
+MACHINETYPE = """
+[machinetype {name}]
+machine_model = docker
+root_image = docker://vac-nonexistent:latest
+user_data = {name}.user_data
+target_share = {share}
+"""
+
+
+def write_config(path, shares):
+    body = "".join(MACHINETYPE.format(name=n, share=s) for n, s in shares.items())
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(CONFIG.format(machinetypes=body))
+    os.rename(tmp, path)  # as editors and configuration managers do
+
+
+class Daemon:
+    def __init__(self, tmp_path, config):
+        self.log_path = tmp_path / "vacd.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vac.daemon", "--config", str(config),
+             "--state-dir", str(tmp_path / "state"), "--socket", str(tmp_path / "control.sock")],
+            stdout=self.log, stderr=subprocess.STDOUT)
+
+    def text(self):
+        return self.log_path.read_text()
+
+    def wait_log(self, needle, count=1, timeout=10):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.text().count(needle) >= count:
+                return
+            assert self.proc.poll() is None, self.text()
+            time.sleep(0.05)
+        raise AssertionError(f"{needle!r} not logged {count}x:\n{self.text()}")
+
+    def slot_pids(self):
+        return sorted(p.pid for p in psutil.Process(self.proc.pid).children()
+                      if "slot" in " ".join(p.cmdline()))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(15)
+        self.log.close()
+
+
+@pytest.fixture
+def daemon_factory(tmp_path):
+    daemons = []
+
+    def start(config):
+        daemon = Daemon(tmp_path, config)
+        daemons.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        leftovers = psutil.Process(daemon.proc.pid).children(recursive=True) \
+            if daemon.proc.poll() is None else []
+        daemon.stop()
+        for process in leftovers:
+            if process.is_running():
+                process.kill()
+
+
+def test_file_edits_are_applied_without_touching_the_slots(tmp_path, daemon_factory):
+    config = tmp_path / "vac.conf"
+    write_config(config, {"alpha": 1, "beta": 1})
+    daemon = daemon_factory(config)
+    daemon.wait_log("supervisor running")
+    slots = daemon.slot_pids()
+    assert len(slots) == 2
+
+    write_config(config, {"alpha": 5, "beta": 1})
+    daemon.wait_log("changed ['alpha'], removed none")
+    write_config(config, {"alpha": 5, "beta": 1, "gamma": 2})
+    daemon.wait_log("added ['gamma'], changed none, removed none")
+    write_config(config, {"alpha": 5, "gamma": 2})
+    daemon.wait_log("added none, changed none, removed ['beta']")
+    assert daemon.slot_pids() == slots, "slot workers kept running through every reload"
+
+    config.write_text("[settings\nbroken")
+    daemon.wait_log("reload refused, running configuration kept")
+    os.kill(daemon.proc.pid, signal.SIGHUP)
+    daemon.wait_log("reload refused, running configuration kept", count=2)
+    write_config(config, {"alpha": 5, "gamma": 2})
+    daemon.wait_log("configuration applied", count=4)
+    assert daemon.slot_pids() == slots
+    daemon.stop()
+    assert daemon.proc.returncode == 0
+
+
+def test_a_bad_configuration_refuses_to_start_with_every_problem(tmp_path):
+    config = tmp_path / "vac.conf"
+    config.write_text("[settings]\ntotal_processors = many\n\n"
+                      "[machinetype x]\nmachine_model = vm-raw\n")
+    result = subprocess.run([sys.executable, "-m", "vac.daemon", "--config", str(config),
+                             "--state-dir", str(tmp_path / "state")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "total_processors" in result.stderr and "many" in result.stderr
+    assert "vac_space" in result.stderr
+    assert "vm-raw" in result.stderr
+    assert "not starting" in result.stderr
+    assert not (tmp_path / "state").exists()
