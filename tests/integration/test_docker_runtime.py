@@ -1,16 +1,19 @@
 """The Docker runtime against the real engine: what a machine's container sees,
 the limits it runs under, and how create, find, wait, stop, kill and remove behave."""
 
+import http.server
 import os
 import socket
+import socketserver
 import subprocess
 import textwrap
+import threading
 import time
 import uuid
 
 import pytest
 
-from vac.runtimes.base import (ContainerGone, ContainerNotStarted, ContainerRequest, ContainerState, ImageMissing,
+from vac.runtimes.base import (ContainerGone, ContainerHandle, ContainerNotStarted, ContainerRequest, ContainerState, ImageMissing,
                                RuntimeUnavailable, StartFailed, Usage)
 from vac.runtimes.docker import DockerRuntime
 
@@ -352,9 +355,13 @@ def test_missing_image_with_no_time_left_is_not_pulled(runtime, docker_client):
 
 
 @pytest.mark.docker
-def test_image_reference_the_engine_refuses_is_missing(runtime, docker_client):
+def test_image_reference_the_engine_refuses_is_missing(runtime, docker_client, factory_label, tmp_path):
     with pytest.raises(ImageMissing, match="cannot be used: .*lowercase"):
         runtime.ensure_image("docker://Vac-Test-Busybox:latest", time.monotonic() + 10)
+    with pytest.raises(ImageMissing, match="does not name a Docker image"):
+        runtime.ensure_image("https://example.org/image.sif", time.monotonic() + 10)
+    with pytest.raises(ImageMissing, match="does not name a Docker image"):
+        runtime.create(machine_request(tmp_path, factory_label, "exit 0\n", image="docker://"))
 
 
 @pytest.mark.docker
@@ -408,3 +415,48 @@ def test_engine_that_never_answers_is_unavailable_within_the_timeout(tmp_path):
     finally:
         hung.close()
         listener.close()
+
+
+class _EngineDyingDuringWait(http.server.BaseHTTPRequestHandler):
+    """Answers the version query, then drops every wait after its headers, as a dockerd that stops."""
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = b'{"ApiVersion": "1.41"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.close_connection = True
+
+    def log_message(self, format, *args):
+        pass
+
+
+class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+def test_engine_stopping_during_a_wait_is_unavailable_not_a_timeout(tmp_path):
+    path = tmp_path / "dying.sock"
+    server = _UnixHTTPServer(str(path), _EngineDyingDuringWait)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    dying = DockerRuntime(base_url=f"unix://{path}", timeout=5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RuntimeUnavailable, match="wait for container vac-x"):
+            dying.wait(ContainerHandle(id="0" * 64, name="vac-x"), started + 30)
+        assert time.monotonic() - started < 5
+    finally:
+        dying.close()
+        server.shutdown()
+        server.server_close()
+        serving.join(timeout=10)

@@ -117,7 +117,7 @@ class DockerRuntime:
 
     def ensure_image(self, image: str, deadline: float) -> None:
         """Make `image` present locally, pulling it before `deadline`, or raise ImageMissing."""
-        reference = image_reference(image)
+        reference = _docker_reference(image)
         api = self._client()
         with translated_errors(f"look for image {reference}"):
             try:
@@ -175,6 +175,7 @@ class DockerRuntime:
 
     def create(self, request: ContainerRequest) -> ContainerHandle:
         """Create the container of `request` (idempotent per machine: an existing one is returned)."""
+        _docker_reference(request.image)
         kwargs = create_kwargs(request)
         name = kwargs["name"]
         api = self._client()
@@ -324,6 +325,15 @@ class DockerRuntime:
         usage = Usage(max(sample.cpu_seconds, previous.cpu_seconds), max(sample.memory_bytes, previous.memory_bytes))
         self._last_usage[handle.id] = usage
         return usage
+
+
+def _docker_reference(image: str) -> str:
+    # A root_image that names no Docker image is this machinetype's problem,
+    # to be reported as a failed start, not a crash of the slot.
+    try:
+        return image_reference(image)
+    except ValueError as error:
+        raise ImageMissing(str(error)) from error
 
 
 def _api_version_tuple(version: str) -> tuple[int, ...]:
