@@ -115,6 +115,11 @@ class WorkerChannel:
         """Send bytes as they are (tests use it to play a broken child)."""
         self.sock.sendall(data)
 
+    @property
+    def has_pending(self):
+        """True when messages already read from the socket wait to be received."""
+        return bool(self._pending)
+
     def receive(self, timeout):
         """Return the next message, or None when `timeout` seconds pass first."""
         if self._pending:

@@ -29,6 +29,7 @@ class WorkerLoop:
         self.role = role
         self.stopping = False
         self.stop_reason = None
+        self.ready_fds = set()
         self._seq = 0
         self._next_heartbeat = 0.0
         self._wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -59,10 +60,14 @@ class WorkerLoop:
             self.channel.send(messages.Heartbeat(child_id=self.child_id, seq=self._seq))
             self._next_heartbeat = now + self.heartbeat_interval
 
-    def wait(self, timeout):
-        """Wait up to `timeout` s for the root; heartbeat meanwhile; return its messages."""
+    def wait(self, timeout, fds=()):
+        """Wait up to `timeout` s for the root or one of `fds`; heartbeat meanwhile.
+
+        Returns the root's messages; `ready_fds` tells which of `fds` woke it.
+        """
         deadline = time.monotonic() + timeout
         received = []
+        self.ready_fds = set()
         while not self.stopping:
             self.heartbeat_if_due()
             if self.root_pid is not None and os.getppid() != self.root_pid:
@@ -72,9 +77,11 @@ class WorkerLoop:
             if now >= deadline:
                 break
             wait_for = min(deadline, self._next_heartbeat) - now
-            ready, _, _ = select.select([self.channel, self._wake_r], [], [], max(wait_for, 0))
+            ready, _, _ = select.select([self.channel, self._wake_r, *fds], [], [],
+                                        max(wait_for, 0))
             if self._wake_r in ready:
                 _drain(self._wake_r)
+            self.ready_fds = {fd for fd in fds if fd in ready}
             if self.channel in ready:
                 try:
                     msg = self.channel.receive(0)
@@ -82,12 +89,16 @@ class WorkerLoop:
                     # The root died or closed us off: a new root starts new workers.
                     self._stop("the root closed the channel")
                     break
-                if isinstance(msg, messages.Stop):
-                    self._stop(msg.reason)
-                elif msg is not None:
-                    received.append(msg)
-                if received:
-                    break
+                # One read may carry several messages: take them all now, as
+                # the socket will not show them as readable again.
+                while msg is not None:
+                    if isinstance(msg, messages.Stop):
+                        self._stop(msg.reason)
+                    else:
+                        received.append(msg)
+                    msg = self.channel.receive(0) if self.channel.has_pending else None
+            if received or self.ready_fds:
+                break
         return received
 
     def _stop(self, reason):
