@@ -4,10 +4,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-import psutil
-import pytest
+from daemon_client import daemon_factory  # noqa: F401 (a fixture)
 
 CONFIG = """
 [settings]
@@ -32,57 +30,6 @@ def write_config(path, shares):
     tmp = path.with_suffix(".tmp")
     tmp.write_text(CONFIG.format(machinetypes=body))
     os.rename(tmp, path)  # as editors and configuration managers do
-
-
-class Daemon:
-    def __init__(self, tmp_path, config):
-        self.log_path = tmp_path / "vacd.log"
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vac.daemon", "--config", str(config),
-             "--state-dir", str(tmp_path / "state"), "--socket", str(tmp_path / "control.sock")],
-            stdout=self.log, stderr=subprocess.STDOUT)
-
-    def text(self):
-        return self.log_path.read_text()
-
-    def wait_log(self, needle, count=1, timeout=10):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.text().count(needle) >= count:
-                return
-            assert self.proc.poll() is None, self.text()
-            time.sleep(0.05)
-        raise AssertionError(f"{needle!r} not logged {count}x:\n{self.text()}")
-
-    def slot_pids(self):
-        return sorted(p.pid for p in psutil.Process(self.proc.pid).children()
-                      if "slot" in " ".join(p.cmdline()))
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(15)
-        self.log.close()
-
-
-@pytest.fixture
-def daemon_factory(tmp_path):
-    daemons = []
-
-    def start(config):
-        daemon = Daemon(tmp_path, config)
-        daemons.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in daemons:
-        leftovers = psutil.Process(daemon.proc.pid).children(recursive=True) \
-            if daemon.proc.poll() is None else []
-        daemon.stop()
-        for process in leftovers:
-            if process.is_running():
-                process.kill()
 
 
 def test_file_edits_are_applied_without_touching_the_slots(tmp_path, daemon_factory):

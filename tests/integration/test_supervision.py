@@ -36,7 +36,7 @@ def cmdline(pid):
 
 
 SLOTS = ["slot-00", "slot-01", "slot-02"]
-FACTORY = ["cvmfs-keeper", "reaper"] + SLOTS
+FACTORY = ["cvmfs-keeper", "reaper", "pipe-fetcher"] + SLOTS
 
 
 def test_killed_slot_is_restarted_and_siblings_keep_their_pids(host_factory):
@@ -64,7 +64,7 @@ def test_process_titles_are_visible_in_ps(host_factory):
     assert cmdline(pids["reaper"]) == "vacd: reaper"
     ps = psutil.Process(host.pid).children()
     assert sorted(p.cmdline()[0].split(" ")[1] for p in ps) == sorted(
-        ["cvmfs-keeper", "reaper", "slot", "slot", "slot"])
+        ["cvmfs-keeper", "reaper", "pipe-fetcher", "slot", "slot", "slot"])
 
 
 def test_slot_crashing_at_start_backs_off_goes_fatal_and_reset_revives_it(host_factory, tmp_path):
@@ -161,15 +161,15 @@ def test_sigterm_stops_slots_first_then_helpers_in_reverse_order(host_factory):
     host = host_factory("factory")
     pids = host.wait_for(lambda: all_ready(host, FACTORY))
     descendants = host.descendants()
-    assert len(descendants) == 5
+    assert len(descendants) == 6
     started = time.monotonic()
     assert host.terminate() == 0
     assert time.monotonic() - started < 5
     order = [e["child"] for e in host.events("stop")]
     assert sorted(order[:3]) == SLOTS
-    assert order[3:] == ["reaper", "cvmfs-keeper"]
+    assert order[3:] == ["pipe-fetcher", "reaper", "cvmfs-keeper"]
     exits = [e["child"] for e in host.events("exited")]
-    assert set(exits[:3]) == set(SLOTS) and exits[3:] == ["reaper", "cvmfs-keeper"]
+    assert set(exits[:3]) == set(SLOTS) and exits[3:] == ["pipe-fetcher", "reaper", "cvmfs-keeper"]
     assert all(e["status"] == "exit status 0" for e in host.events("exited"))
     assert not any(psutil.pid_exists(p.pid) and p.status() != psutil.STATUS_ZOMBIE
                    for p in descendants)

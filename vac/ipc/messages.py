@@ -153,3 +153,22 @@ class MachineFinished:
     text: str
     processors: int
     cpu_seconds: float
+
+
+# Root and the pipe fetcher.
+
+@message("pipe_list")
+class PipeList:
+    """Root to fetcher: the Vacuum Pipes to keep fetched, [{prefix, url}]."""
+    pipes: list
+
+
+@message("pipe_document")
+class PipeDocument:
+    """Fetcher to root: the document to use for a pipe (None if there is none)."""
+    prefix: str
+    url: str
+    document: bytes | None
+    fetched_at: float | None
+    stale: bool
+    error: str | None

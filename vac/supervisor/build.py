@@ -5,7 +5,7 @@ import dataclasses
 from vac.supervisor import policy
 from vac.supervisor.states import Restart, Strategy
 from vac.supervisor.tree import ChildSpec, PoolPolicy, SupervisorSpec
-from vac.workers import cvmfs_keeper, reaper, slot_worker
+from vac.workers import cvmfs_keeper, pipe_fetcher, reaper, slot_worker
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +33,7 @@ def slot_id(slot):
 
 
 def build_tree(settings):
-    """services (keeper, reaper) first and stopped last; then the slot pool."""
+    """services (keeper, reaper, pipe fetcher) first and stopped last; then the slot pool."""
     timings = {"heartbeat_interval": settings.heartbeat_interval,
                "heartbeat_timeout": settings.heartbeat_timeout}
     services = SupervisorSpec(
@@ -45,6 +45,9 @@ def build_tree(settings):
                       args={"repositories": list(settings.cvmfs_repositories)},
                       restart=Restart.PERMANENT, shutdown=settings.helper_shutdown, **timings),
             ChildSpec(id="reaper", target=reaper.run, args={"state_dir": settings.state_dir},
+                      restart=Restart.PERMANENT, shutdown=settings.helper_shutdown, **timings),
+            ChildSpec(id="pipe-fetcher", target=pipe_fetcher.run,
+                      args={"state_dir": settings.state_dir},
                       restart=Restart.PERMANENT, shutdown=settings.helper_shutdown, **timings),
         ))
     slots = SupervisorSpec(

@@ -12,6 +12,7 @@ import random
 import time
 import uuid as uuidlib
 
+from vac.config import pipes
 from vac.ipc import messages
 from vac.machine.layout import machine_name
 from vac.supervisor import aborts, scheduler, terms
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 # The load average and the clock move without any report: look again this often.
 RECONSIDER_SECONDS = 10.0
+PIPE_FETCHER = "pipe-fetcher"
 
 
 def slot_number(child_id):
@@ -52,6 +54,15 @@ class Factory:
         self._reconsider_at = 0.0
         self._changed = True
         self._lowered = {}        # uuid -> shutdown time we asked its slot to lower to
+        self.pipe_documents = {}  # prefix -> the latest PipeDocument from the fetcher
+        self.pipe_expansions = {}  # prefix -> PipeExpansion of that document
+        self._send_pipe_list = False
+        self.machinetypes = config.machinetypes
+
+    def _effective_machinetypes(self):
+        return pipes.effective_machinetypes(
+            self.config.machinetypes,
+            [self.pipe_expansions[prefix] for prefix in sorted(self.pipe_expansions)])
 
     # Reports from the workers.
 
@@ -61,11 +72,48 @@ class Factory:
             self.table.report(slot, msg.state, msg.detail.get("machine"), msg.detail.get("error"),
                               msg.detail.get("rejected"))
             self._changed = True
+        elif isinstance(msg, messages.StateReport) and child_id == PIPE_FETCHER:
+            # A (re)started fetcher knows no pipes yet.
+            self._send_pipe_list = msg.state == "waiting"
         elif isinstance(msg, messages.MachineFinished):
             self._finished(msg)
+        elif isinstance(msg, messages.PipeDocument):
+            self.pipe_documents[msg.prefix] = msg
+            self._expand_pipe(msg.prefix)
+            self.machinetypes = self._effective_machinetypes()
+            self._changed = True
+
+    def _expand_pipe(self, prefix):
+        """Expand the latest document of a pipe; a pipe that cannot be used adds nothing."""
+        pipe = self.config.vacuum_pipes.get(prefix)
+        msg = self.pipe_documents.get(prefix)
+        if pipe is None or msg is None or msg.url != pipe.url:
+            self.pipe_expansions.pop(prefix, None)
+            return
+        if msg.stale:
+            log.warning("pipe %s: refresh failed (%s); using the copy fetched at %d",
+                        prefix, msg.error, msg.fetched_at)
+        if msg.document is None:
+            log.error("pipe %s: no document (%s); its machinetypes are not started",
+                      prefix, msg.error)
+            self.pipe_expansions.pop(prefix, None)
+            return
+        try:
+            expansion = pipes.expand_pipe(pipe, msg.document, self.config.machinetype_options,
+                                          self.config.settings)
+        except pipes.PipeError as error:
+            log.error("pipe %s: unusable document: %s; its machinetypes are not started",
+                      prefix, error)
+            self.pipe_expansions.pop(prefix, None)
+            return
+        for problem in expansion.problems:
+            log.warning("pipe %s: %s", prefix, problem)
+        log.info("pipe %s: %d machinetype(s): %s", prefix, len(expansion.machinetypes),
+                 ", ".join(expansion.machinetypes) or "none")
+        self.pipe_expansions[prefix] = expansion
 
     def _finished(self, msg):
-        machinetype = self.config.machinetypes.get(msg.machinetype)
+        machinetype = self.machinetypes.get(msg.machinetype)
         fizzle = machinetype.fizzle_seconds if machinetype else 600
         history = self.histories.get(msg.machinetype, aborts.OutcomeHistory())
         self.histories[msg.machinetype] = aborts.record_outcome(
@@ -89,6 +137,10 @@ class Factory:
         """Messages to send now: placements for free slots, lowered shutdown times."""
         now = self.clock()
         out = self._lower_shutdown_times()
+        if self._send_pipe_list:
+            self._send_pipe_list = False
+            out.append((PIPE_FETCHER, messages.PipeList(pipes=[
+                {"prefix": p.prefix, "url": p.url} for p in self.config.vacuum_pipes.values()])))
         if may_start and self.table.free_slots() and self._due(now):
             out.extend(self._place(now))
         return out
@@ -102,7 +154,7 @@ class Factory:
         settings = self.config.settings
         factory = terms.factory_terms(settings)
         machinetypes = [terms.machinetype_terms(mt, paused=mt.name in self.paused)
-                        for mt in self.config.machinetypes.values()]
+                        for mt in self.machinetypes.values()]
         placements, refusal = scheduler.fill_free_slots(
             factory, machinetypes, self.table.running(settings.hs06_per_processor),
             self.histories, self.table.free_slots(), now=now,
@@ -122,7 +174,7 @@ class Factory:
 
     def _place_one(self, slot, placement, now):
         machine_uuid = str(uuidlib.uuid4())
-        machinetype = self.config.machinetypes[placement.machinetype]
+        machinetype = self.machinetypes[placement.machinetype]
         spec = terms.machine_spec(
             uuid=machine_uuid, slot=slot, factory_name=self.factory_name,
             machine_name=machine_name(self.factory_name, slot), settings=self.config.settings,
@@ -160,16 +212,21 @@ class Factory:
 
     def apply_config(self, config):
         """Adopt a re-read configuration; running machines are left as they are."""
-        old, new = self.config.machinetypes, config.machinetypes
-        added = sorted(set(new) - set(old))
-        removed = sorted(set(old) - set(new))
-        changed = sorted(name for name in set(old) & set(new) if old[name] != new[name])
         if config.settings.slots != self.config.settings.slots:
             log.warning("slots changed from %d to %d: that takes a restart of vacd; "
                         "keeping %d until then", self.config.settings.slots,
                         config.settings.slots, self.config.settings.slots)
             config = _keep_slots(config, self.config.settings.slots)
+        old = self.machinetypes
         self.config = config
+        # Local options override pipe entries, so every pipe is expanded again.
+        for prefix in list(self.pipe_expansions) + list(self.pipe_documents):
+            self._expand_pipe(prefix)
+        self.machinetypes = new = self._effective_machinetypes()
+        added = sorted(set(new) - set(old))
+        removed = sorted(set(old) - set(new))
+        changed = sorted(name for name in set(old) & set(new) if old[name] != new[name])
+        self._send_pipe_list = True
         self._changed = True
         log.info("configuration applied: machinetypes added %s, changed %s, removed %s; "
                  "running machines untouched", added or "none", changed or "none",
@@ -183,7 +240,7 @@ class Factory:
         now = self.clock()
         running = self.table.running(self.config.settings.hs06_per_processor)
         return scheduler.backoff_table(
-            [terms.machinetype_terms(mt) for mt in self.config.machinetypes.values()],
+            [terms.machinetype_terms(mt) for mt in self.machinetypes.values()],
             self.histories, running, now)
 
 
