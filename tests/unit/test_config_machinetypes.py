@@ -172,7 +172,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("text, message", BAD)
+@pytest.mark.parametrize("text, message", BAD, ids=[message[:80] for _, message in BAD])
 def test_each_bad_machinetype_value_is_one_clear_problem(tmp_path, text, message):
     assert problems_of(tmp_path, text) == [f"{tmp_path / 'vac.conf'} {message}"]
 
@@ -230,3 +230,17 @@ def test_incomplete_sections_named_after_a_pipe_wait_for_the_pipe(tmp_path):
                   "[machinetype lhcb-prod]\ntarget_share = 3\n")
     assert "lhcb-prod" not in config.machinetypes
     assert dict(config.machinetype_options["lhcb-prod"]) == {"target_share": 3.0}
+
+
+def test_a_vmtype_and_a_machinetype_of_one_name_merge_with_the_machinetype_winning(tmp_path):
+    config = load(tmp_path, "[vmtype lhcb]\nbackoff_seconds = 5\nfizzle_seconds = 7\n"
+                  + DOCKER + "backoff_seconds = 50\n")
+    lhcb = config.machinetypes["lhcb"]
+    assert (lhcb.backoff_seconds, lhcb.fizzle_seconds) == (50, 7)
+
+
+def test_a_broken_pipe_section_does_not_turn_its_overrides_into_errors(tmp_path):
+    problems = problems_of(tmp_path, "[vacuum_pipe lhcb]\nvacuum_pipe_url = ftp://x/p\n"
+                           "[machinetype lhcb-prod]\ntarget_share = 3\n")
+    assert problems == [f"{tmp_path / 'vac.conf'} [vacuum_pipe lhcb] vacuum_pipe_url = "
+                        "'ftp://x/p': must be an http:// or https:// URL"]

@@ -107,7 +107,8 @@ ACCEPTED = [
 ]
 
 
-@pytest.mark.parametrize("key, value, attribute, expected", ACCEPTED)
+@pytest.mark.parametrize("key, value, attribute, expected", ACCEPTED,
+                         ids=[f"{key}={value!r:.40}" for key, value, _, _ in ACCEPTED])
 def test_each_accepted_key_is_read(key, value, attribute, expected):
     expansion = expand(document(entry("prod", **{key: value})))
     assert expansion.problems == ()
@@ -181,7 +182,8 @@ def test_entries_that_are_not_objects_are_skipped():
     (b" " * (MAX_DOCUMENT_BYTES + 1), f"more than {MAX_DOCUMENT_BYTES}"),
     (json.dumps({"machinetypes": [{}] * (MAX_ENTRIES + 1)}).encode(), f"more than {MAX_ENTRIES}"),
     ([entry("prod")], "document is a list, not a JSON object"),
-])
+], ids=["broken", "empty", "not-utf8", "list", "null", "machinetypes-object", "no-machinetypes",
+        "nan", "deeply-nested", "oversize", "too-many-entries", "parsed-list"])
 def test_whole_document_failures_raise_pipe_error(doc, reason):
     with pytest.raises(PipeError, match=reason[:30].replace("(", r"\(").replace("[", r"\[")):
         expand(doc)

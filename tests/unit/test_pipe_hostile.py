@@ -143,7 +143,8 @@ def baseline():
     return expand({"machinetypes": [entry("a"), entry("b"), entry("c")]})
 
 
-@pytest.mark.parametrize("key, value, reason", TRAVERSAL + SHELL + TYPES)
+@pytest.mark.parametrize("key, value, reason", TRAVERSAL + SHELL + TYPES,
+                         ids=[f"{key}={value!r:.40}" for key, value, _ in TRAVERSAL + SHELL + TYPES])
 def test_a_hostile_value_skips_only_its_own_entry(key, value, reason):
     make = singularity if key == "root_image" and str(value).startswith(("/", "..")) else entry
     expansion = expand({"machinetypes": [entry("a"), make("b", **{key: value}), entry("c")]})
@@ -229,3 +230,17 @@ def test_pipe_values_never_override_the_local_files():
     local = {"exp-b": {"container_command": "/user_data"}}
     expansion = expand({"machinetypes": [entry("b", container_command="/bin/evil")]}, local=local)
     assert expansion.machinetypes["exp-b"].container_command == "/user_data"
+
+
+def test_hostile_unknown_keys_are_quoted_and_cut_in_the_message():
+    expansion = expand({"machinetypes": [entry("b", **{"x\nforged: line" + "y" * 100: 1})]})
+    reason = expansion.problems[0].reason
+    assert "\n" not in reason and len(reason) < 100
+    assert reason.startswith("unknown keys ignored: 'x\\nforged: line")
+
+
+def test_a_hostile_prefixed_key_is_quoted_and_cut_where_it_names_the_option():
+    expansion = expand({"machinetypes": [entry("b", **{"user_data_option_\nx" + "y" * 100: "v"})]})
+    problem = expansion.problems[0]
+    assert "\n" not in str(problem) and problem.option.startswith("'user_data_option_\\nx")
+    assert "the part after the prefix may contain only a-z, 0-9 and _" in problem.reason

@@ -118,7 +118,8 @@ def download(url: str, *, timeout_seconds: float, max_bytes: int, user_agent: st
                 raise FetchFailed(f"HTTP status {response.status}, not 200")
             length = response.headers.get("Content-Length", "")
             if length.isdigit() and int(length) > max_bytes:
-                raise FetchFailed(f"document is {length} bytes, more than the {max_bytes} bytes allowed")
+                raise FetchFailed(
+                    f"document is {length} bytes, more than the {max_bytes} bytes allowed")
             return _read_bounded(response, max_bytes, deadline, timeout_seconds)
     except urllib.error.HTTPError as error:
         error.close()

@@ -69,7 +69,8 @@ def read_files(paths, *, required: bool = True) -> tuple[RawConfig, list[ConfigP
         except configparser.Error as error:
             # Keep going so one broken file still lets us report the others' problems.
             message = " ".join(str(error).split())
-            problems.append(ConfigProblem(path, None, None, None, f"not a valid INI file: {message}"))
+            problems.append(ConfigProblem(path, None, None, None,
+                                          f"not a valid INI file: {message}"))
             continue
         files_read.append(path)
         for raw_name in parser.sections():

@@ -43,34 +43,33 @@ def _load(paths, cpu_count):
         raw.sections.get("settings"), settings_where, cpu_count=cpu_count)
     problems += settings_problems
     warnings += settings_warnings
-    pipes, machinetype_sections = {}, {}
-    for section, options in raw.sections.items():
+    pipes, pipe_prefixes, machinetype_sections = {}, set(), {}
+    sections, section_files = _without_vmtypes(raw, warnings)
+    for section, options in sections.items():
         kind, _, name = section.partition(" ")
-        where = raw.section_files[section][-1]
+        where = section_files[section][-1]
         if section == "settings":
             continue
-        if kind not in ("machinetype", "vmtype", "vacuum_pipe"):
+        if kind not in ("machinetype", "vacuum_pipe"):
             warnings.append(ConfigProblem(where, section, None, None, "unknown section, ignored"))
             continue
         if not NAME_RE.fullmatch(name):
             problems.append(ConfigProblem(where, section, None, None,
                                           "the name may contain only a-z, 0-9 and -"))
             continue
-        if kind == "vmtype":
-            warnings.append(ConfigProblem(where, section, None, None,
-                                          f"deprecated: read as [machinetype {name}]"))
         if kind == "vacuum_pipe":
+            pipe_prefixes.add(name)
             pipe = _read_pipe(name, options, where, problems, warnings)
             if pipe is not None:
                 pipes[name] = pipe
         else:
             before = len(problems)
-            checked = _read_options(f"machinetype {name}", options, problems, warnings)
-            machinetype_sections[name] = (checked, where, len(problems) > before)
+            checked = _read_options(section, options, problems, warnings)
+            machinetype_sections[name] = (checked, options, where, len(problems) > before)
     machinetypes = {}
-    for name, (checked, where, failed) in machinetype_sections.items():
-        machinetype = _local_machinetype(name, checked, where, settings, pipes, problems,
-                                         written=options_written(raw, name), failed=failed)
+    for name, (checked, options, where, failed) in machinetype_sections.items():
+        machinetype = _local_machinetype(name, checked, where, settings, pipe_prefixes, problems,
+                                         written=options, failed=failed)
         if machinetype is not None:
             machinetypes[name] = machinetype
     if problems:
@@ -79,7 +78,7 @@ def _load(paths, cpu_count):
         settings=settings, machinetypes=frozen_mapping(sorted(machinetypes.items())),
         vacuum_pipes=frozen_mapping(sorted(pipes.items())),
         machinetype_options=frozen_mapping(
-            (name, frozen_mapping(checked)) for name, (checked, _, _) in
+            (name, frozen_mapping(checked)) for name, (checked, _, _, _) in
             sorted(machinetype_sections.items())),
         files=raw.files, warnings=tuple(warnings))
     return config, [], warnings
@@ -92,8 +91,9 @@ def _read_options(section: str, options: Mapping[str, RawValue], problems, warni
         target = DEPRECATED.get(name, name)
         if target != name:
             if target in options:
-                warnings.append(ConfigProblem(raw_value.file, section, name, raw_value.text,
-                                              f"deprecated Vac option ignored: {target} is also set"))
+                warnings.append(ConfigProblem(
+                    raw_value.file, section, name, raw_value.text,
+                    f"deprecated Vac option ignored: {target} is also set"))
                 continue
             warnings.append(ConfigProblem(raw_value.file, section, name, raw_value.text,
                                           f"deprecated Vac option, read as {target}"))
@@ -141,32 +141,43 @@ def _read_pipe(prefix, options, where, problems, warnings) -> VacuumPipe | None:
                       options=frozen_mapping(checked), file=where)
 
 
-def options_written(raw, name: str) -> set[str]:
-    """The option names written in a [machinetype NAME] (or [vmtype NAME]) section."""
-    written = set()
-    for kind in ("machinetype", "vmtype"):
-        for option in raw.sections.get(f"{kind} {name}", {}):
-            written.add(DEPRECATED.get(option, option))
-    return written
+def _without_vmtypes(raw, warnings):
+    """(sections, their files) with Vac's old [vmtype NAME] read as [machinetype NAME]."""
+    sections, section_files = {}, dict(raw.section_files)
+    for section, options in raw.sections.items():
+        kind, _, name = section.partition(" ")
+        if kind == "vmtype":
+            warnings.append(ConfigProblem(section_files[section][-1], section, None, None,
+                                          f"deprecated: read as [machinetype {name}]"))
+            # A [machinetype NAME] of the same name wins, wherever it appears.
+            section_files.setdefault(f"machinetype {name}", section_files[section])
+            section = f"machinetype {name}"
+            options = {**options, **sections.get(section, {})}
+        elif section in sections:
+            options = {**sections[section], **options}
+        sections[section] = options
+    return sections, section_files
 
 
-def _local_machinetype(name, checked, where, settings, pipes, problems, *, written,
+def _local_machinetype(name, checked, where, settings, pipe_prefixes, problems, *, written,
                        failed) -> Machinetype | None:
     machinetype, build_problems = build_machinetype(
         name, checked, settings or _PLACEHOLDER_SETTINGS, files_name=name)
-    if any(name.startswith(prefix + "-") for prefix in pipes):
+    if any(name.startswith(prefix + "-") for prefix in pipe_prefixes):
         # A section named like a pipe's machinetype may only complete or override
         # what the pipe sends; it is checked again once the pipe is expanded.
         return machinetype
     section = f"machinetype {name}"
     for option, value, reason in build_problems:
-        if failed and (value is not None or option in written):
+        if failed and (value is not None or option in written
+                       or any(DEPRECATED.get(old) == option for old in written)):
             # Already reported as a bad value; checks across options would only echo it.
             continue
         problems.append(ConfigProblem(where, section, option, value, reason))
     if (machinetype is not None and machinetype.machine_model == "singularity"
             and settings is not None and settings.singularity_user is None):
-        problems.append(ConfigProblem(where, section, "machine_model", "singularity",
-                                      "singularity machinetypes need singularity_user in [settings]"))
+        problems.append(ConfigProblem(
+            where, section, "machine_model", "singularity",
+            "singularity machinetypes need singularity_user in [settings]"))
         return None
     return machinetype

@@ -42,7 +42,7 @@ def check_machine_model(text: str, untrusted: bool) -> None:
 
 
 def check_root_image(text: str, untrusted: bool) -> None:
-    """docker://IMAGE, an http(s) URL, an absolute path (only under /cvmfs/ from a pipe) or a file name."""
+    """docker://IMAGE, an http(s) URL, a file name, or an absolute path (/cvmfs/... from a pipe)."""
     _refuse_parent_components(text)
     if text.startswith("docker://"):
         values.check_docker_image(text)
@@ -51,7 +51,8 @@ def check_root_image(text: str, untrusted: bool) -> None:
     elif "/" not in text:
         values.check_file_name(text)
     elif untrusted and not text.startswith("/cvmfs/"):
-        raise BadValue("from a pipe, a root_image with / must be docker://, /cvmfs/... or http(s)://")
+        raise BadValue(
+            "from a pipe, a root_image with / must be docker://, /cvmfs/... or http(s)://")
     elif not text.startswith("/"):
         raise BadValue("must be docker://IMAGE, an http(s):// URL, an absolute path or a file name")
     else:
@@ -195,7 +196,8 @@ def build_machinetype(name: str, options: Mapping[str, object], settings: Settin
     model = options.get("machine_model")
     image = options.get("root_image")
     if model == "docker" and image is not None and not image.startswith("docker://"):
-        problems.append(("root_image", image, "a docker machinetype needs a docker://IMAGE root_image"))
+        problems.append(("root_image", image,
+                         "a docker machinetype needs a docker://IMAGE root_image"))
     if model == "singularity" and image is not None and image.startswith("docker://"):
         problems.append(("root_image", image, "docker:// images need machine_model = docker"))
     min_processors = options.get("min_processors", 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ DEFAULT_CACHE_SECONDS = 3600
 # A pipe must not be able to pin its copy for ever, nor ask for no caching at all.
 LONGEST_CACHE_SECONDS = 7 * 86400
 _NO_VALUE = object()
+_PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_.-]{1,40}")
 PIPE_KEYS = frozenset((
     "accounting_fqan", "backoff_seconds", "container_command", "cvmfs_repositories",
     "fizzle_seconds", "disk_gb_per_processor", "heartbeat_file", "heartbeat_seconds",
@@ -123,10 +125,12 @@ def _expand_entry(pipe, index, entry, share_total, local_machinetypes, settings,
 
     def problem(option, value=_NO_VALUE, reason=""):
         text = None if value is _NO_VALUE else _value_text(value)
-        return ConfigProblem(pipe.url, where, option, text, reason)
+        return ConfigProblem(pipe.url, where, None if option is None else _key_text(option),
+                             text, reason)
 
     if not isinstance(entry, dict):
-        return None, [problem(None, reason=f"entry is {values.json_type(entry)}, not an object; skipped")]
+        return None, [problem(None, reason=f"entry is {values.json_type(entry)}, "
+                                           "not an object; skipped")]
     if len(entry) > MAX_KEYS_PER_ENTRY:
         return None, [problem(None, reason=f"entry has {len(entry)} keys, more than "
                                           f"{MAX_KEYS_PER_ENTRY}; skipped")]
@@ -154,7 +158,8 @@ def _expand_entry(pipe, index, entry, share_total, local_machinetypes, settings,
         except BadValue as error:
             problems.append(problem(key, value, f"{error}{skipped}"))
     if unknown:
-        shown = ", ".join(sorted(unknown)[:10]) + (" ..." if len(unknown) > 10 else "")
+        shown = ", ".join(_key_text(key) for key in sorted(unknown)[:10])
+        shown += " ..." if len(unknown) > 10 else ""
         problems_unknown = [problem(None, reason=f"unknown keys ignored: {shown}")]
     else:
         problems_unknown = []
@@ -200,6 +205,13 @@ def _entry_share(entry) -> float:
     return share if 0 <= share <= 1e9 else 0.0
 
 
+def _key_text(key: str) -> str:
+    # Keys are remote text too: plain names as they are, anything else quoted and cut.
+    if _PLAIN_KEY_RE.fullmatch(key):
+        return key
+    return repr(key[:40])
+
+
 def _no_constant(name: str):
     raise ValueError(f"{name} is not allowed")
 
@@ -214,7 +226,8 @@ def _value_text(value) -> str:
         return f"({values.json_type(value)})"
 
 
-def effective_machinetypes(local: Mapping[str, Machinetype], expansions) -> Mapping[str, Machinetype]:
+def effective_machinetypes(local: Mapping[str, Machinetype],
+                           expansions) -> Mapping[str, Machinetype]:
     """Every machinetype in force: the local ones, with each pipe's machinetypes added.
 
     A pipe machinetype already carries the local section's options on top, so it

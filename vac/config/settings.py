@@ -160,7 +160,8 @@ def read_settings(raw: Mapping[str, RawValue] | None, where: str, *,
         prefix = next((prefix for prefix in PREFIXES if name.startswith(prefix)), None)
         try:
             if prefix is not None:
-                fields[PREFIXES[prefix]][name[len(prefix):]] = _prefixed(prefix, name, raw_value.text)
+                key = name[len(prefix):]
+                fields[PREFIXES[prefix]][key] = _prefixed(prefix, name, raw_value.text)
             elif target in CONVERTERS:
                 fields[target] = CONVERTERS[target](raw_value.text)
             else:

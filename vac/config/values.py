@@ -167,7 +167,8 @@ def check_file_name(text: str) -> None:
     if "/" in text:
         raise BadValue('must be a file name, without "/"')
     if not _FILE_NAME_RE.fullmatch(text):
-        raise BadValue("must be a file name of letters, digits and ._+@=:- not starting with . or -")
+        raise BadValue(
+            "must be a file name of letters, digits and ._+@=:- not starting with . or -")
 
 
 def check_absolute_path(text: str) -> None:
