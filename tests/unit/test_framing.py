@@ -114,6 +114,24 @@ def test_malformed_frame_is_consumed_so_the_next_one_decodes():
     assert decoder.feed(b"") == ["next"]
 
 
+@pytest.mark.parametrize("bad, error", [
+    (frame_of(b"\xc1"), MalformedFrame),
+    (HEADER.pack(MAX_FRAME_BYTES + 1), FrameTooLarge),
+])
+def test_frames_before_a_bad_one_are_handed_back_with_the_error(bad, error):
+    # A child's Ready must not be lost because garbage followed it in the same read.
+    decoder = FrameDecoder()
+    with pytest.raises(error) as raised:
+        decoder.feed(encode_frame("ready") + encode_frame("heartbeat") + bad + encode_frame("after"))
+    assert list(raised.value.decoded) == ["ready", "heartbeat"]
+
+
+def test_an_error_on_the_first_frame_hands_back_nothing():
+    with pytest.raises(MalformedFrame) as raised:
+        FrameDecoder().feed(frame_of(b"\xc1"))
+    assert list(raised.value.decoded) == []
+
+
 def test_clean_eof_between_frames():
     decoder = FrameDecoder()
     decoder.feed(encode_frame("whole"))
@@ -162,7 +180,8 @@ def feed_everything(decoder, chunks):
     for chunk in chunks:
         try:
             objects.extend(decoder.feed(chunk))
-        except IpcError:
+        except IpcError as error:
+            objects.extend(error.decoded)
             assert decoder.buffered <= decoder.max_bytes + HEADER.size
             return objects, True
         assert decoder.buffered <= decoder.max_bytes + HEADER.size
@@ -191,6 +210,15 @@ def test_valid_frames_then_garbage(objs, junk, cuts, max_bytes):
     # Frames that really parse let the garbage reach deep states of the decoder.
     stream = b"".join(frame_of(msgpack.packb(obj, use_bin_type=True)) for obj in objs) + junk
     feed_everything(FrameDecoder(max_bytes), chunked(stream, cuts))
+
+
+@settings(max_examples=100, deadline=None)
+@given(objs=st.lists(msgpack_objects, max_size=5), junk=st.binary(min_size=1, max_size=40),
+       cuts=st.lists(st.integers(0, 2000), max_size=8))
+def test_garbage_never_costs_the_frames_before_it(objs, junk, cuts):
+    stream = b"".join(encode_frame(obj) for obj in objs) + junk
+    objects, _ = feed_everything(FrameDecoder(), chunked(stream, cuts))
+    assert objects[:len(objs)] == objs
 
 
 @settings(max_examples=100, deadline=None)
