@@ -14,8 +14,8 @@ def test_services_first_then_a_pool_of_slots(slots):
     spec = build_tree(TreeSettings(slots=slots))
     assert validate_tree(spec) == []
     services, pool = spec.children
-    assert [c.id for c in services.children] == ["cvmfs-keeper", "reaper"]
-    assert [c.target for c in services.children] == [cvmfs_keeper.run, reaper.run]
+    assert [c.id for c in services.children[:2]] == ["cvmfs-keeper", "reaper"]
+    assert [c.target for c in services.children[:2]] == [cvmfs_keeper.run, reaper.run]
     assert all(c.restart is Restart.PERMANENT and c.role == "helper" for c in services.children)
     assert services.pool is None
     assert pool.pool is not None and pool.strategy is Strategy.ONE_FOR_ONE
@@ -26,10 +26,13 @@ def test_services_first_then_a_pool_of_slots(slots):
 
 
 def test_start_and_stop_order_of_the_factory():
-    tree = Tree(build_tree(TreeSettings(slots=3)))
-    assert [a.child_id for a in tree.start(0.0)] == [
-        "cvmfs-keeper", "reaper", "slot-00", "slot-01", "slot-02"]
-    assert tree.shutdown_phases() == [["slot-00", "slot-01", "slot-02"], ["reaper"], ["cvmfs-keeper"]]
+    spec = build_tree(TreeSettings(slots=3))
+    helpers = [c.id for c in spec.children[0].children]
+    slots = ["slot-00", "slot-01", "slot-02"]
+    tree = Tree(spec)
+    assert [a.child_id for a in tree.start(0.0)] == helpers + slots
+    # Slots stop first, all at once; helpers after them, last started first stopped.
+    assert tree.shutdown_phases() == [slots] + [[h] for h in reversed(helpers)]
 
 
 def test_settings_reach_the_specs():
@@ -40,11 +43,13 @@ def test_settings_reach_the_specs():
         slot_restart=SlotRestartPolicy(max_failed_starts=3))
     spec = build_tree(settings)
     services, pool = spec.children
-    keeper, reaper_spec = services.children
+    keeper, reaper_spec = services.children[:2]
     assert keeper.args == {"repositories": ["atlas.cern.ch", "lhcb.cern.ch"]}
     assert reaper_spec.args == {"state_dir": "/srv/vac"}
-    assert pool.children[1].args == {"slot": 1, "state_dir": "/srv/vac"}
-    assert {(c.heartbeat_interval, c.heartbeat_timeout) for c in (keeper, reaper_spec, *pool.children)} == {(1.0, 7.0)}
+    slot_args = pool.children[1].args
+    assert (slot_args["slot"], slot_args["state_dir"]) == (1, "/srv/vac")
+    every_child = (*services.children, *pool.children)
+    assert {(c.heartbeat_interval, c.heartbeat_timeout) for c in every_child} == {(1.0, 7.0)}
     assert {c.shutdown for c in services.children} == {3.0}
     assert {c.shutdown for c in pool.children} == {30.0}
     assert services.intensity == Intensity(2, 9.0)
@@ -61,4 +66,7 @@ def test_slot_ids_sort_in_slot_order():
 
 def test_bad_timings_are_caught_by_validation():
     spec = build_tree(TreeSettings(slots=2, heartbeat_interval=20.0, heartbeat_timeout=20.0))
-    assert len(validate_tree(spec)) == 4      # every child names the fault
+    problems = validate_tree(spec)
+    # Every child names the fault.
+    assert len(problems) == len(spec.children[0].children) + 2
+    assert all("heartbeat_interval" in p for p in problems)
