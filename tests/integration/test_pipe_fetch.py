@@ -3,6 +3,9 @@
 import http.server
 import json
 import os
+import shutil
+import ssl
+import subprocess
 import threading
 import time
 
@@ -179,6 +182,11 @@ def test_only_http_and_https_are_fetched(tmp_path, url):
     assert result.error == "only http:// and https:// URLs are fetched"
 
 
+def test_a_malformed_url_is_an_error_not_an_exception(tmp_path):
+    result = fetch("http://[::1/p", tmp_path, 1000.0)
+    assert result.document is None and result.error.startswith("bad URL")
+
+
 def test_a_redirect_to_another_scheme_is_refused(server, tmp_path):
     server.routes["/p"] = {"status": 302, "body": b"", "location": "file:///etc/passwd"}
     result = fetch(server.url("/p"), tmp_path, 1000.0)
@@ -219,3 +227,34 @@ class socket_port:
 
     def __exit__(self, *exc):
         self.socket.close()
+
+
+@pytest.fixture
+def tls_server(server, tmp_path):
+    """The same server behind TLS with a certificate from a CA only the test knows."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed, so no test certificate can be made")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert), str(key))
+    server.httpd.socket = context.wrap_socket(server.httpd.socket, server_side=True)
+    # A grid-style CA directory: the certificate under its subject hash.
+    ca_dir = tmp_path / "certificates"
+    ca_dir.mkdir()
+    subject_hash = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", str(cert)],
+                                  check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+    shutil.copy(cert, ca_dir / f"{subject_hash}.0")
+    server.routes["/p"] = {"status": 200, "body": GOOD}
+    return f"https://127.0.0.1:{server.httpd.server_address[1]}/p", cert, ca_dir
+
+
+def test_https_is_verified_against_the_system_cas_plus_the_grid_ca_directory(tls_server, tmp_path):
+    url, cert, ca_dir = tls_server
+    refused = fetch(url, tmp_path / "a", 1000.0, ca_paths=(str(tmp_path / "missing"),))
+    assert refused.document is None and "CERTIFICATE_VERIFY_FAILED" in refused.error
+    assert fetch(url, tmp_path / "b", 1000.0, ca_paths=(str(ca_dir),)).document == GOOD
+    assert fetch(url, tmp_path / "c", 1000.0, ca_paths=(str(cert),)).document == GOOD

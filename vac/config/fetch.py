@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -58,7 +59,7 @@ def read_cached(url: str, cache_dir: str) -> tuple[bytes, float] | None:
     """The last good copy and its fetch time, or None if there is none usable."""
     try:
         with open(cache_path(url, cache_dir), "rb") as stream:
-            header, _, document = stream.read(MAX_DOCUMENT_BYTES + 4096).partition(b"\n")
+            header, _, document = stream.read().partition(b"\n")
         meta = json.loads(header)
         if meta.get("url") != url:
             return None
@@ -107,7 +108,11 @@ def fetch_pipe(url: str, cache_dir: str, now: float, *,
 def download(url: str, *, timeout_seconds: float, max_bytes: int, user_agent: str,
              ca_paths=(GRID_CA_PATH,)) -> bytes:
     """The body of a 200 response to GET url, within the time and size bounds, or FetchFailed."""
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+    try:
+        scheme = urllib.parse.urlsplit(url).scheme
+    except ValueError as error:
+        raise FetchFailed(f"bad URL: {error}") from None
+    if scheme not in ("http", "https"):
         raise FetchFailed("only http:// and https:// URLs are fetched")
     deadline = time.monotonic() + timeout_seconds
     request = urllib.request.Request(url, headers={"User-Agent": user_agent,
@@ -192,9 +197,10 @@ def _save(url: str, cache_dir: str, document: bytes, now: float) -> None:
                 stream.flush()
                 os.fsync(stream.fileno())
             os.replace(temporary, cache_path(url, cache_dir))
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        finally:
+            # Gone already after a successful rename; left over only after a failure.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
         directory = os.open(cache_dir, os.O_RDONLY)
         try:
             os.fsync(directory)
