@@ -11,6 +11,7 @@ import socket
 from vac.ipc import framing, messages
 
 READ_CHUNK = 65536
+MAX_READS_PER_RECEIVE = 16
 # A child that does not read must not make the root hold unbounded output.
 MAX_PENDING_OUTPUT = 4 * framing.MAX_FRAME_BYTES
 
@@ -36,7 +37,11 @@ class RootChannel:
         good messages that came before it are still returned.
         """
         received = []
-        while self.failure is None:
+        # A bounded number of reads per call: a child that writes without
+        # pause must not hold the root's loop; the selector calls us again.
+        for _ in range(MAX_READS_PER_RECEIVE):
+            if self.failure is not None:
+                break
             try:
                 data = self.sock.recv(READ_CHUNK)
             except (BlockingIOError, InterruptedError):
