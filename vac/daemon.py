@@ -59,7 +59,7 @@ def check_config(args, out=sys.stdout, err=sys.stderr):
 
 def factory_name(settings):
     """This factory's name: the factory_name setting, else this host's FQDN."""
-    return getattr(settings, "factory_name", None) or socket.getfqdn()
+    return settings.factory_name or socket.getfqdn()
 
 
 def tree_settings(config):

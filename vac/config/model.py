@@ -56,6 +56,8 @@ class Settings:
     docker_timeout_seconds: int = 30
     pids_limit: int | None = None
     heartbeat_timeout_seconds: int = 30
+    # This factory's name in machine names, labels and records. None: this host's FQDN.
+    factory_name: str | None = None
 
     def __post_init__(self):
         # slots defaults to one per processor, the most machines the processors allow.
