@@ -1,21 +1,26 @@
 """Fixtures shared by the test suite: the Docker engine, a local busybox image,
 a unique factory label and a state directory per test."""
 
-import hashlib
-import io
+import importlib.util
 import os
-import subprocess
-import tarfile
 import uuid
 
 import pytest
 
-BUSYBOX_PATH = "/bin/busybox"
 BUSYBOX_IMAGE = "vac-test-busybox:latest"
-BUSYBOX_SHA256_LABEL = "vac.test.busybox-sha256"
 FACTORY_LABEL_KEY = "vac.factory"
 DOCKER_TIMEOUT_SECONDS = 30
-ELF_PT_INTERP = 3
+
+
+def _load_busybox_images():
+    """The demo's image builder (contrib/demo is no package: load it by path)."""
+    import vac  # installed editable from this checkout: contrib/ lies beside the package
+
+    path = os.path.join(os.path.dirname(vac.__file__), "..", "contrib", "demo", "busybox_image.py")
+    spec = importlib.util.spec_from_file_location("busybox_image", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def docker_is_required():
@@ -61,77 +66,14 @@ def _require_docker_for_marked_tests(request):
         request.getfixturevalue("docker_client")
 
 
-def _is_static_elf(path):
-    """True if the ELF file at path has no program interpreter (needs no libc)."""
-    with open(path, "rb") as binary:
-        header = binary.read(64)
-        if header[:4] != b"\x7fELF" or header[4] != 2:
-            return False
-        byteorder = "little" if header[5] == 1 else "big"
-        program_headers_offset = int.from_bytes(header[32:40], byteorder)
-        entry_size = int.from_bytes(header[54:56], byteorder)
-        entry_count = int.from_bytes(header[56:58], byteorder)
-        binary.seek(program_headers_offset)
-        table = binary.read(entry_size * entry_count)
-    entry_types = (int.from_bytes(table[i:i + 4], byteorder) for i in range(0, len(table), entry_size))
-    return ELF_PT_INTERP not in entry_types
-
-
-def _busybox_build_context(busybox_bytes, applets):
-    """A tar build context: busybox and one /bin symlink per applet, FROM scratch."""
-    dockerfile = b"FROM scratch\nCOPY rootfs/ /\nENV PATH=/bin\nCMD [\"/bin/sh\"]\n"
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        def add(name, data=b"", kind=tarfile.REGTYPE, mode=0o644, target=""):
-            member = tarfile.TarInfo(name)
-            member.type, member.mode, member.linkname = kind, mode, target
-            member.size = len(data)
-            tar.addfile(member, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
-
-        add("Dockerfile", dockerfile)
-        add("rootfs/bin", kind=tarfile.DIRTYPE, mode=0o755)
-        add("rootfs/tmp", kind=tarfile.DIRTYPE, mode=0o1777)
-        add("rootfs/bin/busybox", busybox_bytes, mode=0o755)
-        for applet in applets:
-            if applet != "busybox":
-                add(f"rootfs/bin/{applet}", kind=tarfile.SYMTYPE, mode=0o777, target="busybox")
-    context.seek(0)
-    return context
-
-
 @pytest.fixture(scope="session")
 def busybox_image(docker_client):
     """Tag of a local FROM-scratch image with the host's static busybox and its applets."""
-    import docker
-
-    if not os.path.exists(BUSYBOX_PATH):
-        pytest.fail(f"{BUSYBOX_PATH} is missing; install busybox-static (scripts/bootstrap does)", pytrace=False)
-    if not _is_static_elf(BUSYBOX_PATH):
-        pytest.fail(f"{BUSYBOX_PATH} is not statically linked; install busybox-static", pytrace=False)
-    with open(BUSYBOX_PATH, "rb") as binary:
-        busybox_bytes = binary.read()
-    busybox_sha256 = hashlib.sha256(busybox_bytes).hexdigest()
-
-    # Reuse the image of an earlier run when it holds this very binary.
+    busybox_images = _load_busybox_images()
     try:
-        existing = docker_client.images.get(BUSYBOX_IMAGE)
-    except docker.errors.ImageNotFound:
-        existing = None
-    if existing is not None and existing.labels.get(BUSYBOX_SHA256_LABEL) == busybox_sha256:
-        return BUSYBOX_IMAGE
-
-    listing = subprocess.run([BUSYBOX_PATH, "--list"], capture_output=True, text=True, check=True, timeout=10)
-    applets = sorted(set(listing.stdout.split()))
-    docker_client.images.build(
-        fileobj=_busybox_build_context(busybox_bytes, applets),
-        custom_context=True,
-        tag=BUSYBOX_IMAGE,
-        labels={BUSYBOX_SHA256_LABEL: busybox_sha256},
-        rm=True,
-        forcerm=True,
-        network_mode="none",
-    )
-    return BUSYBOX_IMAGE
+        return busybox_images.ensure_image(docker_client, BUSYBOX_IMAGE)
+    except busybox_images.ImageBuildError as error:
+        pytest.fail(str(error), pytrace=False)
 
 
 def remove_labelled_containers(label):
