@@ -16,9 +16,17 @@ bootstrap:
 test: bootstrap
 	$(PYTHON) -m pytest -q -ra $(PYTEST_ARGS)
 
-# exec: vacd replaces the recipe's shell, so Ctrl-C and SIGTERM reach it directly.
+# The demo: a local busybox image, the machinetypes' files under the state
+# directory, then vacd in the foreground. exec: vacd replaces the recipe's
+# shell, so Ctrl-C and SIGTERM reach it directly.
 demo: bootstrap
-	mkdir -p $(DEMO_STATE_DIR)
+	$(PYTHON) contrib/demo/busybox_image.py vac-demo-busybox:latest
+	mkdir -p $(DEMO_STATE_DIR)/machinetypes
+	cp -R contrib/demo/machinetypes/. $(DEMO_STATE_DIR)/machinetypes/
+	@echo "vac demo: state in $(DEMO_STATE_DIR), control socket $(DEMO_STATE_DIR)/control.sock"
+	@echo "vac demo: watch 'ps -eo pid,args | grep vacd:', machine directories in"
+	@echo "vac demo: $(DEMO_STATE_DIR)/machines/, APEL records in $(DEMO_STATE_DIR)/apel-archive/;"
+	@echo "vac demo: Ctrl-C stops vacd and leaves the containers running for the next demo"
 	exec $(VACD) --config contrib/demo/vac.conf --state-dir $(DEMO_STATE_DIR) --socket $(DEMO_STATE_DIR)/control.sock
 
 bench:
