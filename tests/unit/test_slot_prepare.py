@@ -1,0 +1,110 @@
+"""From the root's plain machine terms to MJF, user_data, scratch, the container request and the APEL record."""
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from vac.machine.layout import MachinePaths
+from vac.machine.prepare import (BadTerms, MachineTerms, container_request, create_directory, files_directory,
+                                 finished_machine, prepare_machine, read_terms)
+
+from slot_fakes import FACTORY, START, make_machinetype, make_settings, place_spec
+
+MIB = 1048576
+
+
+@pytest.fixture
+def setup(tmp_path):
+    state_dir = tmp_path / "state"
+    settings = make_settings(state_dir, disk_gb_per_processor=3, user_data_options={"site_option": "factory-wide"},
+                             machinefeatures_options={"rack": "r12"})
+    files = Path(settings.machinetypes_dir) / "busy-test" / "files"
+    files.mkdir(parents=True)
+    (files / "template").write_text(
+        "uuid=##user_data_uuid## host=##user_data_machine_hostname## space=##user_data_space##\n"
+        "mjf=##user_data_machinefeatures_url## ##user_data_manager_jobfeatures_url## ##user_data_joboutputs_url##\n"
+        "opt=##user_data_option_site_option## own=##user_data_option_own## file=##user_data_file_key##\n"
+        "gone=##user_data_unknown_thing##\n")
+    (files / "key.pem").write_text("KEY")
+    machinetype = make_machinetype("template", user_data_options={"site_option": "factory-wide", "own": "mine"},
+                                   user_data_files={"key": "key.pem"}, tmp_binds=("/tmp", "/var/tmp"),
+                                   cvmfs_repositories=("lhcb.cern.ch",), max_processors=2)
+    spec = place_spec(settings, machinetype, 5, START, processors=2, shutdown_at=int(START) + 7200)
+    return MachineTerms.from_spec(spec), state_dir
+
+
+def test_preparing_writes_every_mjf_key_and_a_templated_user_data(setup):
+    terms, state_dir = setup
+    paths = create_directory(terms)
+    prepared = prepare_machine(terms, paths, START + 10)
+
+    machinefeatures = {p.name: p.read_text() for p in paths.machinefeatures.iterdir()}
+    jobfeatures = {p.name: p.read_text() for p in paths.jobfeatures.iterdir()}
+    assert machinefeatures == {"total_cpu": "2", "hs06": "20.0", "shutdowntime": str(int(START) + 7200),
+                               "phys_cores": "2", "log_cores": "2", "jobslots": "1", "rack": "r12"}
+    wall = 7200 - 10
+    assert jobfeatures == {
+        "allocated_cpu": "2", "wall_limit_secs": str(wall), "cpu_limit_secs": str(2 * wall),
+        "jobstart_secs": str(int(START) + 10), "shutdowntime_job": str(int(START) + 7200),
+        "max_rss_bytes": str(2000 * MIB), "hs06_job": "20.0", "job_id": terms.uuid, "max_swap_bytes": "0",
+        "scratch_limit_bytes": str(6 * 10 ** 9), "grace_secs_job": "1", "allocated_CPU": "2",
+        "cpufactor_lrms": "1.0", "cpu_limit_secs_lrms": str(2 * wall), "wall_limit_secs_lrms": str(wall),
+        "mem_limit_MB": str(2000 * MIB // 10 ** 6)}
+    assert paths.user_data.read_text() == (
+        f"uuid={terms.uuid} host=f1-05.example.com space=vac01.example.com\n"
+        "mjf=/etc/machinefeatures /etc/jobfeatures /var/spool/joboutputs\n"
+        "opt=factory-wide own=mine file=KEY\n"
+        "gone=\n")
+    assert stat.S_IMODE(paths.user_data.stat().st_mode) == 0o755
+    assert [container for _, container in prepared.tmp_binds] == ["/tmp", "/var/tmp"]
+    assert all(host.is_dir() and str(host).startswith(str(paths.scratch)) for host, _ in prepared.tmp_binds)
+    assert read_terms(paths) == terms
+
+
+def test_the_container_request_carries_the_limits_labels_and_mounts(setup):
+    terms, state_dir = setup
+    paths = MachinePaths.for_machine(state_dir, terms.uuid)
+    binds = [(paths.scratch / "binds" / "00-tmp", "/tmp")]
+    request = container_request(terms, paths, binds, generation=1)
+    assert (request.factory, request.slot, request.machine_uuid, request.machinetype, request.machine_name) == (
+        FACTORY, 5, terms.uuid, "busy-test", "f1-05.example.com")
+    assert (request.image, request.command, request.processors, request.memory_bytes, request.pids_limit) == (
+        "docker://busybox:latest", "/user_data", 2, 2000 * MIB, 8192)
+    assert (request.user_data, request.joboutputs) == (paths.user_data, paths.joboutputs)
+    assert request.cvmfs_repositories == ("lhcb.cern.ch",) and request.tmp_binds == tuple(binds)
+
+
+def test_the_apel_inputs_come_from_the_terms(setup):
+    terms, _ = setup
+    machine = finished_machine(terms, START, START + 1000, 1234.7)
+    assert (machine.space, machine.factory, machine.processors, machine.cpu_seconds, machine.hs06_per_processor,
+            machine.gocdb_sitename, machine.mb_per_processor) == (
+        "vac01.example.com", FACTORY, 2, 1234, 10.0, "UKI-EXAMPLE", 1000)
+
+
+def test_files_live_under_the_machinetypes_directory(setup):
+    terms, state_dir = setup
+    assert files_directory(terms) == state_dir / "machinetypes" / "busy-test" / "files"
+
+
+@pytest.mark.parametrize("change", [
+    lambda spec: spec.pop("uuid"),
+    lambda spec: spec.update(uuid="../../etc"),
+    lambda spec: spec.update(processors=0),
+    lambda spec: spec.update(processors=True),
+    lambda spec: spec.update(shutdown_at="soon"),
+    lambda spec: spec["machinetype"].pop("root_image"),
+    lambda spec: spec["factory"].update(state_dir=None),
+])
+def test_bad_terms_are_refused(setup, change):
+    terms, _ = setup
+    spec = {**terms.raw, "machinetype": dict(terms.machinetype), "factory": dict(terms.factory)}
+    change(spec)
+    with pytest.raises(ValueError):
+        MachineTerms.from_spec(spec)
+
+
+def test_terms_that_are_not_a_map_are_refused():
+    with pytest.raises(BadTerms):
+        MachineTerms.from_spec(["not", "a", "map"])

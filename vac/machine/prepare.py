@@ -1,0 +1,285 @@
+"""From the root's plain machine terms (Place.machine) to a machine ready to start.
+
+MachineTerms reads the plain dict once and checks it; the adapters turn it into
+the inputs of mjf, userdata, scratch, the runtime and the APEL record; and
+prepare_machine() does the (blocking) work of the PREPARING state. The terms are
+kept in the machine directory (machine.json), so a restarted slot worker knows
+every limit of a machine it adopts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from vac.accounting.apel import FinishedMachine
+from vac.config.model import DEFAULT_VOLUME_GROUP
+from vac.machine import mjf, scratch, userdata
+from vac.machine.atomicfile import write_atomic
+from vac.machine.layout import PRIVATE_FILE_MODE, MachinePaths, create_machine_directory
+from vac.runtimes.base import ContainerRequest
+from vac.runtimes.docker_api import JOBFEATURES_PATH, JOBOUTPUTS_PATH, MACHINEFEATURES_PATH
+
+log = logging.getLogger(__name__)
+
+TERMS_FILE_NAME = "machine.json"
+MAX_TERMS_BYTES = 256 * 1024
+MIB = 1048576
+# Used when the site sets no pids_limit: room for the threads of many payload jobs.
+DEFAULT_PIDS_PER_PROCESSOR = 4096
+# What a payload gets between SIGTERM and SIGKILL at its shutdown time (grace_secs_job).
+SHUTDOWN_GRACE_SECONDS = 1
+
+
+class BadTerms(ValueError):
+    """The machine terms lack a field or hold a value of the wrong kind."""
+
+
+def _require(mapping: Mapping[str, Any], key: str, kinds: type | tuple[type, ...], where: str) -> Any:
+    if key not in mapping:
+        raise BadTerms(f"{where}: {key} is missing")
+    value = mapping[key]
+    # bool is an int to isinstance, and never a valid count or time here.
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise BadTerms(f"{where}: {key} = {value!r} is not of type {kinds}")
+    return value
+
+
+@dataclass(frozen=True)
+class MachineTerms:
+    """One machine's terms: the Place.machine dict, checked, with named access."""
+    raw: Mapping[str, Any]
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> MachineTerms:
+        """Check the plain dict built by supervisor.terms.machine_spec; BadTerms if it is not one."""
+        if not isinstance(spec, Mapping):
+            raise BadTerms(f"machine terms are a {type(spec).__name__}, not a map")
+        _require(spec, "uuid", str, "machine")
+        MachinePaths.for_machine(Path("/"), spec["uuid"])  # canonical UUID or ValueError
+        for key, kinds in (("slot", int), ("machine_name", str), ("processors", int), ("shutdown_at", int),
+                           ("superslot", int), ("placed_at", (int, float)), ("machinetype", dict),
+                           ("factory", dict)):
+            _require(spec, key, kinds, "machine")
+        for key, kinds in (("name", str), ("machine_model", str), ("root_image", str), ("user_data", str),
+                           ("container_command", str), ("fizzle_seconds", int), ("heartbeat_seconds", int)):
+            _require(spec["machinetype"], key, kinds, "machinetype")
+        for key, kinds in (("vac_space", str), ("factory_name", str), ("mb_per_processor", int),
+                           ("state_dir", str), ("machinetypes_dir", str)):
+            _require(spec["factory"], key, kinds, "factory")
+        if spec["processors"] < 1:
+            raise BadTerms(f"machine: processors = {spec['processors']} is less than 1")
+        return cls(spec)
+
+    @property
+    def uuid(self) -> str:
+        return self.raw["uuid"]
+
+    @property
+    def slot(self) -> int:
+        return self.raw["slot"]
+
+    @property
+    def machine_name(self) -> str:
+        return self.raw["machine_name"]
+
+    @property
+    def processors(self) -> int:
+        return self.raw["processors"]
+
+    @property
+    def shutdown_at(self) -> int:
+        return self.raw["shutdown_at"]
+
+    @property
+    def superslot(self) -> int:
+        return self.raw["superslot"]
+
+    @property
+    def placed_at(self) -> float:
+        return float(self.raw["placed_at"])
+
+    @property
+    def machinetype(self) -> Mapping[str, Any]:
+        return self.raw["machinetype"]
+
+    @property
+    def factory(self) -> Mapping[str, Any]:
+        return self.raw["factory"]
+
+    @property
+    def machinetype_name(self) -> str:
+        return self.machinetype["name"]
+
+    @property
+    def fizzle_seconds(self) -> int:
+        return self.machinetype["fizzle_seconds"]
+
+    @property
+    def heartbeat_file(self) -> str | None:
+        return self.machinetype.get("heartbeat_file") or None
+
+    @property
+    def heartbeat_seconds(self) -> int:
+        return self.machinetype["heartbeat_seconds"]
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.factory["state_dir"])
+
+    def with_shutdown_at(self, shutdown_at: int) -> MachineTerms:
+        """The same terms with a new shutdown time (a lowered global shutdown_time)."""
+        return MachineTerms({**self.raw, "shutdown_at": int(shutdown_at)})
+
+
+# ---------------------------------------------------------------- the terms on disk
+
+
+def write_terms(paths: MachinePaths, terms: MachineTerms) -> None:
+    """Keep the terms in the machine directory (0600: user_data options may hold secrets)."""
+    data = json.dumps(dict(terms.raw), sort_keys=True, indent=1).encode() + b"\n"
+    write_atomic(paths.root / TERMS_FILE_NAME, data, PRIVATE_FILE_MODE)
+
+
+def read_terms(paths: MachinePaths) -> MachineTerms | None:
+    """The terms kept in the machine directory, or None if missing or damaged (logged)."""
+    path = paths.root / TERMS_FILE_NAME
+    try:
+        with open(path, "rb") as stream:
+            raw = stream.read(MAX_TERMS_BYTES + 1)
+        if len(raw) > MAX_TERMS_BYTES:
+            raise BadTerms(f"larger than {MAX_TERMS_BYTES} bytes")
+        return MachineTerms.from_spec(json.loads(raw))
+    except FileNotFoundError:
+        log.warning("machine %s: %s is missing", paths.machine_uuid, path)
+    except (OSError, ValueError) as error:
+        log.warning("machine %s: cannot use %s: %s", paths.machine_uuid, path, error)
+    return None
+
+
+# ---------------------------------------------------------------- adapters
+
+
+def files_directory(terms: MachineTerms) -> Path:
+    """The machinetype's files/ directory: <machinetypes_dir>/<files_name>/files (Vac's layout)."""
+    name = terms.machinetype.get("files_name") or terms.machinetype_name
+    return Path(terms.factory["machinetypes_dir"]) / name / "files"
+
+
+def scratch_bytes(terms: MachineTerms) -> int | None:
+    """The machine's scratch size: the machinetype's disk_gb_per_processor, else the factory's."""
+    per_processor = terms.machinetype.get("disk_gb_per_processor")
+    if per_processor is None:
+        per_processor = terms.factory.get("disk_gb_per_processor")
+    return scratch.scratch_size_bytes(per_processor, terms.processors)
+
+
+def memory_bytes(terms: MachineTerms) -> int:
+    """The machine's hard memory limit: mb_per_processor x processors MiB."""
+    return terms.factory["mb_per_processor"] * terms.processors * MIB
+
+
+def mjf_inputs(terms: MachineTerms, start_time: float) -> mjf.MjfInputs:
+    """What the machine's Machine/Job Features are computed from."""
+    return mjf.MjfInputs(
+        machine_uuid=terms.uuid, processors=terms.processors, start_time=int(start_time),
+        shutdown_time=terms.shutdown_at, mb_per_processor=terms.factory["mb_per_processor"],
+        hs06_per_processor=terms.factory.get("hs06_per_processor"), scratch_bytes=scratch_bytes(terms),
+        # No swap: the container's memory+swap limit equals its memory limit.
+        max_swap_bytes=0, grace_seconds=SHUTDOWN_GRACE_SECONDS,
+        machinefeatures_options=dict(terms.factory.get("machinefeatures_options") or {}))
+
+
+def template_values(terms: MachineTerms) -> userdata.TemplateValues:
+    """The values that fill the user_data template (option files are read here)."""
+    root_image = terms.machinetype["root_image"]
+    files = dict(terms.machinetype.get("user_data_files") or {})
+    return userdata.TemplateValues(
+        space=terms.factory["vac_space"], machinetype=terms.machinetype_name,
+        machine_hostname=terms.machine_name, manager_hostname=terms.factory["factory_name"],
+        machine_uuid=terms.uuid,
+        # Vac gave Docker containers the paths they see, not URLs of a web server.
+        machinefeatures_url=MACHINEFEATURES_PATH, jobfeatures_url=JOBFEATURES_PATH,
+        joboutputs_url=JOBOUTPUTS_PATH,
+        root_image_url=root_image if userdata.is_http_url(root_image) else None,
+        site=terms.factory.get("gocdb_sitename"),
+        options=dict(terms.machinetype.get("user_data_options") or {}),
+        file_contents=userdata.read_option_files(files, files_directory(terms)))
+
+
+def container_request(terms: MachineTerms, paths: MachinePaths, tmp_binds: list[tuple[Path, str]],
+                      generation: int) -> ContainerRequest:
+    """The runtime request of the machine's container."""
+    pids_limit = terms.factory.get("pids_limit") or DEFAULT_PIDS_PER_PROCESSOR * terms.processors
+    return ContainerRequest(
+        factory=terms.factory["factory_name"], slot=terms.slot, machine_uuid=terms.uuid,
+        machinetype=terms.machinetype_name, generation=generation, machine_name=terms.machine_name,
+        image=terms.machinetype["root_image"], command=terms.machinetype["container_command"],
+        processors=terms.processors, memory_bytes=memory_bytes(terms), pids_limit=pids_limit,
+        user_data=paths.user_data, machinefeatures=paths.machinefeatures, jobfeatures=paths.jobfeatures,
+        joboutputs=paths.joboutputs,
+        cvmfs_repositories=tuple(terms.machinetype.get("cvmfs_repositories") or ()),
+        tmp_binds=tuple(tmp_binds))
+
+
+def finished_machine(terms: MachineTerms, start_time: float, end_time: float,
+                     cpu_seconds: float) -> FinishedMachine:
+    """What the machine's APEL record is made from."""
+    return FinishedMachine(
+        machine_uuid=terms.uuid, machinetype=terms.machinetype_name, space=terms.factory["vac_space"],
+        factory=terms.factory["factory_name"], processors=terms.processors, start_time=int(start_time),
+        end_time=int(end_time), cpu_seconds=int(cpu_seconds), mb_per_processor=terms.factory["mb_per_processor"],
+        hs06_per_processor=terms.factory.get("hs06_per_processor"),
+        gocdb_sitename=terms.factory.get("gocdb_sitename"),
+        accounting_fqan=terms.machinetype.get("accounting_fqan"))
+
+
+def scratch_backend(factory: Mapping[str, Any]) -> scratch.ScratchBackend:
+    """The scratch backend the factory's scratch_backend setting names."""
+    backend = factory.get("scratch_backend") or "directory"
+    if backend == "directory":
+        return scratch.DirectoryScratch()
+    if backend == "loop":
+        return scratch.LoopScratch()
+    if backend == "lvm":
+        return scratch.LvmScratch(factory.get("volume_group") or DEFAULT_VOLUME_GROUP)
+    raise BadTerms(f"factory: scratch_backend = {backend!r} is not directory, loop or lvm")
+
+
+# ---------------------------------------------------------------- PREPARING
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedMachine:
+    """A machine whose directory, MJF, user_data and scratch exist."""
+    paths: MachinePaths
+    tmp_binds: tuple[tuple[Path, str], ...]
+
+
+def create_directory(terms: MachineTerms) -> MachinePaths:
+    """Create the machine directory and keep the terms in it (first step, before the record)."""
+    paths = create_machine_directory(terms.state_dir, terms.uuid)
+    write_terms(paths, terms)
+    return paths
+
+
+def prepare_machine(terms: MachineTerms, paths: MachinePaths, start_time: float,
+                    backend: scratch.ScratchBackend | None = None) -> PreparedMachine:
+    """Write MJF and user_data and make the scratch space; may block (HTTP fetch, mkfs).
+
+    Raises userdata.UserDataError, scratch.ScratchError or OSError when the
+    machine cannot be prepared; every step may be repeated after a restart.
+    """
+    mjf.write_mjf(paths, mjf_inputs(terms, start_time))
+    # The values (and their option files) first: a bad option file fails before any fetch.
+    values = template_values(terms)
+    template = userdata.obtain_template(terms.machinetype["user_data"], files_directory(terms))
+    userdata.write_user_data(paths, userdata.render(template, values))
+    if backend is None:
+        backend = scratch_backend(terms.factory)
+    scratch_dir = backend.create(paths, scratch_bytes(terms))
+    binds = scratch.make_tmp_binds(scratch_dir, list(terms.machinetype.get("tmp_binds") or ()))
+    return PreparedMachine(paths, tuple(binds))
