@@ -1,0 +1,103 @@
+"""FINISHING and CLEANING of one machine: its outcome, its accounting record, its removal.
+
+Both run in a job thread and may be repeated after a crash at any point: the
+outcome is fixed in the record the first time, the APEL record and the
+`finished` marker are each created once, and removing what is gone is fine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from vac.accounting import apel
+from vac.machine.joboutputs import JoboutputsDirectory, MessageReading, ShutdownMessage
+from vac.machine.layout import MachinePaths
+from vac.machine.prepare import MachineTerms, finished_machine, scratch_backend
+from vac.machine.record import MachineRecord, mark_finished, write_record
+from vac.machine.scratch import DirectoryScratch
+from vac.runtimes.base import ContainerRuntime, ExitInfo
+from vac.workers.slot_states import MachineState, check_transition, machine_state
+
+log = logging.getLogger(__name__)
+
+
+def read_message(paths: MachinePaths) -> MessageReading:
+    """The machine's shutdown_message, read without following the container's symlinks."""
+    try:
+        with JoboutputsDirectory(paths.joboutputs) as joboutputs:
+            return joboutputs.read_shutdown_message()
+    except OSError as error:
+        return MessageReading(None, f"cannot read joboutputs: {error.strerror or error}")
+
+
+def write_message_if_none(paths: MachinePaths, message: ShutdownMessage) -> bool:
+    """Write the factory's `message` unless the machine has a shutdown_message (or the directory is unusable)."""
+    try:
+        with JoboutputsDirectory(paths.joboutputs) as joboutputs:
+            written = joboutputs.write_shutdown_message(message)
+    except OSError as error:
+        log.warning("machine %s: cannot write shutdown_message %r: %s", paths.machine_uuid, message.line(), error)
+        return False
+    if written:
+        log.info("machine %s: wrote shutdown_message %r", paths.machine_uuid, message.line())
+    return written
+
+
+def transition(paths: MachinePaths, record: MachineRecord, new_state: MachineState, **changes) -> MachineRecord:
+    """The record in `new_state` (with `changes`), stored atomically before it is returned."""
+    check_transition(machine_state(record.state), new_state)
+    record = dataclasses.replace(record, state=new_state.value, **changes)
+    write_record(paths, record)
+    return record
+
+
+def fix_outcome(paths: MachinePaths, record: MachineRecord, exit_info: ExitInfo | None, cpu_seconds: float,
+                now: float, fallback: ShutdownMessage | None = None) -> MachineRecord:
+    """Record how the machine ended (once: a record already FINISHING keeps what it holds).
+
+    `fallback` is the message when the machine has none that can be read
+    (a machine that failed before its joboutputs directory existed).
+    """
+    if machine_state(record.state) in (MachineState.FINISHING, MachineState.CLEANING) and record.ended is not None:
+        return record
+    reading = read_message(paths)
+    message = reading.message or fallback
+    ended = exit_info.finished_at if exit_info is not None and exit_info.finished_at else now
+    return transition(
+        paths, record, MachineState.FINISHING, ended=float(ended),
+        exit_code=exit_info.exit_code if exit_info is not None else None,
+        cpu_seconds=max(float(cpu_seconds), record.cpu_seconds or 0.0),
+        shutdown_code=message.code if message else None,
+        shutdown_text=message.text if message else reading.reason or "no shutdown_message")
+
+
+def finish_machine(paths: MachinePaths, record: MachineRecord, terms: MachineTerms | None,
+                   exit_info: ExitInfo | None, cpu_seconds: float, now: float,
+                   fallback: ShutdownMessage | None = None) -> MachineRecord:
+    """Fix the outcome, write the APEL record (machines that ran at least fizzle_seconds) and the marker."""
+    record = fix_outcome(paths, record, exit_info, cpu_seconds, now, fallback)
+    if record.started is None:
+        log.info("machine %s never started: no accounting record", record.machine_uuid)
+    elif terms is None:
+        log.error("machine %s: its terms (machine.json) are lost, so no accounting record can be written",
+                  record.machine_uuid)
+    else:
+        apel.write_job_record(terms.state_dir, paths.root,
+                              finished_machine(terms, record.started, record.ended, record.cpu_seconds or 0.0),
+                              terms.fizzle_seconds)
+    if mark_finished(paths, record.ended):
+        log.info("machine %s finalised: %s %s, exit code %s, %.0f s CPU", record.machine_uuid,
+                 record.shutdown_code, record.shutdown_text, record.exit_code, record.cpu_seconds or 0.0)
+    return record
+
+
+def clean_machine(runtime: ContainerRuntime, factory: str, slot: int, paths: MachinePaths,
+                  terms: MachineTerms | None) -> None:
+    """Remove every container of the machine (found by its labels) and destroy its scratch space."""
+    for handle in runtime.find(factory, slot):
+        if handle.machine_uuid == paths.machine_uuid:
+            runtime.remove(handle)
+    backend = scratch_backend(terms.factory) if terms is not None else DirectoryScratch()
+    backend.destroy(paths)
+

@@ -1,0 +1,99 @@
+"""The blocking steps of a slot, each run as a job in a thread (see jobs.py).
+
+Every step may be cut short by the worker's death and repeated by its
+successor: creating the container again returns the one made before, the
+outcome is fixed in the record once, removing what is gone is fine.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from vac.machine.joboutputs import ShutdownMessage
+from vac.machine.layout import MachinePaths, iter_machine_directories
+from vac.machine.prepare import MachineTerms, PreparedMachine, create_directory
+from vac.machine.record import MachineRecord, is_finished, read_record, write_record
+from vac.runtimes.base import ContainerGone, ContainerHandle, ContainerRequest, ContainerRuntime, ExitInfo
+from vac.workers import finalise, slot_rules
+from vac.workers.slot_states import MachineState, machine_state
+
+# Each wait on the engine is bounded; the slot starts the next one at once.
+WAIT_CHUNK_SECONDS = 60.0
+# How long an image may take to arrive before the machine fails to start.
+IMAGE_DEADLINE_SECONDS = 300.0
+SUPPORTED_MODELS = ("docker",)
+
+
+class UnsupportedModel(ValueError):
+    """A machine_model this slot worker does not run."""
+
+
+def scan(runtime: ContainerRuntime, factory: str, slot: int, state_dir: Path) -> slot_rules.AdoptionPlan:
+    """What a predecessor left in `slot`: its unfinished records and its labelled containers."""
+    containers = runtime.find(factory, slot)
+    records = []
+    for paths in iter_machine_directories(state_dir):
+        record = read_record(paths)
+        if record is None or record.slot != slot or machine_state(record.state) is MachineState.DONE:
+            continue
+        records.append((record, is_finished(paths)))
+    return slot_rules.adoption_plan(records, containers)
+
+
+def remove_containers(runtime: ContainerRuntime, handles) -> None:
+    """Remove each container (killing it if it runs)."""
+    for handle in handles:
+        runtime.remove(handle)
+
+
+def prepare(terms: MachineTerms, paths: MachinePaths, record: MachineRecord, now: float,
+            prepare_machine) -> PreparedMachine:
+    """PREPARING: the directory and record first (so a failure can be finalised), then the rest."""
+    create_directory(terms)
+    write_record(paths, record)
+    model = terms.machinetype["machine_model"]
+    if model not in SUPPORTED_MODELS:
+        raise UnsupportedModel(f"machine_model {model} is not run by this slot worker")
+    return prepare_machine(terms, paths, now)
+
+
+def start(runtime: ContainerRuntime, request: ContainerRequest | None,
+          handle: ContainerHandle | None) -> ContainerHandle:
+    """STARTING: image, create (unless `handle` exists already), start; the started container's handle."""
+    if handle is None:
+        runtime.ensure_image(request.image, time.monotonic() + IMAGE_DEADLINE_SECONDS)
+        # Creating again after a failed attempt returns the container made then.
+        handle = runtime.create(request)
+    runtime.start(handle)
+    return runtime.inspect(handle.id)
+
+
+def wait(runtime: ContainerRuntime, handle: ContainerHandle) -> ExitInfo | None:
+    """RUNNING: the container's exit, or None after WAIT_CHUNK_SECONDS."""
+    return runtime.wait(handle, time.monotonic() + WAIT_CHUNK_SECONDS)
+
+
+def stop(runtime: ContainerRuntime, handle: ContainerHandle, grace_seconds: float) -> None:
+    """STOPPING: SIGTERM, SIGKILL after the grace; returns once the container has exited."""
+    runtime.stop(handle, grace_seconds)
+
+
+def finish(runtime: ContainerRuntime, paths: MachinePaths, record: MachineRecord, terms: MachineTerms | None,
+           handle: ContainerHandle | None, exit_info: ExitInfo | None, cpu_seconds: float, now: float,
+           fallback: ShutdownMessage | None) -> MachineRecord:
+    """FINISHING: the outcome, the APEL record and the `finished` marker; the final record."""
+    # The stored record wins: after a crash or a retry it may hold the outcome already.
+    record = read_record(paths) or record
+    if exit_info is None and handle is not None:
+        try:
+            exit_info = runtime.exit_status(handle)
+        except ContainerGone:
+            exit_info = None
+    return finalise.finish_machine(paths, record, terms, exit_info, cpu_seconds, now, fallback)
+
+
+def clean(runtime: ContainerRuntime, factory: str, slot: int, paths: MachinePaths,
+          terms: MachineTerms | None) -> None:
+    """CLEANING: remove the machine's containers and destroy its scratch space."""
+    finalise.clean_machine(runtime, factory, slot, paths, terms)
