@@ -218,6 +218,7 @@ def test_a_placement_while_busy_is_refused_and_answered(world):
 
 def test_the_title_shows_machinetype_state_and_time_since_start(world):
     world.boot()
+    assert world.slot.title(world.clock() + 61) == "slot 03 - idle 0:01:01"
     world.place()
     assert world.slot.title(world.clock() + 7985) == "slot 03 busy-test running 2:13:05"
 

@@ -151,7 +151,8 @@ class SlotMachine:
         state = self.reported_state().value
         m = self.machine
         if m is None:
-            return f"slot {self.slot:02d} {state} {format_elapsed(now - self.state_since)}"
+            # '-' holds the machinetype's place, so the columns of `ps` line up.
+            return f"slot {self.slot:02d} - {state} {format_elapsed(now - self.state_since)}"
         since = m.started_at if self.state in (SlotState.RUNNING, SlotState.STOPPING) else self.state_since
         return f"slot {self.slot:02d} {m.machinetype} {state} {format_elapsed(now - since)}"
 
@@ -564,6 +565,7 @@ class SlotMachine:
             finalise.write_message_if_none(m.paths, message)
         if machine_state(m.record.state) is not MachineState.STOPPING:
             m.record = finalise.transition(m.paths, m.record, MachineState.STOPPING)
+        m.next_stats_at = self.clock()   # a last CPU sample while the engine still has one
         self._set_state(SlotState.STOPPING)
         grace = slot_rules.grace_seconds(message) if message is not None else slot_rules.END_GRACE_SECONDS
         self._submit_stop(grace)
