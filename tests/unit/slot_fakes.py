@@ -247,11 +247,11 @@ class World:
         settle(self.slot, self.jobs)
         return self.slot
 
-    def place(self, machinetype=None, **changes):
+    def place(self, machinetype=None, leave=("wait", "stats"), **changes):
         machinetype = machinetype or make_machinetype(self.template)
         spec = place_spec(self.settings, machinetype, SLOT, self.clock(), **changes)
         self.slot.on_message(messages.Place(spec))
-        settle(self.slot, self.jobs)
+        settle(self.slot, self.jobs, leave)
         return spec
 
     def states(self):

@@ -251,3 +251,21 @@ def test_the_engine_failing_while_running_keeps_the_machine_and_recovers(world):
     world.tick_at(world.slot.tick())
     world.slot.on_jobs([world.jobs.take("wait")])
     assert world.reports[-1][0] == "running"
+
+
+def test_a_stop_left_over_from_the_previous_machine_does_not_swallow_the_next_one(world):
+    world.boot()
+    first = world.place()
+    first_container = world.container_id()
+    world.slot.on_message(messages.EndMachine(first["uuid"], 100, "Shutdown requested by the factory"))
+    world.runtime.end(first_container, 0)         # it exited by itself before the stop reached the engine
+    world.slot.on_jobs([world.jobs.take("wait")])
+    settle(world.slot, world.jobs, leave=("wait", "stats", "stop"))
+    assert world.states()[-1] == "idle" and world.jobs.running("stop")
+
+    second = world.place(leave=("wait", "stats", "stop"))
+    world.slot.on_message(messages.EndMachine(second["uuid"], 100, "Shutdown requested by the factory"))
+    world.slot.on_jobs([world.jobs.take("stop")])  # the first machine's stop ends late
+    world.slot.on_jobs([world.jobs.take("stop")])
+    assert ("stop", world.container_id(), 10.0) in world.runtime.calls
+    assert world.runtime.running() == []

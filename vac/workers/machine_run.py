@@ -69,6 +69,7 @@ class Machine:
     next_stats_at: float | None = None
     cpu_saved_at: float = 0.0
     start_deadline: float = 0.0
+    stop_grace: float = 0.0
     seen_message: str | None = None
 
     @property
@@ -196,6 +197,9 @@ class SlotMachine:
         for result in results:
             if result.token is not None and (self.machine is None or result.token != self.machine.uuid):
                 log.debug("slot %02d: dropping the %s result of machine %s", self.slot, result.name, result.token)
+                if result.name == "stop" and self.state is SlotState.STOPPING:
+                    # The current machine's stop waited for this stale one to end.
+                    self._submit_stop()
                 continue
             getattr(self, f"_on_{result.name}")(result)
 
@@ -566,20 +570,21 @@ class SlotMachine:
         if machine_state(m.record.state) is not MachineState.STOPPING:
             m.record = finalise.transition(m.paths, m.record, MachineState.STOPPING)
         m.next_stats_at = self.clock()   # a last CPU sample while the engine still has one
+        m.stop_grace = slot_rules.grace_seconds(message) if message is not None else slot_rules.END_GRACE_SECONDS
         self._set_state(SlotState.STOPPING)
-        grace = slot_rules.grace_seconds(message) if message is not None else slot_rules.END_GRACE_SECONDS
-        self._submit_stop(grace)
+        self._submit_stop()
 
-    def _submit_stop(self, grace: float) -> None:
+    def _submit_stop(self) -> None:
+        m = self.machine
         if not self.jobs.running("stop"):
-            self._submit("stop", slot_jobs.stop, self.runtime, self.machine.handle, grace)
+            self._submit("stop", slot_jobs.stop, self.runtime, m.handle, m.stop_grace)
 
     def _on_stop(self, result: JobResult) -> None:
         error = result.error
         if self.state is not SlotState.STOPPING or isinstance(error, ContainerGone):
             return  # the wait learns how it ended
         if isinstance(error, ContainerRuntimeError):
-            self._retry("stop", error, lambda: self._submit_stop(slot_rules.WALLCLOCK_GRACE_SECONDS))
+            self._retry("stop", error, self._submit_stop)
             return
         if error is not None:
             raise error
