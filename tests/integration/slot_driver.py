@@ -25,7 +25,8 @@ HEARTBEAT_INTERVAL = 0.5
 class SlotDriver:
     """One forked slot worker and everything it has sent."""
 
-    def __init__(self, state_dir, factory, slot, log_path):
+    def __init__(self, state_dir, factory, slot, log_path, docker_url=None):
+        self.docker_url = docker_url
         self.state_dir = state_dir
         self.factory = factory
         self.slot = slot
@@ -40,6 +41,8 @@ class SlotDriver:
         spec = {"child_id": f"slot-{self.slot:02d}", "heartbeat_interval": HEARTBEAT_INTERVAL,
                 "root_pid": os.getpid(), "slot": self.slot, "state_dir": str(self.state_dir),
                 "factory_name": self.factory, "docker_timeout_seconds": 20}
+        if self.docker_url is not None:
+            spec["docker_url"] = self.docker_url
         pid = os.fork()
         if pid == 0:
             root_sock.close()

@@ -342,3 +342,19 @@ def test_cpu_time_is_sampled_while_the_container_runs_and_accounted(
     assert 0.5 <= finished.cpu_seconds <= finished.ended_at - finished.started_at + 0.5
     finish_cleanly(docker_client, factory_label, worker, finished)
     assert_accounted_once(tmp_state_dir, [finished], fizzle_seconds=1)
+
+
+def test_an_unreachable_engine_is_reported_while_the_worker_keeps_heartbeating(tmp_state_dir, tmp_path):
+    worker = SlotDriver(tmp_state_dir, "test-no-engine", SLOT, tmp_path / "slot.log",
+                        docker_url=f"unix://{tmp_path}/no-engine.sock").start()
+    try:
+        report = worker.state("unavailable", timeout=10)
+        assert report.detail["machine"] is None and "no-engine.sock" in report.detail["error"]
+        began = len(worker.received)
+        worker.drain(3.0)
+        heartbeats = [m for m in worker.received[began:] if isinstance(m, messages.Heartbeat)]
+        assert len(heartbeats) >= 4
+        status = worker.stop(timeout=3)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    finally:
+        worker.kill()
