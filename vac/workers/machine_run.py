@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from vac.ipc import messages
@@ -27,9 +26,10 @@ from vac.machine.record import MachineRecord, read_record, write_record
 from vac.machine.scratch import ScratchError
 from vac.machine.userdata import UserDataError
 from vac.proctitle import format_elapsed
-from vac.runtimes.base import (ContainerGone, ContainerHandle, ContainerNotStarted, ContainerRequest,
+from vac.runtimes.base import (ContainerGone, ContainerHandle, ContainerNotStarted,
                                ContainerRuntimeError, ExitInfo, RuntimeUnavailable)
 from vac.workers import finalise, slot_jobs, slot_rules
+from vac.workers.held_machine import Machine
 from vac.workers.jobs import JobResult
 from vac.workers.slot_rules import Adopt
 from vac.workers.slot_states import MachineState, SlotState, machine_state
@@ -44,64 +44,8 @@ RECORD_CPU_INTERVAL_SECONDS = 60.0
 # How long an unavailable engine may delay a start before the machine fails.
 START_DEADLINE_SECONDS = 300.0
 FIRST_GENERATION = 1
-# Reported for an adopted machine whose terms (machine.json) are lost.
-UNKNOWN_SUPERSLOT = -1
 # Expected failures of preparing a machine: each ends it as 700 Failed to start.
 PREPARE_ERRORS = (UserDataError, ScratchError, OSError, ValueError)
-
-
-@dataclass
-class Machine:
-    """What the slot holds of the machine in it."""
-    uuid: str
-    paths: MachinePaths
-    terms: MachineTerms | None
-    shutdown_at: int
-    record: MachineRecord | None = None          # None until the record is on disk
-    request: ContainerRequest | None = None
-    handle: ContainerHandle | None = None
-    exit_info: ExitInfo | None = None
-    cpu_seconds: float = 0.0
-    end_request: ShutdownMessage | None = None   # asked to end before its container ran
-    fallback: ShutdownMessage | None = None      # its outcome if it has no readable message
-    watch: JoboutputsWatch | None = None
-    heartbeat_check_at: float | None = None
-    next_stats_at: float | None = None
-    cpu_saved_at: float = 0.0
-    start_deadline: float = 0.0
-    stop_grace: float = 0.0
-    seen_message: str | None = None
-
-    @property
-    def machinetype(self) -> str:
-        if self.terms is not None:
-            return self.terms.machinetype_name
-        return self.record.machinetype if self.record is not None else "?"
-
-    @property
-    def processors(self) -> int:
-        if self.terms is not None:
-            return self.terms.processors
-        return self.record.processors if self.record is not None else 0
-
-    @property
-    def started_at(self) -> float:
-        """The container's start or, before it started, when the machine was placed."""
-        if self.record is not None:
-            return float(self.record.started if self.record.started is not None else self.record.created)
-        return self.terms.placed_at if self.terms is not None else 0.0
-
-    def summary(self) -> dict:
-        """The machine as StateReport.detail["machine"] shows it."""
-        return {
-            "uuid": self.uuid,
-            "machinetype": self.machinetype,
-            "processors": self.processors,
-            "started_at": self.started_at,
-            "shutdown_at": int(self.shutdown_at),
-            "superslot": self.terms.superslot if self.terms is not None else UNKNOWN_SUPERSLOT,
-            "container_id": self.handle.id if self.handle is not None else None,
-        }
 
 
 class SlotMachine:
