@@ -240,6 +240,7 @@ def test_a_planted_shutdown_message_symlink_leaks_nothing_and_is_never_written_t
     assert (joboutputs(tmp_state_dir, uuid) / "shutdown_message").is_symlink()
     assert "TOP-SECRET" not in worker.log()
     finish_cleanly(docker_client, factory_label, worker, finished)
+    assert_accounted_once(tmp_state_dir, [finished], fizzle_seconds=1)
 
 
 @pytest.mark.docker
@@ -327,6 +328,7 @@ def test_end_machine_from_the_root_stops_the_container_with_its_message(
     finished = worker.finished(uuid, timeout=20)
     assert (finished.code, finished.text) == (100, "Shutdown requested by the factory")
     finish_cleanly(docker_client, factory_label, worker, finished)
+    assert_accounted_once(tmp_state_dir, [finished], fizzle_seconds=1)
 
 
 @pytest.mark.docker
