@@ -7,14 +7,11 @@ Each job has a name, and one job of a name runs at a time.
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

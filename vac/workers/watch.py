@@ -7,7 +7,6 @@ through JoboutputsDirectory, which never follows the container's symlinks.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import pyinotify
@@ -62,7 +61,3 @@ class JoboutputsWatch:
                 log.debug("closing the inotify watch of %s: %s", self.path, error)
             self._notifier = None
 
-
-def is_watchable(path: Path) -> bool:
-    """True if `path` is a directory (not a symlink) that can be watched."""
-    return os.path.isdir(path) and not os.path.islink(path)
