@@ -115,7 +115,10 @@ FAST = {"heartbeat_interval": 0.2, "heartbeat_timeout": 1.5}
 
 def factory():
     """The real factory tree: keeper, reaper and three real slot workers."""
-    return build_tree(TreeSettings(slots=3, state_dir=STATE_DIR, heartbeat_interval=0.2,
+    # A label of its own: real slot workers clean up containers of their factory.
+    name = f"treehost-{os.getpid()}.test"
+    return build_tree(TreeSettings(slots=3, state_dir=STATE_DIR, factory_name=name,
+                                   heartbeat_interval=0.2,
                                    heartbeat_timeout=3.0, slot_shutdown=3.0,
                                    helper_shutdown=3.0))
 

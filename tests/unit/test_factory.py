@@ -136,11 +136,12 @@ def test_an_abort_backs_the_machinetype_off_and_a_completed_machine_does_not(tmp
     assert second != first, "300: the first type backs off, the other one starts"
     assert set(factory.backoff()) == {first}
     clock.now += 1000
-    finish(nxt, 200, lived=1000)
+    third = finish(nxt, 200, lived=1000)
     assert factory.backoff() == {}, "200: no backoff, and the first type's has expired"
     clock.now += 10
-    nxt = finish(nxt, None, lived=10)
-    assert set(factory.backoff()) == {second}, "no message before fizzle_seconds: an abort"
+    finish(third, None, lived=10)
+    assert set(factory.backoff()) == {third.machine["machinetype"]["name"]}, \
+        "no message before fizzle_seconds: an abort"
 
 
 def test_global_shutdown_time_lowers_running_machines_once(tmp_path, clock):
@@ -196,3 +197,22 @@ def test_an_idle_report_crossing_a_placement_does_not_free_the_slot_but_a_reject
                 "error": "bad spec"}))
     (_, again), = factory.tick(may_start=True)
     assert again.machine["uuid"] != place.machine["uuid"]
+
+
+def test_a_refused_placement_frees_the_slot_and_a_repeated_finish_counts_once(tmp_path, clock):
+    factory = make_factory(config_file(tmp_path, processors=1), clock)
+    report_idle(factory, [0])
+    (_, place), = factory.tick(may_start=True)
+    factory.on_message("slot-00", messages.StateReport(
+        child_id="slot-00", state="idle",
+        detail={"slot": 0, "machine": None, "error": "placement refused: busy"}))
+    (_, place), = factory.tick(may_start=True)
+    report_running(factory, 0, summary(place))
+    m = place.machine
+    finished = messages.MachineFinished(
+        uuid=m["uuid"], machinetype=m["machinetype"]["name"], started_at=clock.now - 1000,
+        ended_at=clock.now, code=300, text="", processors=1, cpu_seconds=1.0)
+    factory.on_message("slot-00", finished)
+    history = factory.histories[finished.machinetype]
+    factory.on_message("slot-00", finished)
+    assert factory.histories[finished.machinetype] == history

@@ -8,6 +8,7 @@ when the clock steps back and cannot be derived from a container):
     <state_dir>/machines/                    0711  traversable, not listable
     <state_dir>/machines/<uuid>/             0700  (0710 + group for Singularity)
         record.json                          0600  lifecycle record (record.py)
+        machine.json                         0600  the machine's terms (prepare.py)
         finished                             0600  marker: finalised exactly once
         apel-record                          0644  APEL record as first written
         user_data                            0755  templated script, may hold proxies

@@ -5,6 +5,7 @@ root calls it from its loop and sends the messages it returns. No I/O here
 apart from reading the clock and load average it was given.
 """
 
+import collections
 import dataclasses
 import logging
 import os
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 # The load average and the clock move without any report: look again this often.
 RECONSIDER_SECONDS = 10.0
 PIPE_FETCHER = "pipe-fetcher"
+FINISHED_REMEMBERED = 4096
 
 
 def slot_number(child_id):
@@ -54,6 +56,7 @@ class Factory:
         self._reconsider_at = 0.0
         self._changed = True
         self._lowered = {}        # uuid -> shutdown time we asked its slot to lower to
+        self._finished_uuids = collections.deque(maxlen=FINISHED_REMEMBERED)
         self.pipe_documents = {}  # prefix -> the latest PipeDocument from the fetcher
         self.pipe_expansions = {}  # prefix -> PipeExpansion of that document
         self._send_pipe_list = False
@@ -113,6 +116,11 @@ class Factory:
         self.pipe_expansions[prefix] = expansion
 
     def _finished(self, msg):
+        # A worker that dies between its finished marker and its next record
+        # write reports the machine again: count each machine once.
+        if msg.uuid in self._finished_uuids:
+            return
+        self._finished_uuids.append(msg.uuid)
         machinetype = self.machinetypes.get(msg.machinetype)
         fizzle = machinetype.fizzle_seconds if machinetype else 600
         history = self.histories.get(msg.machinetype, aborts.OutcomeHistory())

@@ -10,6 +10,8 @@ import dataclasses
 from vac.supervisor.scheduler import RunningMachine
 
 IDLE = "idle"
+# How a slot worker's error begins when it refuses a Place.
+PLACEMENT_REFUSED = "placement refused"
 
 
 @dataclasses.dataclass
@@ -41,8 +43,9 @@ class SlotTable:
         entry.machine = machine
         entry.error = error
         entry.worker_alive = True
-        if entry.pending is not None and (
-                state != IDLE or machine is not None or rejected == entry.pending["uuid"]):
+        refused = rejected == (entry.pending or {}).get("uuid") or (
+            error is not None and error.startswith(PLACEMENT_REFUSED))
+        if entry.pending is not None and (state != IDLE or machine is not None or refused):
             entry.pending = None
         return entry
 
