@@ -72,6 +72,8 @@ def tree_settings(config):
                         state_dir=settings.state_dir, factory_name=factory_name(settings),
                         docker_url=settings.docker_url,
                         docker_timeout_seconds=float(settings.docker_timeout_seconds),
+                        reaper_interval_seconds=float(settings.reaper_interval_seconds),
+                        orphan_grace_seconds=float(settings.orphan_grace_seconds),
                         heartbeat_timeout=timeout, heartbeat_interval=min(2.0, timeout / 4))
 
 

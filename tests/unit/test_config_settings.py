@@ -86,6 +86,8 @@ def test_our_own_defaults(tmp_path):
     ("pids_limit = 10000", "pids_limit", 10000),
     ("heartbeat_timeout_seconds = 5", "heartbeat_timeout_seconds", 5),
     ("factory_name = F1.Example.com", "factory_name", "f1.example.com"),
+    ("reaper_interval_seconds = 5", "reaper_interval_seconds", 5),
+    ("orphan_grace_seconds = 0", "orphan_grace_seconds", 0),
     ("hs06_per_cpu = 9", "hs06_per_processor", 9.0),
     ("mb_per_cpu = 1024", "mb_per_processor", 1024),
     ("overload_per_cpu = 3", "overload_per_processor", 3.0),

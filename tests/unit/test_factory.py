@@ -58,6 +58,11 @@ def make_factory(config, clock):
                    load_average=lambda: 0.0)
 
 
+def tick(factory, may_start=True):
+    """What the factory sends to slots (the reaper's live set is tested on its own)."""
+    return [(child, msg) for child, msg in factory.tick(may_start) if child != "reaper"]
+
+
 def report_idle(factory, slots):
     for slot in slots:
         factory.on_message(f"slot-{slot:02d}", messages.StateReport(
@@ -78,9 +83,9 @@ def summary(place):
 
 def test_every_idle_slot_gets_a_placement_in_one_tick_by_share(tmp_path, clock):
     factory = make_factory(config_file(tmp_path), clock)
-    assert factory.tick(may_start=True) == [], "no worker has reported yet"
+    assert tick(factory) == [], "no worker has reported yet"
     report_idle(factory, range(4))
-    sent = factory.tick(may_start=True)
+    sent = tick(factory)
     assert [child for child, _ in sent] == ["slot-00", "slot-01", "slot-02", "slot-03"]
     kinds = sorted(place.machine["machinetype"]["name"] for _, place in sent)
     assert kinds == ["other", "work", "work", "work"], "shares 3:1 over four processors"
@@ -90,34 +95,34 @@ def test_every_idle_slot_gets_a_placement_in_one_tick_by_share(tmp_path, clock):
     assert first["factory"]["vac_space"] == "space.example.com"
     assert first["factory"]["factory_name"] == "f1.example.com"
     assert len({place.machine["uuid"] for _, place in sent}) == 4
-    assert factory.tick(may_start=True) == [], "placements in flight are not repeated"
+    assert tick(factory) == [], "placements in flight are not repeated"
 
 
 def test_nothing_is_placed_while_starting_is_not_allowed(tmp_path, clock):
     factory = make_factory(config_file(tmp_path), clock)
     report_idle(factory, range(4))
-    assert factory.tick(may_start=False) == []
-    assert len(factory.tick(may_start=True)) == 4
+    assert tick(factory, may_start=False) == []
+    assert len(tick(factory)) == 4
 
 
 def test_a_restarting_worker_keeps_its_machine_but_loses_its_unacknowledged_placement(
         tmp_path, clock):
     factory = make_factory(config_file(tmp_path, processors=2), clock)
     report_idle(factory, [0, 1])
-    (_, place0), (_, place1) = factory.tick(may_start=True)
+    (_, place0), (_, place1) = tick(factory)
     report_running(factory, 0, summary(place0))
     factory.on_child_exit("slot-00")
     factory.on_child_exit("slot-01")
     assert [m["uuid"] for _, m in factory.table.machines()] == [place0.machine["uuid"]]
     report_idle(factory, [1])
-    sent = factory.tick(may_start=True)
+    sent = tick(factory)
     assert [child for child, _ in sent] == ["slot-01"], "slot 0's processor is still taken"
 
 
 def test_an_abort_backs_the_machinetype_off_and_a_completed_machine_does_not(tmp_path, clock):
     factory = make_factory(config_file(tmp_path, processors=1), clock)
     report_idle(factory, [0])
-    (_, place), = factory.tick(may_start=True)
+    (_, place), = tick(factory)
 
     def finish(place, code, lived):
         m = place.machine
@@ -126,7 +131,7 @@ def test_an_abort_backs_the_machinetype_off_and_a_completed_machine_does_not(tmp
             uuid=m["uuid"], machinetype=m["machinetype"]["name"], started_at=clock.now - lived,
             ended_at=clock.now, code=code, text="", processors=1, cpu_seconds=1.0))
         report_idle(factory, [0])
-        (_, nxt), = factory.tick(may_start=True)
+        (_, nxt), = tick(factory)
         return nxt
 
     first = place.machine["machinetype"]["name"]
@@ -149,20 +154,20 @@ def test_global_shutdown_time_lowers_running_machines_once(tmp_path, clock):
     factory = make_factory(config_file(tmp_path, processors=1,
                                        extra=f"shutdown_time = {shutdown}"), clock)
     report_idle(factory, [0])
-    assert factory.tick(may_start=True) == [], "min_wallclock 3600 > 600 s left"
+    assert tick(factory) == [], "min_wallclock 3600 > 600 s left"
     machine = {"uuid": "11111111-2222-4333-8444-555555555555", "machinetype": "work",
                "processors": 1, "started_at": clock.now, "shutdown_at": int(clock.now) + 3600,
                "superslot": 0, "container_id": "c"}
     report_running(factory, 0, machine)
-    sent = factory.tick(may_start=True)
+    sent = tick(factory)
     assert sent == [("slot-00", messages.LowerShutdown(uuid=machine["uuid"], shutdown_at=shutdown))]
-    assert factory.tick(may_start=True) == []
+    assert tick(factory) == []
 
 
 def test_reload_changes_shares_adds_and_removes_without_touching_running(tmp_path, clock):
     factory = make_factory(config_file(tmp_path, processors=2), clock)
     report_idle(factory, [0, 1])
-    (_, place0), (_, place1) = factory.tick(may_start=True)
+    (_, place0), (_, place1) = tick(factory)
     report_running(factory, 0, summary(place0))
     report_running(factory, 1, summary(place1))
     running_before = sorted(m["uuid"] for _, m in factory.table.machines())
@@ -188,25 +193,25 @@ def test_an_idle_report_crossing_a_placement_does_not_free_the_slot_but_a_reject
         tmp_path, clock):
     factory = make_factory(config_file(tmp_path, processors=1), clock)
     report_idle(factory, [0])
-    (_, place), = factory.tick(may_start=True)
+    (_, place), = tick(factory)
     report_idle(factory, [0])
-    assert factory.tick(may_start=True) == [], "the placement may still be on its way"
+    assert tick(factory) == [], "the placement may still be on its way"
     factory.on_message("slot-00", messages.StateReport(
         child_id="slot-00", state="idle",
         detail={"slot": 0, "machine": None, "rejected": place.machine["uuid"],
                 "error": "bad spec"}))
-    (_, again), = factory.tick(may_start=True)
+    (_, again), = tick(factory)
     assert again.machine["uuid"] != place.machine["uuid"]
 
 
 def test_a_refused_placement_frees_the_slot_and_a_repeated_finish_counts_once(tmp_path, clock):
     factory = make_factory(config_file(tmp_path, processors=1), clock)
     report_idle(factory, [0])
-    (_, place), = factory.tick(may_start=True)
+    (_, place), = tick(factory)
     factory.on_message("slot-00", messages.StateReport(
         child_id="slot-00", state="idle",
         detail={"slot": 0, "machine": None, "error": "placement refused: busy"}))
-    (_, place), = factory.tick(may_start=True)
+    (_, place), = tick(factory)
     report_running(factory, 0, summary(place))
     m = place.machine
     finished = messages.MachineFinished(
@@ -216,3 +221,21 @@ def test_a_refused_placement_frees_the_slot_and_a_repeated_finish_counts_once(tm
     history = factory.histories[finished.machinetype]
     factory.on_message("slot-00", finished)
     assert factory.histories[finished.machinetype] == history
+
+
+def test_the_reaper_gets_the_live_set_only_once_every_slot_has_settled(tmp_path, clock):
+    factory = make_factory(config_file(tmp_path, processors=2), clock)
+    factory.on_message("slot-00", messages.StateReport(
+        child_id="slot-00", state="adopting", detail={"slot": 0, "machine": None}))
+    report_idle(factory, [1])
+    assert [c for c, _ in factory.tick(False) if c == "reaper"] == [], "slot 0 still adopting"
+    report_idle(factory, [0])
+    sent = [m for c, m in factory.tick(False) if c == "reaper"]
+    assert sent == [messages.LiveSet(slots=[{"slot": 0, "state": "idle", "uuid": None},
+                                            {"slot": 1, "state": "idle", "uuid": None}])]
+    assert [c for c, _ in factory.tick(False) if c == "reaper"] == [], "not again at once"
+    clock.now += 10
+    sent = factory.tick(True)
+    places = [m.machine["uuid"] for c, m in sent if c != "reaper"]
+    live, = [m for c, m in sent if c == "reaper"]
+    assert [s["uuid"] for s in live.slots] == places, "placements in flight count as held"

@@ -58,6 +58,9 @@ class Settings:
     heartbeat_timeout_seconds: int = 30
     # This factory's name in machine names, labels and records. None: this host's FQDN.
     factory_name: str | None = None
+    # How often the reaper looks for orphaned containers, and how old one must be.
+    reaper_interval_seconds: int = 60
+    orphan_grace_seconds: int = 120
 
     def __post_init__(self):
         # slots defaults to one per processor, the most machines the processors allow.

@@ -132,6 +132,7 @@ CONVERTERS = {
     "readonly_group": _account, "slots": _int(1), "scratch_backend": _scratch_backend,
     "docker_url": _docker_url, "docker_timeout_seconds": _int(1), "pids_limit": _int(1),
     "heartbeat_timeout_seconds": _int(1), "factory_name": _dns_name,
+    "reaper_interval_seconds": _int(1), "orphan_grace_seconds": _int(0),
 }
 
 

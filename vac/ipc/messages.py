@@ -172,3 +172,11 @@ class PipeDocument:
     fetched_at: float | None
     stale: bool
     error: str | None
+
+
+# Root and the reaper.
+
+@message("live_set")
+class LiveSet:
+    """Root to reaper: every slot's state and machine, [{slot, state, uuid}]."""
+    slots: list

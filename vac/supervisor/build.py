@@ -17,6 +17,8 @@ class TreeSettings:
     factory_name: str = "localhost"
     docker_url: str = "unix:///var/run/docker.sock"
     docker_timeout_seconds: float = 30.0
+    reaper_interval_seconds: float = 60.0
+    orphan_grace_seconds: float = 120.0
     heartbeat_interval: float = 2.0
     heartbeat_timeout: float = 20.0
     slot_shutdown: float = 10.0
@@ -44,7 +46,13 @@ def build_tree(settings):
             ChildSpec(id="cvmfs-keeper", target=cvmfs_keeper.run,
                       args={"repositories": list(settings.cvmfs_repositories)},
                       restart=Restart.PERMANENT, shutdown=settings.helper_shutdown, **timings),
-            ChildSpec(id="reaper", target=reaper.run, args={"state_dir": settings.state_dir},
+            ChildSpec(id="reaper", target=reaper.run,
+                      args={"state_dir": settings.state_dir, "slots": settings.slots,
+                            "factory_name": settings.factory_name,
+                            "docker_url": settings.docker_url,
+                            "docker_timeout_seconds": settings.docker_timeout_seconds,
+                            "interval_seconds": settings.reaper_interval_seconds,
+                            "grace_seconds": settings.orphan_grace_seconds},
                       restart=Restart.PERMANENT, shutdown=settings.helper_shutdown, **timings),
             ChildSpec(id="pipe-fetcher", target=pipe_fetcher.run,
                       args={"state_dir": settings.state_dir},

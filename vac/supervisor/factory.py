@@ -19,12 +19,15 @@ from vac.machine.layout import machine_name
 from vac.supervisor import aborts, scheduler, terms
 from vac.supervisor.build import slot_id
 from vac.supervisor.slot_table import SlotTable
+from vac.workers.reaper_rules import SETTLED_STATES
 
 log = logging.getLogger(__name__)
 
 # The load average and the clock move without any report: look again this often.
 RECONSIDER_SECONDS = 10.0
 PIPE_FETCHER = "pipe-fetcher"
+REAPER = "reaper"
+LIVE_SET_SECONDS = 10.0
 FINISHED_REMEMBERED = 4096
 
 
@@ -57,6 +60,7 @@ class Factory:
         self._changed = True
         self._lowered = {}        # uuid -> shutdown time we asked its slot to lower to
         self._finished_uuids = collections.deque(maxlen=FINISHED_REMEMBERED)
+        self._live_set_sent_at = None
         self.pipe_documents = {}  # prefix -> the latest PipeDocument from the fetcher
         self.pipe_expansions = {}  # prefix -> PipeExpansion of that document
         self._send_pipe_list = False
@@ -151,7 +155,22 @@ class Factory:
                 {"prefix": p.prefix, "url": p.url} for p in self.config.vacuum_pipes.values()])))
         if may_start and self.table.free_slots() and self._due(now):
             out.extend(self._place(now))
+        live_set = self._live_set(now)
+        if live_set is not None:
+            out.append((REAPER, live_set))
         return out
+
+    def _live_set(self, now):
+        """What every slot holds, for the reaper, once every slot has settled."""
+        if self._live_set_sent_at is not None and now - self._live_set_sent_at < LIVE_SET_SECONDS:
+            return None
+        entries = self.table.entries.values()
+        if not all(e.worker_alive and e.state in SETTLED_STATES for e in entries):
+            return None
+        self._live_set_sent_at = now
+        return messages.LiveSet(slots=[
+            {"slot": e.slot, "state": e.state,
+             "uuid": (e.machine or e.pending or {}).get("uuid")} for e in entries])
 
     def _due(self, now):
         if self._changed or now >= self._reconsider_at:
@@ -214,6 +233,8 @@ class Factory:
         times = [self._reconsider_at]
         if self._retry_at is not None:
             times.append(self._retry_at)
+        if self._live_set_sent_at is not None:
+            times.append(self._live_set_sent_at + LIVE_SET_SECONDS)
         return min(times)
 
     # Configuration.

@@ -1,23 +1,151 @@
-"""The reaper: removes what no live slot owns.
+"""The reaper: removes what no live slot owns, and machine directories past their time.
 
-This version does the supervision-facing part only; the removal of orphaned
-containers and old machine directories is not implemented yet. (Orphaned
-processes are reaped by the root itself, which is the tree's subreaper.)
+Every sweep runs in a thread (Docker calls and directory removal can take
+long) while the main loop keeps heartbeating. It acts only on a recent live
+set from the root, so it never races a slot worker adopting its machine.
+(Orphaned processes are reaped by the root itself, the tree's subreaper.)
 """
 
 import logging
+import os
+import shutil
+import time
+from pathlib import Path
 
+from vac.ipc import messages
+from vac.machine import scratch
+from vac.machine.joboutputs import SHUTDOWN_BY_FACTORY
+from vac.machine.layout import MachinePaths, is_machine_uuid, iter_machine_directories
+from vac.machine.prepare import read_terms, scratch_backend
+from vac.machine.record import is_finished, read_record
+from vac.runtimes.base import ContainerRuntimeError
+from vac.runtimes.docker import DockerRuntime
+from vac.workers import finalise, reaper_rules
 from vac.workers.harness import WorkerLoop
+from vac.workers.jobs import Jobs
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MACHINES_DIR_DAYS = 3.0
+ORPHAN_STOP_GRACE_SECONDS = 10.0
+# A live set older than this may predate a slot's adoption: do not act on it.
+LIVE_SET_MAX_AGE = 60.0
 
 
 def run(channel, spec):
     """Entry point in the forked reaper process."""
     loop = WorkerLoop(channel, spec, role="reaper")
-    loop.title("reaper")
+    state_dir = Path(spec["state_dir"])
+    factory = spec.get("factory_name", "localhost")
+    slots = int(spec.get("slots", 0))
+    interval = float(spec.get("interval_seconds", 60.0))
+    grace = float(spec.get("grace_seconds", 120.0))
+    runtime = DockerRuntime(spec.get("docker_url"), float(spec.get("docker_timeout_seconds", 30)))
+    jobs = Jobs()
+    live, live_at = None, None
+    next_sweep = time.monotonic() + min(interval, 10.0)
+    loop.title("reaper [waiting for the live set]")
     loop.ready()
     loop.report("waiting")
     while not loop.stopping:
-        loop.wait(loop.heartbeat_interval)
+        now = time.monotonic()
+        for msg in loop.wait(max(next_sweep - now, 0), fds=(jobs,)):
+            if isinstance(msg, messages.LiveSet):
+                live = [reaper_rules.SlotView(s["slot"], s["state"], s["uuid"]) for s in msg.slots]
+                live_at = time.monotonic()
+        for result in jobs.take_done():
+            _sweep_done(loop, result)
+        now = time.monotonic()
+        if now < next_sweep or jobs.running("sweep"):
+            continue
+        if live is None or now - live_at > LIVE_SET_MAX_AGE:
+            # The root sends it once every slot has settled; until then, wait.
+            next_sweep = now + 5.0
+            continue
+        jobs.submit("sweep", sweep, runtime, factory, state_dir, live, slots, grace)
+        next_sweep = now + interval
+    runtime.close()
     log.info("reaper stopping: %s", loop.stop_reason)
+
+
+def _sweep_done(loop, result):
+    if result.error is not None:
+        if isinstance(result.error, (ContainerRuntimeError, OSError)):
+            log.warning("reaper: sweep failed (%s); trying again at the next one", result.error)
+            loop.title(f"reaper [last sweep failed: {type(result.error).__name__}]")
+            return
+        raise result.error
+    finished, removed_dirs = result.value
+    for outcome in finished:
+        loop.channel.send(outcome)
+    loop.title(f"reaper [last sweep: {len(finished)} orphans, {removed_dirs} old directories]")
+
+
+def sweep(runtime, factory, state_dir, live, slots, grace_seconds, now=None):
+    """One pass: finalise and remove orphaned containers, then expired directories."""
+    now = time.time() if now is None else now
+    handles = runtime.find(factory)
+    found = [(h.slot, h.machine_uuid, h.created_at) for h in handles]
+    orphans = {(slot, uuid) for slot, uuid, _ in
+               reaper_rules.orphaned(found, live, slots, now, grace_seconds)}
+    finished = []
+    for handle in handles:
+        if (handle.slot, handle.machine_uuid) in orphans:
+            outcome = reap_container(runtime, factory, state_dir, handle, now)
+            if outcome is not None:
+                finished.append(outcome)
+    return finished, remove_expired(state_dir, now)
+
+
+def reap_container(runtime, factory, state_dir, handle, now):
+    """End, finalise (once) and remove one orphaned container; its MachineFinished or None."""
+    uuid = handle.machine_uuid
+    log.warning("reaper: container %s (slot %s, machine %s) belongs to no slot: removing it",
+                handle.name, handle.slot, uuid)
+    paths = MachinePaths.for_machine(state_dir, uuid) if uuid and is_machine_uuid(uuid) else None
+    record = read_record(paths) if paths is not None and paths.root.is_dir() else None
+    outcome = None
+    if record is not None and not is_finished(paths):
+        if not handle.state.has_ended:
+            finalise.write_message_if_none(paths, SHUTDOWN_BY_FACTORY)
+            runtime.stop(handle, ORPHAN_STOP_GRACE_SECONDS)
+        terms = read_terms(paths)
+        record = finalise.finish_machine(paths, record, terms, runtime.exit_status(handle),
+                                         record.cpu_seconds or 0.0, now)
+        outcome = messages.MachineFinished(
+            uuid=uuid, machinetype=record.machinetype,
+            started_at=float(record.started or record.created), ended_at=float(record.ended),
+            code=record.shutdown_code, text=record.shutdown_text or "",
+            processors=record.processors, cpu_seconds=record.cpu_seconds or 0.0)
+    runtime.remove(handle)
+    if paths is not None and paths.root.is_dir():
+        terms = read_terms(paths)
+        backend = scratch_backend(terms.factory) if terms is not None else scratch.DirectoryScratch()
+        backend.destroy(paths)
+    return outcome
+
+
+def remove_expired(state_dir, now):
+    """Delete finished machines' directories older than their machines_dir_days."""
+    removed = 0
+    for paths in iter_machine_directories(state_dir):
+        if not is_finished(paths):
+            continue
+        finished_at = os.lstat(paths.finished_marker).st_mtime
+        terms = read_terms(paths)
+        days = DEFAULT_MACHINES_DIR_DAYS
+        if terms is not None:
+            days = float(terms.machinetype.get("machines_dir_days", days))
+        if not reaper_rules.expired(finished_at, days, now):
+            continue
+        backend = scratch_backend(terms.factory) if terms is not None else scratch.DirectoryScratch()
+        backend.destroy(paths)
+        if scratch.mount_at(paths.scratch) is not None:
+            log.error("reaper: %s is still mounted; keeping machine directory %s",
+                      paths.scratch, paths.root)
+            continue
+        shutil.rmtree(paths.root)
+        removed += 1
+        log.info("reaper: removed machine directory %s, finished %.1f days ago", paths.root,
+                 (now - finished_at) / reaper_rules.SECONDS_PER_DAY)
+    return removed

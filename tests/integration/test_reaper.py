@@ -1,0 +1,122 @@
+"""The reaper's sweep against the real engine and a real state directory."""
+
+import os
+import time
+
+import pytest
+
+from vac.config.load import load_configuration
+from vac.machine.layout import create_machine_directory
+from vac.machine.prepare import MachineTerms, write_terms
+from vac.machine.record import MachineRecord, is_finished, mark_finished, write_record
+from vac.runtimes.docker import DockerRuntime
+from vac.supervisor.scheduler import Placement
+from vac.supervisor.terms import machine_spec
+from vac.workers import reaper
+from vac.workers.reaper_rules import SlotView
+
+UUIDS = ["0000000%d-1111-4222-8333-444444444444" % n for n in range(4)]
+
+
+def make_machine(state_dir, factory, slot, uuid, started_at, fizzle=60, days=3):
+    """A machine directory with terms and a running record, as a slot worker leaves it."""
+    conf = state_dir.parent / f"vac-{uuid}.conf"
+    conf.write_text(f"""[settings]
+vac_space = reaper.example.com
+factory_name = {factory}
+total_processors = 8
+state_dir = {state_dir}
+
+[machinetype kind]
+machine_model = docker
+root_image = docker://busybox:latest
+user_data = kind.user_data
+target_share = 1
+fizzle_seconds = {fizzle}
+machines_dir_days = {days}
+""")
+    config = load_configuration([str(conf)])
+    spec = machine_spec(uuid=uuid, slot=slot, factory_name=factory,
+                        machine_name=f"m-{slot}", settings=config.settings,
+                        machinetype=config.machinetypes["kind"],
+                        placement=Placement("kind", 1, int(started_at) + 86400, slot, True),
+                        placed_at=started_at)
+    paths = create_machine_directory(state_dir, uuid)
+    write_terms(paths, MachineTerms.from_spec(spec))
+    write_record(paths, MachineRecord(
+        machine_uuid=uuid, slot=slot, machine_name=f"m-{slot}", machinetype="kind",
+        machine_model="docker", processors=1, created=started_at,
+        shutdown_time=int(started_at) + 86400, state="running", started=started_at))
+    return paths
+
+
+def run_container(docker_client, image, factory, slot, uuid, command=("sleep", "1000")):
+    return docker_client.containers.run(
+        image, list(command), detach=True, init=True,
+        labels={"vac.factory": factory, "vac.slot": str(slot), "vac.machine": uuid})
+
+
+def apel_records(state_dir):
+    archive = state_dir / "apel-archive"
+    return [p for p in archive.rglob("*") if p.is_file()] if archive.exists() else []
+
+
+@pytest.mark.docker
+def test_orphans_are_finalised_once_and_removed_but_owned_ones_stay(
+        docker_client, busybox_image, factory_label, tmp_state_dir):
+    long_ago = time.time() - 3600
+    outside = make_machine(tmp_state_dir, factory_label, 7, UUIDS[0], long_ago)
+    held = make_machine(tmp_state_dir, factory_label, 0, UUIDS[1], long_ago)
+    run_container(docker_client, busybox_image, factory_label, 7, UUIDS[0])
+    held_container = run_container(docker_client, busybox_image, factory_label, 0, UUIDS[1])
+    adopting = run_container(docker_client, busybox_image, factory_label, 1, UUIDS[2])
+    unrecorded = run_container(docker_client, busybox_image, factory_label, 2, UUIDS[3],
+                               command=("true",))
+    live = [SlotView(0, "running", UUIDS[1]), SlotView(1, "adopting", None),
+            SlotView(2, "idle", None)]
+    runtime = DockerRuntime(timeout=30)
+    try:
+        finished, removed = reaper.sweep(runtime, factory_label, tmp_state_dir, live, slots=3,
+                                         grace_seconds=0)
+        again, _ = reaper.sweep(runtime, factory_label, tmp_state_dir, live, slots=3,
+                                grace_seconds=0)
+    finally:
+        runtime.close()
+    assert [f.uuid for f in finished] == [UUIDS[0]]
+    assert finished[0].code == 100, "a running orphan is ended with the factory's message"
+    assert again == [], "finalised exactly once"
+    assert removed == 0
+    assert is_finished(outside) and not is_finished(held)
+    assert len(apel_records(tmp_state_dir)) == 1
+    left = {c.labels["vac.machine"] for c in docker_client.containers.list(
+        all=True, filters={"label": f"vac.factory={factory_label}"})}
+    assert left == {UUIDS[1], UUIDS[2]}, "the held and the adopting slots' containers stay"
+    assert held_container.id and adopting.id and unrecorded.id
+
+
+@pytest.mark.docker
+def test_young_orphans_wait_for_the_grace_period(docker_client, busybox_image, factory_label,
+                                                 tmp_state_dir):
+    run_container(docker_client, busybox_image, factory_label, 5, UUIDS[0])
+    runtime = DockerRuntime(timeout=30)
+    try:
+        finished, _ = reaper.sweep(runtime, factory_label, tmp_state_dir, [], slots=2,
+                                   grace_seconds=600)
+    finally:
+        runtime.close()
+    assert finished == []
+    assert len(docker_client.containers.list(
+        filters={"label": f"vac.factory={factory_label}"})) == 1
+
+
+def test_expired_machine_directories_are_removed(tmp_state_dir):
+    now = time.time()
+    old = make_machine(tmp_state_dir, "f.example.com", 0, UUIDS[0], now - 10 * 86400, days=3)
+    recent = make_machine(tmp_state_dir, "f.example.com", 1, UUIDS[1], now - 86400, days=3)
+    running = make_machine(tmp_state_dir, "f.example.com", 2, UUIDS[2], now - 10 * 86400, days=3)
+    for paths, ended in ((old, now - 5 * 86400), (recent, now - 3600)):
+        mark_finished(paths, ended)
+        os.utime(paths.finished_marker, (ended, ended))
+    assert reaper.remove_expired(tmp_state_dir, now) == 1
+    assert not old.root.exists()
+    assert recent.root.exists() and running.root.exists()
