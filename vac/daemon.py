@@ -9,6 +9,8 @@ import sys
 
 from vac import __version__, logs
 from vac.config.load import load_configuration, try_load_configuration
+from vac.control.commands import COMMANDS, Context
+from vac.control.server import ControlServer
 from vac.config.model import apply_overrides
 from vac.config.problems import ConfigError
 from vac.supervisor.build import TreeSettings, build_tree
@@ -133,7 +135,18 @@ def main(argv=None):
     # Editors write a file in several steps: fold a burst of events into one reload.
     watcher = ConfigWatcher(args.config, lambda path: root.request_reload(RELOAD_SETTLE_SECONDS))
     root.add_reader(watcher.fileno(), watcher.on_readable)
-    return root.run()
+    control = ControlServer(root, settings.control_socket, COMMANDS, Context(root, factory),
+                            admin_group=settings.admin_group,
+                            readonly_group=settings.readonly_group)
+    try:
+        control.open()
+    except (OSError, RuntimeError) as error:
+        print(f"vacd: control socket {settings.control_socket}: {error}", file=sys.stderr)
+        return 1
+    try:
+        return root.run()
+    finally:
+        control.close()
 
 
 if __name__ == "__main__":

@@ -61,6 +61,11 @@ class Factory:
         self._lowered = {}        # uuid -> shutdown time we asked its slot to lower to
         self._finished_uuids = collections.deque(maxlen=FINISHED_REMEMBERED)
         self._live_set_sent_at = None
+        self._outbox = []         # (child id, message) queued by operators' commands
+        self._drain_requested = False
+        self._drain_deadline = None
+        self._ended_by_drain = set()
+        self.last_outcomes = {}   # slot -> the last finished machine's outcome
         self.pipe_documents = {}  # prefix -> the latest PipeDocument from the fetcher
         self.pipe_expansions = {}  # prefix -> PipeExpansion of that document
         self._send_pipe_list = False
@@ -83,6 +88,10 @@ class Factory:
             # A (re)started fetcher knows no pipes yet.
             self._send_pipe_list = msg.state == "waiting"
         elif isinstance(msg, messages.MachineFinished):
+            if slot is not None:
+                self.last_outcomes[slot] = {"machine": msg.uuid, "machinetype": msg.machinetype,
+                                            "code": msg.code, "text": msg.text,
+                                            "ended_at": msg.ended_at}
             self._finished(msg)
         elif isinstance(msg, messages.PipeDocument):
             self.pipe_documents[msg.prefix] = msg
@@ -148,7 +157,9 @@ class Factory:
     def tick(self, may_start):
         """Messages to send now: placements for free slots, lowered shutdown times."""
         now = self.clock()
-        out = self._lower_shutdown_times()
+        out, self._outbox = self._outbox, []
+        out.extend(self._lower_shutdown_times())
+        out.extend(self._drain_ends(now))
         if self._send_pipe_list:
             self._send_pipe_list = False
             out.append((PIPE_FETCHER, messages.PipeList(pipes=[
@@ -179,7 +190,7 @@ class Factory:
 
     def _place(self, now):
         settings = self.config.settings
-        factory = terms.factory_terms(settings)
+        factory = dataclasses.replace(terms.factory_terms(settings), draining=self.draining)
         machinetypes = [terms.machinetype_terms(mt, paused=mt.name in self.paused)
                         for mt in self.machinetypes.values()]
         placements, refusal = scheduler.fill_free_slots(
@@ -231,11 +242,81 @@ class Factory:
     def next_deadline(self):
         """The wall-clock time tick() next has something to decide, or None."""
         times = [self._reconsider_at]
+        if self._drain_deadline is not None:
+            times.append(self._drain_deadline)
         if self._retry_at is not None:
             times.append(self._retry_at)
         if self._live_set_sent_at is not None:
             times.append(self._live_set_sent_at + LIVE_SET_SECONDS)
         return min(times)
+
+    # Operators' commands.
+
+    @property
+    def draining(self):
+        """Draining by the configuration (draining = yes) or by an operator."""
+        return self.config.settings.draining or self._drain_requested
+
+    def drain(self, deadline_seconds=None):
+        """Start nothing new; with a deadline, end running machines when it passes."""
+        self._drain_requested = True
+        if deadline_seconds is not None:
+            self._drain_deadline = self.clock() + deadline_seconds
+        self._changed = True
+        log.warning("draining%s", f": running machines end in {deadline_seconds:.0f} s"
+                    if deadline_seconds is not None else "")
+
+    def undrain(self):
+        self._drain_requested = False
+        self._drain_deadline = None
+        self._changed = True
+        log.warning("draining ended by an operator")
+
+    def _drain_ends(self, now):
+        if self._drain_deadline is None or now < self._drain_deadline:
+            return []
+        out = []
+        for slot, machine in self.table.machines():
+            if machine["uuid"] not in self._ended_by_drain:
+                self._ended_by_drain.add(machine["uuid"])
+                out.append((slot_id(slot), messages.EndMachine(
+                    uuid=machine["uuid"], code=100, text="Shutdown requested by the factory")))
+        return out
+
+    def stop_machine(self, slot, reason):
+        """Ask a slot to end its machine with a 100 message; its uuid, or None if it holds none."""
+        machine = self.table.entries[slot].machine
+        if machine is None:
+            return None
+        self._outbox.append((slot_id(slot), messages.EndMachine(
+            uuid=machine["uuid"], code=100, text=reason)))
+        return machine["uuid"]
+
+    def pause(self, machinetype):
+        self.paused.add(machinetype)
+        self._changed = True
+        return self.paused
+
+    def resume(self, machinetype):
+        self.paused.discard(machinetype)
+        self._changed = True
+        return self.paused
+
+    def pipe_status(self):
+        """Each pipe's freshness and what it yields, for status."""
+        status = {}
+        for prefix, pipe in self.config.vacuum_pipes.items():
+            doc = self.pipe_documents.get(prefix)
+            expansion = self.pipe_expansions.get(prefix)
+            status[prefix] = {
+                "url": pipe.url,
+                "fetched_at": doc.fetched_at if doc else None,
+                "stale": doc.stale if doc else None,
+                "error": doc.error if doc else "not fetched yet",
+                "machinetypes": sorted(expansion.machinetypes) if expansion else [],
+                "problems": [str(p) for p in expansion.problems] if expansion else [],
+            }
+        return status
 
     # Configuration.
 

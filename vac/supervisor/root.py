@@ -48,7 +48,7 @@ class Root:
         self.app = app
         self.notifier = notifier or notify.Notifier()
         self.processes = processes or Processes()
-        self.observer = observer
+        self.observers = [observer] if observer is not None else []
         self.on_reload = on_reload
         self.clock = clock
         self.selector = selectors.DefaultSelector()
@@ -60,6 +60,8 @@ class Root:
         self._reload_at = None
         self.started_at = None
         self._readers = {}        # extra fd -> callback
+        self._writers = {}        # extra fd -> callback while it waits to write
+        self._services = []       # objects with next_deadline() and on_pass(now)
         self._wake_r = self._wake_w = None
         self._title = None
 
@@ -72,7 +74,29 @@ class Root:
 
     def remove_reader(self, fd):
         self._readers.pop(fd, None)
+        self._writers.pop(fd, None)
         self.selector.unregister(fd)
+
+    def want_write(self, fd, callback):
+        """Also call callback() when the reader fd is writable; None stops that."""
+        if callback is None:
+            self._writers.pop(fd, None)
+            events = selectors.EVENT_READ
+        else:
+            self._writers[fd] = callback
+            events = selectors.EVENT_READ | selectors.EVENT_WRITE
+        self.selector.modify(fd, events, ("reader", fd))
+
+    def add_service(self, service):
+        """A part of the loop with deadlines: next_deadline() (monotonic) and on_pass(now)."""
+        self._services.append(service)
+
+    def add_observer(self, callback):
+        """callback(event dict) for every event the root emits."""
+        self.observers.append(callback)
+
+    def remove_observer(self, callback):
+        self.observers.remove(callback)
 
     def reset(self, child_id):
         """Operator reset of a FATAL child."""
@@ -103,8 +127,10 @@ class Root:
             return False
 
     def emit(self, event, **fields):
-        if self.observer is not None:
-            self.observer(dict(fields, event=event, t=time.time()))
+        if self.observers:
+            event = dict(fields, event=event, t=time.time())
+            for observer in list(self.observers):
+                observer(event)
 
     def run(self):
         """Start the tree, loop until SIGTERM/SIGINT, stop it in order; return 0."""
@@ -127,7 +153,7 @@ class Root:
 
     def _pass(self, stopping=False):
         timeout = self._timeout()
-        for key, _ in self.selector.select(timeout):
+        for key, mask in self.selector.select(timeout):
             kind, ident = key.data
             if kind == "wake":
                 self._on_signals()
@@ -136,9 +162,15 @@ class Root:
             elif kind == "channel":
                 self._on_channel(ident)
             elif kind == "reader":
-                self._readers[ident]()
+                # A callback may have closed this fd or another one of this batch.
+                if mask & selectors.EVENT_WRITE and ident in self._writers:
+                    self._writers[ident]()
+                if mask & selectors.EVENT_READ and ident in self._readers:
+                    self._readers[ident]()
         now = self.clock()
         self._check_deadlines(now)
+        for service in self._services:
+            service.on_pass(now)
         if not stopping:
             self._execute(self.tree.due(now))
             if self.app is not None:
@@ -161,7 +193,7 @@ class Root:
             elif leaf.state is not ChildState.STOPPING:
                 deadlines.append(live.last_seen + leaf.spec.heartbeat_timeout)
         for deadline in (self.tree.next_deadline(), self.notifier.next_watchdog(),
-                         self._reload_at):
+                         self._reload_at, *(s.next_deadline() for s in self._services)):
             if deadline is not None:
                 deadlines.append(deadline)
         if self.app is not None:

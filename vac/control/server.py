@@ -1,0 +1,317 @@
+"""The control socket served from the root's own loop: no threads, never blocking.
+
+Every connection is authenticated with SO_PEERCRED: root and members of the
+admin group may change things, members of the read-only group may read,
+everyone else is refused. Each connection has a read deadline, a frame size
+cap and an output cap, and their number is bounded, so a slow or hostile
+client costs the loop nothing but a few non-blocking calls.
+"""
+
+import errno
+import grp
+import logging
+import os
+import socket
+import stat
+import struct
+import time
+
+from vac.control import protocol
+from vac.ipc.framing import FrameDecoder, IpcError
+
+log = logging.getLogger(__name__)
+
+ADMIN = "admin"
+READ = "read"
+_UCRED = struct.Struct("3i")
+
+
+def access_level(uid, groups, admin_gid, readonly_gid):
+    """ADMIN, READ or None for a peer with `uid` in `groups` (pure)."""
+    if uid == 0 or (admin_gid is not None and admin_gid in groups):
+        return ADMIN
+    if readonly_gid is not None and readonly_gid in groups:
+        return READ
+    return None
+
+
+def peer_groups(pid, gid):
+    """The peer's primary and supplementary groups, from /proc (no NSS lookup)."""
+    groups = {gid}
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("Groups:"):
+                    groups.update(int(g) for g in line.split()[1:])
+                    break
+    except OSError:
+        pass  # the peer exited already: its primary group is all we know
+    return groups
+
+
+def group_id(name):
+    """The gid of a configured group, or None (a missing group grants nothing)."""
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        log.warning("control socket: group %r does not exist; it grants nothing", name)
+        return None
+
+
+class Client:
+    """One connection: who it is, what it sent so far, what waits to be written."""
+
+    def __init__(self, sock, pid, uid, access, now, read_timeout):
+        self.sock = sock
+        self.pid = pid
+        self.uid = uid
+        self.access = access
+        self.decoder = FrameDecoder(protocol.MAX_REQUEST_BYTES)
+        self.output = bytearray()
+        self.read_timeout = read_timeout
+        self.deadline = now + read_timeout
+        self.watch_id = None
+        self.closed = False
+
+    def describe(self):
+        return f"uid {self.uid} pid {self.pid}"
+
+
+class ControlServer:
+    """Accepts, authenticates and answers control connections inside the root's loop."""
+
+    def __init__(self, root, path, commands, context, *, admin_group=None, readonly_group=None,
+                 max_clients=64, read_timeout=10.0, max_output_bytes=8 * 1024 * 1024,
+                 clock=time.monotonic):
+        self.root = root
+        self.path = path
+        self.commands = commands
+        self.context = context
+        self.admin_gid = group_id(admin_group)
+        self.readonly_gid = group_id(readonly_group)
+        self.max_clients = max_clients
+        self.read_timeout = read_timeout
+        self.max_output_bytes = max_output_bytes
+        self.clock = clock
+        self.clients = {}
+        self.listener = None
+        self._observing = False
+
+    # Setting up.
+
+    def open(self):
+        """Create the directory and the socket safely, and join the root's loop."""
+        directory = os.path.dirname(self.path) or "."
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        self._remove_stale()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        # Everyone may connect; SO_PEERCRED decides what each may do.
+        old_umask = os.umask(0o111)
+        try:
+            listener.bind(self.path)
+        finally:
+            os.umask(old_umask)
+        listener.listen(self.max_clients)
+        listener.setblocking(False)
+        self.listener = listener
+        self.root.add_reader(listener.fileno(), self._accept)
+        self.root.add_service(self)
+        log.info("control socket listening on %s", self.path)
+
+    def _remove_stale(self):
+        """Remove a socket left by a dead daemon; refuse when a live one answers."""
+        try:
+            mode = os.lstat(self.path).st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            raise RuntimeError(f"{self.path} exists and is not a socket; not touching it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(self.path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            os.unlink(self.path)
+            log.info("removed the stale control socket %s", self.path)
+            return
+        except OSError as error:
+            raise RuntimeError(f"cannot tell whether {self.path} is in use: {error}") from error
+        finally:
+            probe.close()
+        raise RuntimeError(f"another daemon answers on {self.path}")
+
+    def close(self):
+        for client in list(self.clients.values()):
+            self._drop(client, None)
+        if self.listener is not None:
+            self.root.remove_reader(self.listener.fileno())
+            self.listener.close()
+            self.listener = None
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    # The loop's calls.
+
+    def next_deadline(self):
+        deadlines = [c.deadline for c in self.clients.values() if c.watch_id is None]
+        return min(deadlines) if deadlines else None
+
+    def on_pass(self, now):
+        for client in list(self.clients.values()):
+            if client.watch_id is None and now >= client.deadline:
+                self._drop(client, "read deadline passed")
+
+    def _accept(self):
+        for _ in range(self.max_clients):
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("control socket: cannot accept: %s", error)
+                    return
+                raise
+            self._welcome(sock)
+
+    def _welcome(self, sock):
+        sock.setblocking(False)
+        pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                       _UCRED.size))
+        access = access_level(uid, peer_groups(pid, gid), self.admin_gid, self.readonly_gid)
+        client = Client(sock, pid, uid, access, self.clock(), self.read_timeout)
+        if len(self.clients) >= self.max_clients:
+            self._refuse(client, protocol.DENIED, "too many control connections; try again")
+            return
+        if access is None:
+            self._refuse(client, protocol.DENIED,
+                         f"permission denied: uid {uid} is not root and not in the admin or "
+                         "read-only group of this factory")
+            return
+        self.clients[sock.fileno()] = client
+        self.root.add_reader(sock.fileno(), lambda: self._readable(client))
+
+    def _refuse(self, client, code, text):
+        try:
+            client.sock.send(protocol.error_frame(0, code, text))
+        except OSError:
+            pass
+        client.sock.close()
+
+    # Reading and answering.
+
+    def _readable(self, client):
+        try:
+            data = client.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(client, None)
+            return
+        client.deadline = self.clock() + client.read_timeout
+        try:
+            requests = client.decoder.feed(data)
+        except IpcError as error:
+            for obj in error.decoded:
+                self._answer(client, obj)
+            self._send(client, protocol.error_frame(0, protocol.BAD_REQUEST, str(error)))
+            self._drop(client, f"bad frame: {error}", flush=True)
+            return
+        for obj in requests:
+            if client.closed:
+                return
+            self._answer(client, obj)
+
+    def _answer(self, client, obj):
+        try:
+            request_id, name, args = protocol.check_request(obj)
+        except protocol.BadRequest as error:
+            self._send(client, protocol.error_frame(_id_of(obj), protocol.BAD_REQUEST, str(error)))
+            return
+        command = self.commands.get(name)
+        if command is None:
+            self._send(client, protocol.error_frame(request_id, protocol.UNKNOWN_COMMAND,
+                                                    f"unknown command {name!r}"))
+            return
+        if command.mutating and client.access != ADMIN:
+            self._send(client, protocol.error_frame(
+                request_id, protocol.DENIED,
+                f"permission denied: {name} changes the factory; uid {client.uid} may only read"))
+            return
+        try:
+            args = protocol.check_args(command.schema, args)
+        except protocol.BadRequest as error:
+            self._send(client, protocol.error_frame(request_id, protocol.BAD_REQUEST, str(error)))
+            return
+        if command.mutating:
+            log.info("control: %s %s by %s", name, args, client.describe())
+        if command.streams:
+            client.watch_id = request_id
+            self._observe()
+        try:
+            result = command.handler(self.context, args)
+        except command.errors as error:
+            self._send(client, protocol.error_frame(request_id, protocol.FAILED, str(error)))
+            return
+        self._send(client, protocol.reply_frame(request_id, result))
+
+    def _send(self, client, frame):
+        if client.closed:
+            return
+        client.output += frame
+        if len(client.output) > self.max_output_bytes:
+            self._drop(client, "not reading its replies")
+            return
+        self._flush(client)
+
+    def _flush(self, client):
+        while client.output:
+            try:
+                sent = client.sock.send(client.output)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._drop(client, None)
+                return
+            del client.output[:sent]
+        # Ask the loop for writability only while something waits.
+        self.root.want_write(client.sock.fileno(),
+                             (lambda: self._flush(client)) if client.output else None)
+
+    def _drop(self, client, reason, flush=False):
+        if client.closed:
+            return
+        if flush and client.output:
+            try:
+                client.sock.send(client.output)
+            except OSError:
+                pass
+        client.closed = True
+        if reason:
+            log.warning("control: closing the connection of %s: %s", client.describe(), reason)
+        self.clients.pop(client.sock.fileno(), None)
+        self.root.remove_reader(client.sock.fileno())
+        client.sock.close()
+
+    # Watching.
+
+    def _observe(self):
+        if not self._observing:
+            self.root.add_observer(self._on_event)
+            self._observing = True
+
+    def _on_event(self, event):
+        for client in list(self.clients.values()):
+            if client.watch_id is not None:
+                self._send(client, protocol.event_frame(client.watch_id, event))
+
+
+def _id_of(obj):
+    request_id = obj.get("id") if isinstance(obj, dict) else None
+    return request_id if isinstance(request_id, int) and not isinstance(request_id, bool) else 0
