@@ -15,6 +15,7 @@ import uuid as uuidlib
 
 from vac.config import pipes
 from vac.ipc import messages
+from vac.machine.joboutputs import EXCEEDED_WALLCLOCK
 from vac.machine.layout import machine_name
 from vac.supervisor import aborts, scheduler, terms
 from vac.supervisor.build import slot_id
@@ -70,6 +71,12 @@ class Factory:
         self.pipe_expansions = {}  # prefix -> PipeExpansion of that document
         self._send_pipe_list = False
         self.machinetypes = config.machinetypes
+        # Totals since this root started, for the metrics exporter.
+        self.counting_since = clock()
+        self.started_total = collections.Counter()     # machinetype -> machines started
+        self.finished_total = collections.Counter()    # (machinetype, code) -> machines finished
+        self.wall_limit_kills = collections.Counter()  # machinetype -> ended at their wall limit
+        self._counted_start = {}  # slot -> the machine last counted as started there
 
     def _effective_machinetypes(self):
         return pipes.effective_machinetypes(
@@ -81,6 +88,7 @@ class Factory:
     def on_message(self, child_id, msg):
         slot = slot_number(child_id)
         if isinstance(msg, messages.StateReport) and slot is not None:
+            self._count_start(slot, msg.state, msg.detail.get("machine"))
             self.table.report(slot, msg.state, msg.detail.get("machine"), msg.detail.get("error"),
                               msg.detail.get("rejected"))
             self._changed = True
@@ -134,6 +142,9 @@ class Factory:
         if msg.uuid in self._finished_uuids:
             return
         self._finished_uuids.append(msg.uuid)
+        self.finished_total[(msg.machinetype, msg.code)] += 1
+        if (msg.code, msg.text) == (EXCEEDED_WALLCLOCK.code, EXCEEDED_WALLCLOCK.text):
+            self.wall_limit_kills[msg.machinetype] += 1
         machinetype = self.machinetypes.get(msg.machinetype)
         fizzle = machinetype.fizzle_seconds if machinetype else 600
         history = self.histories.get(msg.machinetype, aborts.OutcomeHistory())
@@ -145,6 +156,16 @@ class Factory:
                  " (abort: the machinetype backs off)" if abort else "")
         self._lowered.pop(msg.uuid, None)
         self._changed = True
+
+    def _count_start(self, slot, state, machine):
+        """Count a machine once, when its slot first reports it running."""
+        if state != "running" or not machine or self._counted_start.get(slot) == machine.get("uuid"):
+            return
+        self._counted_start[slot] = machine.get("uuid")
+        # A machine that started before this root did is one a new root adopts:
+        # the root that started it counted it.
+        if machine.get("started_at", 0) >= self.counting_since:
+            self.started_total[machine.get("machinetype")] += 1
 
     def on_child_exit(self, child_id):
         slot = slot_number(child_id)
