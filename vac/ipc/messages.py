@@ -180,3 +180,11 @@ class PipeDocument:
 class LiveSet:
     """Root to reaper: every slot's state and machine, [{slot, state, uuid}]."""
     slots: list
+
+
+# Root and the metrics exporter.
+
+@message("metrics_snapshot")
+class MetricsSnapshot:
+    """Root to metrics exporter: the factory's state as plain data (supervisor/metrics_snapshot.py)."""
+    snapshot: dict
