@@ -21,11 +21,11 @@ max_wallclock_seconds = 3600
 NOW = 1_800_000_000.0
 
 
-def make_factory(tmp_path):
+def make_factory(tmp_path, load_average=0.0):
     path = tmp_path / "vac.conf"
     path.write_text(CONFIG)
     return Factory(load_configuration([str(path)]), factory_name="f1.example.com",
-                   rng=random.Random(1), clock=lambda: NOW, load_average=lambda: 0.0)
+                   rng=random.Random(1), clock=lambda: NOW, load_average=lambda: load_average)
 
 
 def report(factory, slot, state, machine=None):
@@ -77,3 +77,19 @@ def test_finished_machines_count_by_machinetype_and_code_and_wall_limit_kills_ap
     finished(factory, "d", None, "")
     assert factory.finished_total == {("work", 700): 2, ("work", 200): 1, ("work", None): 1}
     assert factory.wall_limit_kills == {"work": 1}
+
+
+def test_scheduler_decisions_count_placements_by_machinetype_and_refusals_by_reason(tmp_path):
+    factory = make_factory(tmp_path)
+    report(factory, 0, "idle")
+    report(factory, 1, "idle")
+    factory.tick(True)
+    assert factory.placements_total == {"work": 2}
+    assert factory.refusals_total == {}
+
+    loaded = make_factory(tmp_path, load_average=100.0)
+    for _ in range(2):
+        report(loaded, 0, "idle")
+        assert [child for child, _ in loaded.tick(True) if child != "reaper"] == []
+    assert loaded.refusals_total == {"load_too_high": 2}
+    assert loaded.placements_total == {}

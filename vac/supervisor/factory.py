@@ -77,6 +77,9 @@ class Factory:
         self.finished_total = collections.Counter()    # (machinetype, code) -> machines finished
         self.wall_limit_kills = collections.Counter()  # machinetype -> ended at their wall limit
         self._counted_start = {}  # slot -> the machine last counted as started there
+        self.placements_total = collections.Counter()  # machinetype -> placements sent
+        # NoPlacementReason value -> scheduling passes that left free slots empty.
+        self.refusals_total = collections.Counter()
 
     def _effective_machinetypes(self):
         return pipes.effective_machinetypes(
@@ -226,8 +229,11 @@ class Factory:
                                     or refusal.reason != self.last_refusal.reason):
             log.info("free slots stay empty: %s", refusal.text)
         self.last_refusal = refusal
+        if refusal is not None:
+            self.refusals_total[refusal.reason.value] += 1
         out = []
         for slot, placement in placements:
+            self.placements_total[placement.machinetype] += 1
             out.append((slot_id(slot), self._place_one(slot, placement, now)))
         return out
 
