@@ -54,6 +54,7 @@ def test_our_own_defaults(tmp_path):
     assert settings.docker_timeout_seconds == 30
     assert settings.pids_limit is None
     assert settings.heartbeat_timeout_seconds == 30
+    assert settings.metrics_listen is None
 
 
 @pytest.mark.parametrize("text, attribute, expected", [
@@ -88,6 +89,9 @@ def test_our_own_defaults(tmp_path):
     ("factory_name = F1.Example.com", "factory_name", "f1.example.com"),
     ("reaper_interval_seconds = 5", "reaper_interval_seconds", 5),
     ("orphan_grace_seconds = 0", "orphan_grace_seconds", 0),
+    ("metrics_listen = 127.0.0.1:9712", "metrics_listen", "127.0.0.1:9712"),
+    ("metrics_listen = 127.0.0.2:80", "metrics_listen", "127.0.0.2:80"),
+    ("metrics_listen = [::1]:9712", "metrics_listen", "[::1]:9712"),
     ("hs06_per_cpu = 9", "hs06_per_processor", 9.0),
     ("mb_per_cpu = 1024", "mb_per_processor", 1024),
     ("overload_per_cpu = 3", "overload_per_processor", 3.0),
@@ -148,6 +152,13 @@ def test_lvm_backend_uses_vacs_volume_group_name_unless_set(tmp_path):
     ("readonly_group = x:y", "readonly_group = 'x:y': not a valid user or group name"),
     ("slots = 0", "slots = '0': must be at least 1"),
     ("factory_name = f1_x.example.com", "factory_name = 'f1_x.example.com': not a DNS-like name (letters, digits, - and .)"),
+    ("metrics_listen = 0.0.0.0:9712", "metrics_listen = '0.0.0.0:9712': 0.0.0.0 is not a loopback address: metrics are served on this host only"),
+    ("metrics_listen = 192.0.2.1:9712", "metrics_listen = '192.0.2.1:9712': 192.0.2.1 is not a loopback address: metrics are served on this host only"),
+    ("metrics_listen = [::]:9712", "metrics_listen = '[::]:9712': :: is not a loopback address: metrics are served on this host only"),
+    ("metrics_listen = localhost:9712", "metrics_listen = 'localhost:9712': 'localhost' is not an IP address (names are not accepted)"),
+    ("metrics_listen = 127.0.0.1", "metrics_listen = '127.0.0.1': must be IP:PORT, e.g. 127.0.0.1:9712 or [::1]:9712"),
+    ("metrics_listen = 127.0.0.1:70000", "metrics_listen = '127.0.0.1:70000': must be IP:PORT, e.g. 127.0.0.1:9712 or [::1]:9712"),
+    ("metrics_listen = 127.0.0.1:0", "metrics_listen = '127.0.0.1:0': the port must be between 1 and 65535"),
     ("scratch_backend = zfs", "scratch_backend = 'zfs': must be one of directory, loop, lvm"),
     ("docker_url = /var/run/docker.sock", "docker_url = '/var/run/docker.sock': must start with one of unix://, tcp://, http://, https://, ssh://"),
     ("docker_timeout_seconds = 0", "docker_timeout_seconds = '0': must be at least 1"),

@@ -61,6 +61,8 @@ class Settings:
     # How often the reaper looks for orphaned containers, and how old one must be.
     reaper_interval_seconds: int = 60
     orphan_grace_seconds: int = 120
+    # Where the metrics exporter serves GET /metrics (a loopback IP:PORT). None: not served.
+    metrics_listen: str | None = None
 
     def __post_init__(self):
         # slots defaults to one per processor, the most machines the processors allow.

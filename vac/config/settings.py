@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pwd
 import re
@@ -115,6 +116,33 @@ def _docker_url(text):
     return text
 
 
+def parse_metrics_listen(text):
+    """(host, port) of a loopback 'IP:PORT' ('[::1]:PORT' for IPv6); BadValue otherwise.
+
+    Metrics say what runs where: they are served on this host only, and a
+    reverse proxy or node_exporter takes them further if a site wants that.
+    """
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit() or int(port) > 65535:
+        raise BadValue("must be IP:PORT, e.g. 127.0.0.1:9712 or [::1]:9712")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise BadValue(f"{host!r} is not an IP address (names are not accepted)") from None
+    if not address.is_loopback:
+        raise BadValue(f"{host} is not a loopback address: metrics are served on this host only")
+    return str(address), int(port)
+
+
+def _metrics_listen(text):
+    host, port = parse_metrics_listen(text)
+    if port == 0:
+        raise BadValue("the port must be between 1 and 65535")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _draining(text):
     # Vac drains only on "yes"; any other value means not draining.
     return text.lower() == "yes"
@@ -133,6 +161,7 @@ CONVERTERS = {
     "docker_url": _docker_url, "docker_timeout_seconds": _int(1), "pids_limit": _int(1),
     "heartbeat_timeout_seconds": _int(1), "factory_name": _dns_name,
     "reaper_interval_seconds": _int(1), "orphan_grace_seconds": _int(0),
+    "metrics_listen": _metrics_listen,
 }
 
 
