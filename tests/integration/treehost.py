@@ -202,7 +202,28 @@ def shutdown_budget():
     return SupervisorSpec(id="vacd", children=(services, slots))
 
 
+# Stands in for `stat` on a hung CernVM-FS mount: it never answers for a
+# repository named hung.*, and otherwise does what stat does.
+STAT_STAND_IN = [sys.executable, "-c", (
+    "import os, sys, time\n"
+    "path = sys.argv[1]\n"
+    "if '/hung.' in path: time.sleep(3600)\n"
+    "try: os.stat(path)\n"
+    "except OSError as error: sys.exit(f'stat: {error.strerror}')\n")]
+
+
+def cvmfs():
+    from vac.workers import cvmfs_keeper
+    services = SupervisorSpec(id="services", children=(
+        ChildSpec(id="cvmfs-keeper", target=cvmfs_keeper.run, args={
+            "repositories": ["ok.example.org", "missing.example.org", "hung.example.org"],
+            "cvmfs_root": os.path.join(STATE_DIR, "cvmfs"), "check_command": STAT_STAND_IN,
+            "interval_seconds": 0.5, "timeout_seconds": 1.0}, **FAST),))
+    return SupervisorSpec(id="vacd", children=(services,))
+
+
 SCENARIOS = {f.__name__.replace("_", "-"): f for f in (
+    cvmfs,
     factory, crashing_slot, crash_storm, helper_storm, rest_for_one, misbehaving, orphans,
     shutdown_budget)}
 

@@ -1,24 +1,119 @@
-"""The CernVM-FS keeper: one process watching the repositories machines need.
+"""The CernVM-FS keeper: checks the repositories machines need, outside the root.
 
-This version does the supervision-facing part only (heartbeats, a clean
-stop); it lists the repositories it was given but does not check them yet,
-and its title says so.
+Each check is a separate `stat` process on /cvmfs/REPO (which triggers the
+automount) with a deadline: a hung repository leaves a process stuck in the
+kernel, which we abandon rather than wait for, and no second check of that
+repository starts while the first hangs. The root hears which repositories
+are unavailable and starts no machinetype that needs one.
 """
 
 import logging
+import os
+import subprocess
+import time
 
 from vac.workers.harness import WorkerLoop
 
 log = logging.getLogger(__name__)
 
+CHECK_COMMAND = ("stat", "-t")
+
+
+class RepositoryCheck:
+    """The state of one repository and the check process under way, if any."""
+
+    def __init__(self, name):
+        self.name = name
+        self.ok = None            # None until the first check ends
+        self.reason = "not checked yet"
+        self.process = None
+        self.pidfd = None
+        self.started = None
+        self.due = 0.0
+
+    def fileno(self):
+        return self.pidfd
+
 
 def run(channel, spec):
     """Entry point in the forked keeper process."""
-    repositories = list(spec.get("repositories", []))
     loop = WorkerLoop(channel, spec, role="cvmfs-keeper")
-    loop.title(f"cvmfs-keeper [{len(repositories)} repos, not checked]")
+    root = spec.get("cvmfs_root", "/cvmfs")
+    command = tuple(spec.get("check_command", CHECK_COMMAND))
+    interval = float(spec.get("interval_seconds", 30.0))
+    timeout = float(spec.get("timeout_seconds", 10.0))
+    checks = {name: RepositoryCheck(name) for name in spec.get("repositories", [])}
+    hung = []   # processes abandoned in the kernel, reaped whenever they end
+    loop.title(_title(checks))
     loop.ready()
-    loop.report("unchecked", repositories=repositories)
+    loop.report("checking", repositories=_summary(checks))
     while not loop.stopping:
-        loop.wait(loop.heartbeat_interval)
+        now = time.monotonic()
+        for check in checks.values():
+            if check.process is None and now >= check.due:
+                _start(check, root, command, now)
+        running = [c for c in checks.values() if c.process is not None]
+        deadlines = [c.started + timeout for c in running] + [c.due for c in checks.values()
+                                                              if c.process is None]
+        wait = max(min(deadlines, default=now + interval) - now, 0)
+        loop.wait(min(wait, interval), fds=[c for c in running if c.pidfd is not None])
+        changed = False
+        now = time.monotonic()
+        for check in running:
+            changed |= _collect(check, now, timeout, interval, hung)
+        hung = [p for p in hung if p.poll() is None]
+        if changed:
+            loop.title(_title(checks))
+            loop.report("checking", repositories=_summary(checks))
+    for check in checks.values():
+        if check.process is not None:
+            check.process.kill()
     log.info("cvmfs-keeper stopping: %s", loop.stop_reason)
+
+
+def _start(check, root, command, now):
+    path = os.path.join(root, check.name) + "/."
+    check.process = subprocess.Popen([*command, path], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    check.pidfd = os.pidfd_open(check.process.pid)
+    check.started = now
+
+
+def _collect(check, now, timeout, interval, hung):
+    """Take the result of a finished or overdue check; True if the verdict changed."""
+    before = (check.ok, check.reason)
+    code = check.process.poll()
+    if code is None and now - check.started < timeout:
+        return False
+    if code is None:
+        # Stuck in the automounter or a hung FUSE mount: kill it and move on
+        # without waiting, since a process in the kernel may not die soon.
+        check.process.kill()
+        hung.append(check.process)
+        check.ok, check.reason = False, f"no answer within {timeout:.0f} s"
+    elif code == 0:
+        check.ok, check.reason = True, "ok"
+    else:
+        error = check.process.stderr.read(500).decode(errors="replace").strip()
+        check.ok, check.reason = False, error or f"check exited with {code}"
+    check.process.stderr.close()
+    os.close(check.pidfd)
+    check.process = check.pidfd = None
+    check.due = now + interval
+    if (check.ok, check.reason) != before:
+        level = logging.INFO if check.ok else logging.WARNING
+        log.log(level, "cvmfs repository %s: %s", check.name, check.reason)
+        return True
+    return False
+
+
+def _summary(checks):
+    return {name: {"ok": c.ok, "reason": c.reason} for name, c in sorted(checks.items())}
+
+
+def _title(checks):
+    failing = sorted(name for name, c in checks.items() if c.ok is False)
+    ok = sum(1 for c in checks.values() if c.ok)
+    if failing:
+        return f"cvmfs-keeper [{ok} ok, {len(failing)} failing: {', '.join(failing)}]"
+    return f"cvmfs-keeper [{ok} of {len(checks)} repos ok]"
