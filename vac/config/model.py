@@ -63,6 +63,8 @@ class Settings:
     orphan_grace_seconds: int = 120
     # Where the metrics exporter serves GET /metrics (a loopback IP:PORT). None: not served.
     metrics_listen: str | None = None
+    # A node_exporter textfile the metrics exporter rewrites atomically. None: not written.
+    metrics_textfile: str | None = None
 
     def __post_init__(self):
         # slots defaults to one per processor, the most machines the processors allow.

@@ -143,6 +143,14 @@ def _metrics_listen(text):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _metrics_textfile(text):
+    values.check_absolute_path(text)
+    # node_exporter's textfile collector reads only *.prom files.
+    if not text.endswith(".prom"):
+        raise BadValue("must end in .prom, the files node_exporter reads")
+    return text
+
+
 def _draining(text):
     # Vac drains only on "yes"; any other value means not draining.
     return text.lower() == "yes"
@@ -161,7 +169,7 @@ CONVERTERS = {
     "docker_url": _docker_url, "docker_timeout_seconds": _int(1), "pids_limit": _int(1),
     "heartbeat_timeout_seconds": _int(1), "factory_name": _dns_name,
     "reaper_interval_seconds": _int(1), "orphan_grace_seconds": _int(0),
-    "metrics_listen": _metrics_listen,
+    "metrics_listen": _metrics_listen, "metrics_textfile": _metrics_textfile,
 }
 
 
