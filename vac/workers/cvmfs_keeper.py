@@ -27,6 +27,7 @@ class RepositoryCheck:
         self.ok = None            # None until the first check ends
         self.reason = "not checked yet"
         self.process = None
+        self.abandoned = None     # a check stuck in the kernel, reaped when it ends
         self.pidfd = None
         self.started = None
         self.due = 0.0
@@ -43,14 +44,16 @@ def run(channel, spec):
     interval = float(spec.get("interval_seconds", 30.0))
     timeout = float(spec.get("timeout_seconds", 10.0))
     checks = {name: RepositoryCheck(name) for name in spec.get("repositories", [])}
-    hung = []   # processes abandoned in the kernel, reaped whenever they end
     loop.title(_title(checks))
     loop.ready()
     loop.report("checking", repositories=_summary(checks))
     while not loop.stopping:
         now = time.monotonic()
         for check in checks.values():
-            if check.process is None and now >= check.due:
+            if check.abandoned is not None and check.abandoned.poll() is not None:
+                check.abandoned = None
+            # While an earlier check hangs, another would only hang beside it.
+            if check.process is None and check.abandoned is None and now >= check.due:
                 _start(check, root, command, now)
         running = [c for c in checks.values() if c.process is not None]
         deadlines = [c.started + timeout for c in running] + [c.due for c in checks.values()
@@ -60,8 +63,7 @@ def run(channel, spec):
         changed = False
         now = time.monotonic()
         for check in running:
-            changed |= _collect(check, now, timeout, interval, hung)
-        hung = [p for p in hung if p.poll() is None]
+            changed |= _collect(check, now, timeout, interval)
         if changed:
             loop.title(_title(checks))
             loop.report("checking", repositories=_summary(checks))
@@ -79,7 +81,7 @@ def _start(check, root, command, now):
     check.started = now
 
 
-def _collect(check, now, timeout, interval, hung):
+def _collect(check, now, timeout, interval):
     """Take the result of a finished or overdue check; True if the verdict changed."""
     before = (check.ok, check.reason)
     code = check.process.poll()
@@ -89,7 +91,7 @@ def _collect(check, now, timeout, interval, hung):
         # Stuck in the automounter or a hung FUSE mount: kill it and move on
         # without waiting, since a process in the kernel may not die soon.
         check.process.kill()
-        hung.append(check.process)
+        check.abandoned = check.process
         check.ok, check.reason = False, f"no answer within {timeout:.0f} s"
     elif code == 0:
         check.ok, check.reason = True, "ok"
