@@ -1,0 +1,192 @@
+"""The factory's own history of machines: an SQLite file in the state directory.
+
+Each slot worker (its own process) and the reaper write one row per machine,
+when its container starts and when it is finalised; `vac occupancy` reads it.
+WAL mode lets readers and the writers of several processes work side by side,
+and every write has a bounded busy timeout. History is a record, not a duty:
+a write that fails is logged and the machine's lifecycle goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+HISTORY_FILE_NAME = "history.sqlite"
+# Long enough to wait out another process's commit, short enough that a
+# wedged lock costs a job thread no more than this.
+WRITE_TIMEOUT_SECONDS = 2.0
+READ_TIMEOUT_SECONDS = 5.0
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS machines (
+    uuid          TEXT PRIMARY KEY,
+    factory       TEXT,
+    slot          INTEGER NOT NULL,
+    machinetype   TEXT NOT NULL,
+    processors    INTEGER NOT NULL,
+    started_at    REAL NOT NULL,
+    shutdown_at   REAL,
+    ended_at      REAL,
+    shutdown_code INTEGER,
+    shutdown_text TEXT,
+    cpu_seconds   REAL
+);
+CREATE INDEX IF NOT EXISTS machines_by_start ON machines (started_at);
+CREATE INDEX IF NOT EXISTS machines_by_end ON machines (ended_at);
+"""
+
+# A start never overwrites an end: finalisation may already have happened
+# when a repeated start is recorded.
+UPSERT_STARTED = """
+INSERT INTO machines (uuid, factory, slot, machinetype, processors, started_at, shutdown_at)
+VALUES (:uuid, :factory, :slot, :machinetype, :processors, :started_at, :shutdown_at)
+ON CONFLICT (uuid) DO UPDATE SET
+    factory = COALESCE(excluded.factory, machines.factory),
+    slot = excluded.slot, machinetype = excluded.machinetype, processors = excluded.processors,
+    started_at = excluded.started_at,
+    shutdown_at = COALESCE(excluded.shutdown_at, machines.shutdown_at)
+"""
+
+# The whole row, so a machine whose start was never recorded is still complete.
+UPSERT_FINISHED = """
+INSERT INTO machines (uuid, factory, slot, machinetype, processors, started_at, shutdown_at,
+                      ended_at, shutdown_code, shutdown_text, cpu_seconds)
+VALUES (:uuid, :factory, :slot, :machinetype, :processors, :started_at, :shutdown_at,
+        :ended_at, :shutdown_code, :shutdown_text, :cpu_seconds)
+ON CONFLICT (uuid) DO UPDATE SET
+    factory = COALESCE(excluded.factory, machines.factory),
+    slot = excluded.slot, machinetype = excluded.machinetype, processors = excluded.processors,
+    started_at = excluded.started_at,
+    shutdown_at = COALESCE(excluded.shutdown_at, machines.shutdown_at),
+    ended_at = excluded.ended_at, shutdown_code = excluded.shutdown_code,
+    shutdown_text = excluded.shutdown_text, cpu_seconds = excluded.cpu_seconds
+"""
+
+COLUMNS = ("uuid", "factory", "slot", "machinetype", "processors", "started_at", "shutdown_at",
+           "ended_at", "shutdown_code", "shutdown_text", "cpu_seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class MachineSpan:
+    """One machine as the history knows it; `ended_at` is None while it runs (or its end was lost)."""
+    uuid: str
+    factory: str | None
+    slot: int
+    machinetype: str
+    processors: int
+    started_at: float
+    shutdown_at: float | None = None
+    ended_at: float | None = None
+    shutdown_code: int | None = None
+    shutdown_text: str | None = None
+    cpu_seconds: float | None = None
+
+
+def history_path(state_dir: str | os.PathLike) -> Path:
+    """Where the history of the factory with this state directory is kept."""
+    return Path(state_dir) / HISTORY_FILE_NAME
+
+
+def open_for_writing(state_dir: str | os.PathLike, timeout: float = WRITE_TIMEOUT_SECONDS) -> sqlite3.Connection:
+    """A connection to the history (created with its schema if missing), in WAL mode."""
+    connection = sqlite3.connect(history_path(state_dir), timeout=timeout, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode = WAL")
+        # A lost last commit after a power cut costs a history row, not consistency.
+        connection.execute("PRAGMA synchronous = NORMAL")
+        if connection.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            # Several workers may create it at once: IF NOT EXISTS makes that harmless.
+            connection.executescript(f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _write(state_dir, statement: str, values: dict, what: str) -> bool:
+    try:
+        connection = open_for_writing(state_dir, WRITE_TIMEOUT_SECONDS)
+        try:
+            with connection:
+                connection.execute(statement, values)
+        finally:
+            connection.close()
+    except (sqlite3.Error, OSError) as error:
+        log.warning("machine %s: cannot record its %s in the history %s (%s); the machine goes on",
+                    values["uuid"], what, history_path(state_dir), error)
+        return False
+    return True
+
+
+def record_started(state_dir, *, uuid: str, factory: str | None, slot: int, machinetype: str, processors: int,
+                   started_at: float, shutdown_at: float | None = None) -> bool:
+    """Record that the machine's container started; False (logged) if the history cannot be written."""
+    return _write(state_dir, UPSERT_STARTED, {
+        "uuid": uuid, "factory": factory, "slot": int(slot), "machinetype": machinetype,
+        "processors": int(processors), "started_at": float(started_at),
+        "shutdown_at": None if shutdown_at is None else float(shutdown_at)}, "start")
+
+
+def record_finished(state_dir, *, uuid: str, factory: str | None, slot: int, machinetype: str, processors: int,
+                    started_at: float, ended_at: float, shutdown_code: int | None, shutdown_text: str | None,
+                    cpu_seconds: float | None, shutdown_at: float | None = None) -> bool:
+    """Record how the machine ended (repeatable); False (logged) if the history cannot be written."""
+    return _write(state_dir, UPSERT_FINISHED, {
+        "uuid": uuid, "factory": factory, "slot": int(slot), "machinetype": machinetype,
+        "processors": int(processors), "started_at": float(started_at),
+        "shutdown_at": None if shutdown_at is None else float(shutdown_at), "ended_at": float(ended_at),
+        "shutdown_code": shutdown_code, "shutdown_text": shutdown_text,
+        "cpu_seconds": None if cpu_seconds is None else float(cpu_seconds)}, "end")
+
+
+def _open_for_reading(path: Path) -> sqlite3.Connection:
+    try:
+        connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=READ_TIMEOUT_SECONDS)
+        connection.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return connection
+    except sqlite3.OperationalError:
+        # A reader who may not create the -wal/-shm files beside a database no
+        # writer holds open can still read it as it stands.
+        connection = sqlite3.connect(f"{path.as_uri()}?immutable=1", uri=True, timeout=READ_TIMEOUT_SECONDS)
+        connection.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return connection
+
+
+def machines_between(state_dir, start: float, end: float) -> list[MachineSpan]:
+    """Every machine that started before `end` and had not ended by `start`, oldest first.
+
+    Raises FileNotFoundError if the state directory has no history, and
+    sqlite3.Error if the file cannot be read as one.
+    """
+    path = history_path(state_dir)
+    if not path.is_file():
+        raise FileNotFoundError(f"no machine history at {path}")
+    connection = _open_for_reading(path)
+    try:
+        if not connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'machines'"
+                                  ).fetchall():
+            return []
+        rows = connection.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM machines"
+            " WHERE started_at < ? AND (ended_at IS NULL OR ended_at > ?) ORDER BY started_at, uuid",
+            (float(end), float(start))).fetchall()
+    finally:
+        connection.close()
+    return [MachineSpan(*row) for row in rows]
+
+
+def forget_ended_before(state_dir, before: float) -> int:
+    """Delete the rows of machines that ended before `before`; how many went."""
+    connection = open_for_writing(state_dir)
+    try:
+        with connection:
+            return connection.execute("DELETE FROM machines WHERE ended_at < ?", (float(before),)).rowcount
+    finally:
+        connection.close()
