@@ -1,12 +1,18 @@
-"""The shipped systemd unit: systemd accepts it and its settings fit vacd."""
+"""The shipped systemd unit: systemd accepts it, its settings fit vacd, and a
+real vacd speaks sd_notify as Type=notify with NotifyAccess=main expects."""
 
 import os
 import pathlib
 import re
 import shutil
+import signal
+import socket
+import struct
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 
 from vac.config.load import load_configuration
@@ -246,3 +252,137 @@ def test_restarts_stop_at_the_start_limit():
     # Otherwise the restarts could never add up to the limit within its interval.
     assert burst * seconds(restart_sec + "s") < interval
 
+
+# ---------------------------------------------------------------- sd_notify
+
+
+class NotifySocket:
+    """The AF_UNIX datagram socket systemd would listen on, with sender credentials."""
+
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.bind(str(path))
+        self.received = []  # (sender pid, KEY=VALUE lines, monotonic arrival time)
+
+    def receive(self, timeout):
+        """One datagram within `timeout` s, or None."""
+        self.sock.settimeout(timeout)
+        try:
+            data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+        except TimeoutError:
+            return None
+        pids = [struct.unpack("3i", payload)[0] for level, kind, payload in ancillary
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS]
+        assert len(pids) == 1, "every datagram carries its sender's credentials"
+        message = (pids[0], data.decode().split("\n"), time.monotonic())
+        self.received.append(message)
+        return message
+
+    def wait_for(self, predicate, what, timeout=20):
+        """Receive until predicate(received) holds."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self.received):
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {what} within {timeout} s; received {self.received}"
+            self.receive(left)
+
+    def keys(self):
+        """The KEY= of each line of each datagram, in order of arrival."""
+        return [line.split("=")[0] for _, lines, _ in self.received for line in lines]
+
+    def close(self):
+        self.sock.close()
+
+
+def count(received, assignment):
+    return sum(assignment in lines for _, lines, _ in received)
+
+
+def after_last(received, assignment):
+    """The datagrams after the last one holding `assignment`."""
+    index = max(i for i, (_, lines, _) in enumerate(received) if assignment in lines)
+    return received[index + 1:]
+
+
+# systemd sets WATCHDOG_PID to the main pid, known only after the fork: set it
+# in the started process, then exec vacd, which keeps the pid.
+LAUNCH_WITH_WATCHDOG_PID = (
+    "import os, sys; os.environ['WATCHDOG_PID'] = str(os.getpid()); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'vac.daemon', *sys.argv[1:]])")
+
+
+WATCHDOG_SECONDS = 2.0
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    sock = NotifySocket(tmp_path / "notify.sock")
+    yield sock
+    sock.close()
+
+
+@pytest.fixture
+def vacd_under_notify(tmp_path, notify_socket):
+    """A real vacd, started as systemd starts it with Type=notify and WatchdogSec=2."""
+    config = tmp_path / "vac.conf"
+    config.write_text(MINIMAL_CONFIG)
+    log = open(tmp_path / "vacd.log", "w")
+    env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify.sock"),
+               WATCHDOG_USEC=str(int(WATCHDOG_SECONDS * 1e6)))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LAUNCH_WITH_WATCHDOG_PID, "--config", str(config),
+         "--state-dir", str(tmp_path / "state"), "--socket", str(tmp_path / "control.sock")],
+        stdout=log, stderr=subprocess.STDOUT, env=env)
+    yield proc
+    leftovers = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    for process in leftovers:
+        if process.is_running():
+            process.kill()
+    log.close()
+
+
+def test_vacd_notifies_ready_watchdog_reload_and_stop_from_its_main_pid(
+        vacd_under_notify, notify_socket):
+    vacd, sock = vacd_under_notify, notify_socket
+    sock.wait_for(lambda r: count(r, "READY=1") and count(after_last(r, "READY=1"), "WATCHDOG=1") >= 2,
+                  "READY=1 and two WATCHDOG=1 after it")
+    ready = next(lines for _, lines, _ in sock.received if "READY=1" in lines)
+    assert any(re.fullmatch(r"STATUS=2 slots: \d+ running, \d+ idle, \d+ backoff.*", line)
+               for line in ready), ready
+    # The tree is up: the children that must never notify exist.
+    children = psutil.Process(vacd.pid).children()
+    assert len(children) >= 5, "two slot workers and three helpers"
+
+    vacd.send_signal(signal.SIGHUP)
+    sock.wait_for(lambda r: count(r, "RELOADING=1") and count(after_last(r, "RELOADING=1"), "READY=1"),
+                  "RELOADING=1 then READY=1")
+    sock.wait_for(lambda r: count(after_last(r, "RELOADING=1"), "WATCHDOG=1") >= 1,
+                  "WATCHDOG=1 after the reload")
+
+    vacd.send_signal(signal.SIGTERM)
+    sock.wait_for(lambda r: count(r, "STOPPING=1"), "STOPPING=1")
+    assert vacd.wait(30) == 0, "a clean stop: Restart=on-failure leaves it stopped"
+    while sock.receive(0.2) is not None:
+        pass
+
+    keys = [key for key in sock.keys() if key != "STATUS"]
+    significant = [key for key in keys if key != "WATCHDOG"]
+    assert significant == ["READY", "RELOADING", "READY", "STOPPING"], keys
+    # Once stopping, systemd has disarmed the watchdog; the root stops petting it.
+    assert keys[-1] == "STOPPING"
+    # From READY=1 to STOPPING=1 no gap reached WatchdogSec (systemd would have
+    # killed vacd), and the pets came at half of it, not once per loop pass.
+    times = [t for _, lines, t in sock.received
+             if {"READY=1", "WATCHDOG=1", "STOPPING=1"} & set(lines)]
+    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+    assert max(gaps) < WATCHDOG_SECONDS, gaps
+    pets = [t for _, lines, t in sock.received if "WATCHDOG=1" in lines]
+    assert min(later - earlier for earlier, later in zip(pets, pets[1:])) > WATCHDOG_SECONDS / 2 * 0.9
+    # NotifyAccess=main: systemd would drop anything a child sent.
+    senders = {pid for pid, _, _ in sock.received}
+    assert senders == {vacd.pid}, f"datagrams from {senders}, main pid {vacd.pid}"
+    assert set(sock.keys()) <= {"READY", "STATUS", "WATCHDOG", "RELOADING", "STOPPING"}
