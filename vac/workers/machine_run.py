@@ -212,6 +212,9 @@ class SlotMachine:
         if self.unavailable is not None:
             self.unavailable = None
             log.info("slot %02d: the container engine answers again", self.slot)
+            # What waited out the outage need not wait out the rest of its backoff.
+            now = self.clock()
+            self.retries = {name: (min(due, now), call) for name, (due, call) in self.retries.items()}
             self._report()
 
     # ------------------------------------------------------------ ADOPTING
@@ -432,6 +435,9 @@ class SlotMachine:
             return
         if result.error is not None:
             raise result.error
+        # The wait that failed in an outage may, once retried, block for a whole
+        # chunk: a CPU sample is what tells a running slot the engine is back.
+        self._succeeded()
         m.cpu_seconds = max(m.cpu_seconds, result.value.cpu_seconds)
         now = self.clock()
         if now - m.cpu_saved_at >= RECORD_CPU_INTERVAL_SECONDS:
