@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from vac import history
 from vac.accounting import apel
 from vac.machine.joboutputs import JoboutputsDirectory, MessageReading, ShutdownMessage
 from vac.machine.layout import MachinePaths
@@ -86,10 +87,24 @@ def finish_machine(paths: MachinePaths, record: MachineRecord, terms: MachineTer
         apel.write_job_record(terms.state_dir, paths.root,
                               finished_machine(terms, record.started, record.ended, record.cpu_seconds or 0.0),
                               terms.fizzle_seconds)
+    if record.started is not None:
+        # Before the marker: a finalisation repeated after a crash records the end again.
+        record_history(paths, record, terms)
     if mark_finished(paths, record.ended):
         log.info("machine %s finalised: %s %s, exit code %s, %.0f s CPU", record.machine_uuid,
                  record.shutdown_code, record.shutdown_text, record.exit_code, record.cpu_seconds or 0.0)
     return record
+
+
+def record_history(paths: MachinePaths, record: MachineRecord, terms: MachineTerms | None) -> None:
+    """Record how the machine ended in the factory's history (a failure is logged, never raised)."""
+    # Without its terms the state directory is still known: machines live in <state_dir>/machines/<uuid>.
+    state_dir = terms.state_dir if terms is not None else paths.root.parent.parent
+    history.record_finished(
+        state_dir, uuid=record.machine_uuid, factory=terms.factory["factory_name"] if terms is not None else None,
+        slot=record.slot, machinetype=record.machinetype, processors=record.processors,
+        started_at=record.started, ended_at=record.ended, shutdown_code=record.shutdown_code,
+        shutdown_text=record.shutdown_text, cpu_seconds=record.cpu_seconds, shutdown_at=record.shutdown_time)
 
 
 def clean_machine(runtime: ContainerRuntime, factory: str, slot: int, paths: MachinePaths,
