@@ -220,7 +220,9 @@ class SlotMachine:
     # ------------------------------------------------------------ ADOPTING
 
     def _submit_scan(self) -> None:
-        self._submit("scan", slot_jobs.scan, self.runtime, self.factory_name, self.slot, self.state_dir)
+        # In a forked child: an idle slot then never holds a Docker client of its own.
+        self.jobs.submit("scan", slot_jobs.scan, self.runtime, self.factory_name, self.slot,
+                         self.state_dir, fork=True)
 
     def _on_scan(self, result: JobResult) -> None:
         if isinstance(result.error, (ContainerRuntimeError, OSError)):
@@ -359,7 +361,8 @@ class SlotMachine:
 
     def _submit_start(self) -> None:
         m = self.machine
-        self._submit("start", slot_jobs.start, self.runtime, m.request, m.handle)
+        self._submit("start", slot_jobs.start, self.runtime, m.request, m.handle, self.state_dir, self.factory_name,
+                     m.record)
 
     def _on_start(self, result: JobResult) -> None:
         m = self.machine

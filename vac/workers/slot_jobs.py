@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from vac import history
 from vac.machine.joboutputs import ShutdownMessage
 from vac.machine.layout import MachinePaths, iter_machine_directories
 from vac.machine.prepare import MachineTerms, PreparedMachine, create_directory
@@ -58,15 +59,22 @@ def prepare(terms: MachineTerms, paths: MachinePaths, record: MachineRecord, now
     return prepare_machine(terms, paths, now)
 
 
-def start(runtime: ContainerRuntime, request: ContainerRequest | None,
-          handle: ContainerHandle | None) -> ContainerHandle:
-    """STARTING: image, create (unless `handle` exists already), start; the started container's handle."""
+def start(runtime: ContainerRuntime, request: ContainerRequest | None, handle: ContainerHandle | None,
+          state_dir: Path, factory: str, record: MachineRecord) -> ContainerHandle:
+    """STARTING: image, create (unless `handle` exists already), start; the started container's handle.
+
+    The start is recorded in the factory's history, which `vac occupancy` draws.
+    """
     if handle is None:
         runtime.ensure_image(request.image, time.monotonic() + IMAGE_DEADLINE_SECONDS)
         # Creating again after a failed attempt returns the container made then.
         handle = runtime.create(request)
     runtime.start(handle)
-    return runtime.inspect(handle.id)
+    started = runtime.inspect(handle.id)
+    history.record_started(state_dir, uuid=record.machine_uuid, factory=factory, slot=record.slot,
+                           machinetype=record.machinetype, processors=record.processors,
+                           started_at=started.started_at or time.time(), shutdown_at=record.shutdown_time)
+    return started
 
 
 def wait(runtime: ContainerRuntime, handle: ContainerHandle) -> ExitInfo | None:
