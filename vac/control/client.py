@@ -34,6 +34,10 @@ class ControlClient:
         except (FileNotFoundError, ConnectionRefusedError) as error:
             self.sock.close()
             raise NotRunning(path, error) from None
+        except PermissionError as error:
+            self.sock.close()
+            raise ControlError(protocol.DENIED, f"permission denied: cannot connect to {path} "
+                                                f"({error.strerror})") from None
         self.decoder = FrameDecoder(protocol.MAX_REPLY_BYTES)
         self.pending = []
         self.ids = itertools.count(1)
@@ -50,14 +54,14 @@ class ControlClient:
     def request(self, command, **args):
         """Send one command; return its result or raise ControlError."""
         request_id = next(self.ids)
-        self.sock.sendall(protocol.request_frame(request_id, command, args))
+        self._send(protocol.request_frame(request_id, command, args))
         reply = self._next()
         return _result(reply)
 
     def watch(self):
         """Yield the daemon's events until the connection ends."""
         request_id = next(self.ids)
-        self.sock.sendall(protocol.request_frame(request_id, "watch"))
+        self._send(protocol.request_frame(request_id, "watch"))
         _result(self._next())
         self.sock.settimeout(None)
         while True:
@@ -69,6 +73,15 @@ class ControlClient:
                 raise
             if "event" in frame:
                 yield frame["event"]
+
+    def _send(self, frame):
+        try:
+            self.sock.sendall(frame)
+        except (BrokenPipeError, ConnectionResetError):
+            # vacd refused the connection before reading from it (permission
+            # denied, too many clients): its reason waits to be read.
+            _result(self._next())
+            raise ControlError("closed", "vacd closed the connection") from None
 
     def _next(self):
         while not self.pending:
