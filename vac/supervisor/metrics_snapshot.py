@@ -7,7 +7,6 @@ names, so the root never does more than build a small dict every few seconds.
 """
 
 import collections
-import logging
 import time
 
 from vac.ipc import messages
@@ -15,15 +14,12 @@ from vac.supervisor.scheduler import NoPlacementReason
 from vac.supervisor.states import ChildState, FactoryState
 from vac.workers.slot_states import SlotState
 
-log = logging.getLogger(__name__)
-
 SNAPSHOT_VERSION = 1
 METRICS_CHILD = "metrics"
 SNAPSHOT_SECONDS = 5.0
 # Every state a slot can be counted in, so each has a series even at 0: the
 # worker's report, "unknown" before its first, backoff or fatal while it is down.
 SLOT_STATES = tuple(state.value for state in SlotState) + ("unknown", "backoff", "fatal")
-FACTORY_STATES = tuple(state.value for state in FactoryState)
 REFUSAL_REASONS = tuple(reason.value for reason in NoPlacementReason)
 _WORKER_DOWN = (ChildState.BACKOFF, ChildState.STOPPED, ChildState.EXITED)
 

@@ -120,7 +120,8 @@ def factory_families(snapshot):
     yield _gauge("vac_pipe_fetched_timestamp_seconds",
                  "When the pipe's document in use was fetched (Unix time; 0: never).", ["pipe"],
                  [([p["pipe"]], p["fetched_at"] or 0.0) for p in pipes])
-    yield _gauge("vac_pipe_stale", "1 while the pipe's last refresh failed and an older copy is used.",
+    yield _gauge("vac_pipe_stale",
+                 "1 while the pipe's last refresh failed and an older copy is used.",
                  ["pipe"], [([p["pipe"]], float(p["stale"])) for p in pipes])
     yield _gauge("vac_pipe_usable", "1 while the pipe's machinetypes can be started.",
                  ["pipe"], [([p["pipe"]], float(p["usable"])) for p in pipes])
