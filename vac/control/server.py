@@ -2,8 +2,9 @@
 
 Every connection is authenticated with SO_PEERCRED: root and members of the
 admin group may change things, members of the read-only group may read,
-everyone else is refused. Each connection has a read deadline, a frame size
-cap and an output cap, and their number is bounded, so a slow or hostile
+everyone else is refused. Each request must arrive whole within the read
+deadline of its first byte; each connection has a frame size cap and an
+output cap, and their number is bounded, so a slow or hostile
 client costs the loop nothing but a few non-blocking calls.
 """
 
@@ -214,7 +215,8 @@ class ControlServer:
         if not data:
             self._drop(client, None)
             return
-        client.deadline = self.clock() + client.read_timeout
+        # The deadline runs from a request's first byte: trickling buys no time.
+        starts_request = client.decoder.buffered == 0
         try:
             requests = client.decoder.feed(data)
         except IpcError as error:
@@ -223,6 +225,8 @@ class ControlServer:
             self._send(client, protocol.error_frame(0, protocol.BAD_REQUEST, str(error)))
             self._drop(client, f"bad frame: {error}", flush=True)
             return
+        if starts_request or requests:
+            client.deadline = self.clock() + client.read_timeout
         for obj in requests:
             if client.closed:
                 return
