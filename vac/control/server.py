@@ -3,10 +3,13 @@
 Every connection is authenticated with SO_PEERCRED: root and members of the
 admin group may change things, members of the read-only group may read,
 everyone else is refused. Each request must arrive whole within the read
-deadline of its first byte; each connection has a frame size cap and an
-output cap, and their number is bounded, so a slow or hostile
-client costs the loop nothing but a few non-blocking calls.
+deadline of its first byte; frames, output, requests sent ahead of their
+replies and connections are all bounded, and each pass of the loop answers
+at most a few requests in turn, so a slow or hostile client costs the loop
+nothing but a few non-blocking calls.
 """
+
+import collections
 
 import errno
 import grp
@@ -25,6 +28,11 @@ log = logging.getLogger(__name__)
 ADMIN = "admin"
 READ = "read"
 _UCRED = struct.Struct("3i")
+# A client may send this many requests ahead of their replies; more is a flood.
+MAX_QUEUED_REQUESTS = 256
+# Requests answered per pass of the loop, taken from the clients in turn: a
+# client that sends thousands at once cannot hold the loop (or the others).
+ANSWERS_PER_PASS = 16
 
 
 def access_level(uid, groups, admin_gid, readonly_gid):
@@ -73,6 +81,8 @@ class Client:
         self.output = bytearray()
         self.read_timeout = read_timeout
         self.deadline = now + read_timeout
+        self.requests = collections.deque()   # decoded, waiting for their turn
+        self.bad_frame = None                 # closes the connection once those are answered
         self.watch_id = None
         self.closed = False
 
@@ -97,6 +107,7 @@ class ControlServer:
         self.max_output_bytes = max_output_bytes
         self.clock = clock
         self.clients = {}
+        self.waiting = collections.deque()   # clients with requests to answer, in turn
         self.listener = None
         self._observing = False
 
@@ -158,6 +169,8 @@ class ControlServer:
     # The loop's calls.
 
     def next_deadline(self):
+        if self.waiting:
+            return self.clock()   # requests wait: the next pass answers them at once
         deadlines = [c.deadline for c in self.clients.values() if c.watch_id is None]
         return min(deadlines) if deadlines else None
 
@@ -165,6 +178,7 @@ class ControlServer:
         for client in list(self.clients.values()):
             if client.watch_id is None and now >= client.deadline:
                 self._drop(client, "read deadline passed")
+        self._answer_waiting()
 
     def _accept(self):
         for _ in range(self.max_clients):
@@ -215,22 +229,49 @@ class ControlServer:
         if not data:
             self._drop(client, None)
             return
+        if client.bad_frame is not None:
+            return  # it is closed once its earlier requests are answered
         # The deadline runs from a request's first byte: trickling buys no time.
         starts_request = client.decoder.buffered == 0
         try:
             requests = client.decoder.feed(data)
         except IpcError as error:
-            for obj in error.decoded:
-                self._answer(client, obj)
-            self._send(client, protocol.error_frame(0, protocol.BAD_REQUEST, str(error)))
-            self._drop(client, f"bad frame: {error}", flush=True)
-            return
+            requests = error.decoded
+            client.bad_frame = error
         if starts_request or requests:
             client.deadline = self.clock() + client.read_timeout
-        for obj in requests:
-            if client.closed:
+        if len(client.requests) + len(requests) > MAX_QUEUED_REQUESTS:
+            self._send(client, protocol.error_frame(
+                0, protocol.BAD_REQUEST,
+                f"more than {MAX_QUEUED_REQUESTS} requests sent ahead of their replies"))
+            self._drop(client, "flooding requests", flush=True)
+            return
+        client.requests.extend(requests)
+        if client.requests:
+            if len(client.requests) == len(requests):
+                self.waiting.append(client)
+        elif client.bad_frame is not None:
+            self._close_bad_frame(client)
+
+    def _answer_waiting(self):
+        for _ in range(ANSWERS_PER_PASS):
+            if not self.waiting:
                 return
-            self._answer(client, obj)
+            client = self.waiting.popleft()
+            if client.closed:
+                continue
+            self._answer(client, client.requests.popleft())
+            if client.closed:
+                continue
+            if client.requests:
+                self.waiting.append(client)
+            elif client.bad_frame is not None:
+                self._close_bad_frame(client)
+
+    def _close_bad_frame(self, client):
+        error = client.bad_frame
+        self._send(client, protocol.error_frame(0, protocol.BAD_REQUEST, str(error)))
+        self._drop(client, f"bad frame: {error}", flush=True)
 
     def _answer(self, client, obj):
         try:
