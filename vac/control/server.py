@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 ADMIN = "admin"
 READ = "read"
 _UCRED = struct.Struct("3i")
+# Linux >= 4.13; the socket module does not name it. Python reads at most
+# 1024 bytes of an option: 256 groups, else /proc is asked instead.
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_PEERGROUPS_BYTES = 1024
 # A client may send this many requests ahead of their replies; more is a flood.
 MAX_QUEUED_REQUESTS = 256
 # Requests answered per pass of the loop, taken from the clients in turn: a
@@ -44,18 +48,32 @@ def access_level(uid, groups, admin_gid, readonly_gid):
     return None
 
 
-def peer_groups(pid, gid):
-    """The peer's primary and supplementary groups, from /proc (no NSS lookup)."""
-    groups = {gid}
+def peer_groups(sock, pid, uid, gid):
+    """The peer's primary and supplementary groups as they were when it connected."""
+    try:
+        data = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _PEERGROUPS_BYTES)
+    except OSError:
+        # More than 256 groups, or an old kernel.
+        return {gid} | proc_groups(pid, uid)
+    return {gid, *struct.unpack(f"{len(data) // 4}I", data)}
+
+
+def proc_groups(pid, uid):
+    """The supplementary groups of process `pid` from /proc, if it still runs as `uid`.
+
+    The uid check matters: the peer may have exited and its pid gone to
+    another user's process, whose groups must not be granted."""
+    groups, uids = set(), None
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
-                if line.startswith("Groups:"):
-                    groups.update(int(g) for g in line.split()[1:])
-                    break
+                if line.startswith("Uid:"):
+                    uids = {int(u) for u in line.split()[1:]}
+                elif line.startswith("Groups:"):
+                    groups = {int(g) for g in line.split()[1:]}
     except OSError:
-        pass  # the peer exited already: its primary group is all we know
-    return groups
+        return set()  # the peer exited already: its primary group is all we know
+    return groups if uids == {uid} else set()
 
 
 def group_id(name):
@@ -197,7 +215,8 @@ class ControlServer:
         sock.setblocking(False)
         pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                        _UCRED.size))
-        access = access_level(uid, peer_groups(pid, gid), self.admin_gid, self.readonly_gid)
+        access = access_level(uid, peer_groups(sock, pid, uid, gid), self.admin_gid,
+                              self.readonly_gid)
         client = Client(sock, pid, uid, access, self.clock(), self.read_timeout)
         if len(self.clients) >= self.max_clients:
             self._refuse(client, protocol.DENIED, "too many control connections; try again")
