@@ -264,7 +264,11 @@ def _draw(axes, series: Occupancy, total_processors: int | None, title: str | No
     axes.set_xlim(local(series.start), local(series.end))
     locator = mdates.AutoDateLocator(tz=zone, minticks=5, maxticks=12)
     axes.xaxis.set_major_locator(locator)
-    axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=zone))
+    # Days as 'May 01' wherever they appear; the title gives the year, so no offset under the axis.
+    formatter = mdates.ConciseDateFormatter(locator, tz=zone, show_offset=False)
+    formatter.formats = ["%Y", "%b", "%b %d", "%H:%M", "%H:%M", "%S.%f"]
+    formatter.zero_formats = ["", "%Y", "%b", "%b %d", "%H:%M", "%H:%M"]
+    axes.xaxis.set_major_formatter(formatter)
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(axis="y", color="0.85", linewidth=0.8)
     axes.grid(axis="x", color="0.92", linewidth=0.6)
