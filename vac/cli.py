@@ -77,7 +77,7 @@ def build_parser():
         for flags, options in spec.arguments:
             command.add_argument(*flags, **options)
     sub.add_parser("watch", parents=[json_flag],
-                           help="print the daemon's events as they happen, until Ctrl-C")
+                   help="print the daemon's events as they happen, until Ctrl-C")
     check = sub.add_parser("check", help="Nagios/NRPE plugin: OK/WARNING/CRITICAL/UNKNOWN",
                            description=nagios.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
