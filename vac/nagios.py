@@ -7,7 +7,7 @@ Rules, worst first (every rule that holds is named in the text):
   WARNING   a slot worker waits in restart backoff; a helper is not running;
             vacd is stopping; the factory is draining; a pipe is stale (its
             refresh failed and the last good copy is in use), has no document,
-            or is still unfetched PIPE_GRACE_SECONDS after start; no machine has
+            or is still unfetched 300 s after start; no machine has
             run for `idle_warning_seconds` while slots are idle and the factory
             is not draining (the text gives the last reason nothing started).
   UNKNOWN   vacd does not answer, refuses, or answers something unreadable.
