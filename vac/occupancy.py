@@ -23,12 +23,10 @@ from vac import history
 from vac.history import MachineSpan
 
 DEFAULT_STATE_DIR = "/var/lib/vac"
-DEFAULT_PERIOD_SECONDS = 24 * 3600
+EXIT_FAILED, EXIT_USAGE, EXIT_NO_MATPLOTLIB = 1, 2, 3
 CHART_SUFFIXES = (".png", ".svg")
-EXIT_NO_MATPLOTLIB = 3
 # About one step per pixel of the plotting area: more changes than that are drawn as means.
 CHART_BUCKETS = 800
-EXIT_NO_HISTORY = 1
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 RELATIVE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 
@@ -52,8 +50,11 @@ class Occupancy:
 
     def processor_seconds(self, machinetype: str) -> float:
         """The area of one band."""
-        band = self.bands[machinetype]
-        return sum(value * (self.times[i + 1] - self.times[i]) for i, value in enumerate(band))
+        return _area(self.times, self.bands[machinetype])
+
+
+def _area(times: tuple[float, ...], band: tuple[float, ...]) -> float:
+    return sum(value * (times[i + 1] - times[i]) for i, value in enumerate(band))
 
 
 def effective_end(span: MachineSpan, now: float, next_start_in_slot: float | None) -> float:
@@ -101,7 +102,7 @@ def occupancy(spans: Iterable[MachineSpan], start: float, end: float, now: float
         deltas[begin] = deltas.get(begin, 0) + span.processors
         deltas[finish] = deltas.get(finish, 0) - span.processors
         machines[span.machinetype] = machines.get(span.machinetype, 0) + 1
-    times = sorted({start, end}.union(*(deltas.keys() for deltas in changes.values())))
+    times = tuple(sorted({start, end}.union(*(deltas.keys() for deltas in changes.values()))))
     bands = {}
     for machinetype, deltas in changes.items():
         level, band = 0, []
@@ -109,11 +110,10 @@ def occupancy(spans: Iterable[MachineSpan], start: float, end: float, now: float
             level += deltas.get(time_point, 0)
             band.append(level)
         bands[machinetype] = tuple(band)
-    result = Occupancy(start, end, tuple(times), bands, machines,
-                       tuple(sorted({s.factory for s in spans if s.factory})))
-    order = sorted(bands, key=lambda name: (-result.processor_seconds(name), name))
-    return Occupancy(start, end, result.times, {name: bands[name] for name in order},
-                     {name: machines[name] for name in order}, result.factories)
+    order = sorted(bands, key=lambda name: (-_area(times, bands[name]), name))
+    return Occupancy(start, end, times, {name: bands[name] for name in order},
+                     {name: machines[name] for name in order},
+                     tuple(sorted({span.factory for span in spans if span.factory})))
 
 
 def _integral_at(times: tuple[float, ...], cumulative: list[float], band: tuple[float, ...], moment: float) -> float:
@@ -331,23 +331,27 @@ def _configured(args, err):
     return config.settings.state_dir, config.settings.total_processors
 
 
-def main_occupancy(args, out=sys.stdout, err=sys.stderr, now: float | None = None) -> int:
-    """Run `vac occupancy`: 0 done, 1 no readable history, 2 bad arguments, 3 matplotlib missing."""
+def main_occupancy(args, out=None, err=None, now: float | None = None) -> int:
+    """Run `vac occupancy`: 0 done, 1 no readable history or chart not written, 2 bad arguments, 3 no matplotlib."""
+    out, err = out or sys.stdout, err or sys.stderr
     now = time.time() if now is None else now
     if args.output is None and not args.table:
         print("vac occupancy: give --output FILE.png (or .svg) for a chart, or --table", file=err)
-        return 2
+        return EXIT_USAGE
     if args.output is not None and Path(args.output).suffix.lower() not in CHART_SUFFIXES:
         print(f"vac occupancy: {args.output}: the chart is written as .png or .svg", file=err)
-        return 2
+        return EXIT_USAGE
+    if args.processors is not None and args.processors < 1:
+        print(f"vac occupancy: --processors {args.processors}: a factory has at least 1", file=err)
+        return EXIT_USAGE
     try:
         start, end = parse_time(args.since, now), parse_time(args.until, now)
     except ValueError as error:
         print(f"vac occupancy: {error}", file=err)
-        return 2
+        return EXIT_USAGE
     if end <= start:
         print(f"vac occupancy: the period from {args.since} to {args.until} is empty", file=err)
-        return 2
+        return EXIT_USAGE
     state_dir, total = (None, None)
     if args.processors is None or args.state_dir is None:
         state_dir, total = _configured(args, err)
@@ -358,10 +362,10 @@ def main_occupancy(args, out=sys.stdout, err=sys.stderr, now: float | None = Non
     except FileNotFoundError:
         print(f"vac occupancy: no machine history in {state_dir} (vacd writes "
               f"{history.HISTORY_FILE_NAME} there as machines start)", file=err)
-        return EXIT_NO_HISTORY
+        return EXIT_FAILED
     except (sqlite3.Error, OSError) as error:
         print(f"vac occupancy: cannot read {history.history_path(state_dir)}: {error}", file=err)
-        return EXIT_NO_HISTORY
+        return EXIT_FAILED
     series = occupancy(spans, start, end, now)
     if args.table:
         out.write(format_table(series, total))
@@ -375,6 +379,6 @@ def main_occupancy(args, out=sys.stdout, err=sys.stderr, now: float | None = Non
         return EXIT_NO_MATPLOTLIB
     except OSError as error:
         print(f"vac occupancy: cannot write {args.output}: {error}", file=err)
-        return 1
+        return EXIT_FAILED
     print(f"vac occupancy: wrote {args.output}", file=err)
     return 0

@@ -233,6 +233,7 @@ def test_without_matplotlib_the_chart_asks_for_the_extra_and_the_table_still_wor
     (["--table", "--since", "yesterday"], "24h"),
     (["--table", "--since", "1h", "--until", "2h"], "is empty"),
     ([], "--output"),
+    (["--table", "--processors", "0"], "at least 1"),
 ])
 def test_bad_arguments_are_usage_errors_that_say_what_is_accepted(tmp_path, arguments, complaint):
     result = vac("occupancy", "--state-dir", tmp_path, "--processors", 4, *arguments)
