@@ -76,7 +76,7 @@ def tree_settings(config):
                         docker_timeout_seconds=float(settings.docker_timeout_seconds),
                         reaper_interval_seconds=float(settings.reaper_interval_seconds),
                         orphan_grace_seconds=float(settings.orphan_grace_seconds),
-                        heartbeat_timeout=timeout, heartbeat_interval=min(2.0, timeout / 4))
+                        heartbeat_timeout=timeout, heartbeat_interval=min(5.0, timeout / 6))
 
 
 def lock_state_dir(state_dir):

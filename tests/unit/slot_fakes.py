@@ -165,7 +165,7 @@ class FakeJobs:
     def running(self, name):
         return any(job[0] == name for job in self.pending)
 
-    def submit(self, name, call, *args, token=None):
+    def submit(self, name, call, *args, token=None, fork=False):
         assert not self.running(name), f"job {name} submitted twice"
         self.pending.append((name, call, args, token))
 

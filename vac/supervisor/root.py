@@ -6,6 +6,7 @@ timeout; then it dispatches, reaps, checks deadlines and executes the
 tree's decisions. It is the tree's subreaper and the only place that reaps.
 """
 
+import gc
 import logging
 import os
 import selectors
@@ -64,6 +65,8 @@ class Root:
         self._services = []       # objects with next_deadline() and on_pass(now)
         self._wake_r = self._wake_w = None
         self._title = None
+        self._wake_at = None      # when the next full pass is due
+        self._busy = False        # this pass saw more than heartbeats
 
     # Public surface for the daemon, the control socket and tests.
 
@@ -136,6 +139,10 @@ class Root:
         """Start the tree, loop until SIGTERM/SIGINT, stop it in order; return 0."""
         self.processes.become_subreaper()
         self._install_signals()
+        # Children share the root's heap copy-on-write; a garbage collection in
+        # a child would touch (and so copy) every object it walks. Freezing moves
+        # what exists now out of the collector's reach.
+        gc.freeze()
         self.started_at = self.clock()
         self._execute(self.tree.start(self.started_at))
         self.state = FactoryState.RUNNING
@@ -152,15 +159,19 @@ class Root:
     # The loop.
 
     def _pass(self, stopping=False):
-        timeout = self._timeout()
+        now = self.clock()
+        timeout = 0 if self._wake_at is None else max(self._wake_at - now, 0)
+        self._busy = False
         for key, mask in self.selector.select(timeout):
             kind, ident = key.data
+            if kind == "channel":
+                self._on_channel(ident)
+                continue
+            self._busy = True
             if kind == "wake":
                 self._on_signals()
             elif kind == "pidfd":
                 self._reap()
-            elif kind == "channel":
-                self._on_channel(ident)
             elif kind == "reader":
                 # A callback may have closed this fd or another one of this batch.
                 if mask & selectors.EVENT_WRITE and ident in self._writers:
@@ -168,6 +179,10 @@ class Root:
                 if mask & selectors.EVENT_READ and ident in self._readers:
                     self._readers[ident]()
         now = self.clock()
+        if not self._busy and now < self._wake_at:
+            # Only heartbeats arrived: they move deadlines later, never earlier,
+            # so there is nothing to decide (this keeps 128 idle slots cheap).
+            return
         self._check_deadlines(now)
         for service in self._services:
             service.on_pass(now)
@@ -182,9 +197,10 @@ class Root:
             self.notifier.status(self.summary(), now)
             # Only a pass that got this far is healthy enough to pet the watchdog.
             self.notifier.watchdog(now)
+        self._wake_at = self._next_wake(now)
 
-    def _timeout(self):
-        now = self.clock()
+    def _next_wake(self, now):
+        """The earliest deadline of anything the loop watches (monotonic)."""
         deadlines = [now + MAX_IDLE_WAIT]
         for child_id, live in self.live.items():
             leaf = self.tree.leaves[child_id]
@@ -201,7 +217,7 @@ class Root:
             wall_deadline = self.app.next_deadline()
             if wall_deadline is not None:
                 deadlines.append(now + wall_deadline - time.time())
-        return max(min(deadlines) - now, 0)
+        return min(deadlines)
 
     def _install_signals(self):
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -324,6 +340,9 @@ class Root:
         now = self.clock()
         if received:
             live.last_seen = now
+        if live.channel.failure is not None or any(
+                not isinstance(msg, messages.Heartbeat) for msg in received):
+            self._busy = True
         for msg in received:
             self._on_message(child_id, live, msg, now)
         error = live.channel.failure

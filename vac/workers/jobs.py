@@ -8,7 +8,9 @@ Each job has a name, and one job of a name runs at a time.
 from __future__ import annotations
 
 import os
+import pickle
 import queue
+import signal
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -39,11 +41,19 @@ class Jobs:
         """True while a job of this name has not been taken back with take_done()."""
         return name in self._running
 
-    def submit(self, name: str, call: Callable[..., Any], *args: Any, token: Any = None) -> None:
-        """Run call(*args) in a thread; its JobResult comes back from take_done()."""
+    def submit(self, name: str, call: Callable[..., Any], *args: Any, token: Any = None,
+               fork: bool = False) -> None:
+        """Run call(*args) in a thread; its JobResult comes back from take_done().
+
+        With fork=True the call runs in a forked child whose result is pickled
+        back: whatever it allocates (a Docker client, its connection pool) dies
+        with the child instead of staying in this long-lived process.
+        """
         if name in self._running:
             raise RuntimeError(f"job {name} is already running")
         self._running.add(name)
+        if fork:
+            call, args = _forked(call, args), ()
         # Daemon threads: a worker told to stop exits at once, even while one
         # of them waits on the engine; its successor repeats what was cut short.
         threading.Thread(target=self._run, args=(name, call, args, token), name=f"job-{name}",
@@ -76,3 +86,47 @@ class Jobs:
             self._running.discard(result.name)
             results.append(result)
         return results
+
+
+def _forked(call: Callable[..., Any], args: tuple) -> Callable[[], Any]:
+    """Fork now, run call(*args) in the child; return what waits for its result."""
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        _child_run(call, args, write_fd)
+    os.close(write_fd)
+
+    def collect() -> Any:
+        with os.fdopen(read_fd, "rb") as stream:
+            payload = stream.read()
+        os.waitpid(pid, 0)
+        if not payload:
+            raise ChildProcessError(f"forked job (pid {pid}) died without a result")
+        ok, value = pickle.loads(payload)
+        if ok:
+            return value
+        raise value
+
+    return collect
+
+
+def _child_run(call: Callable[..., Any], args: tuple, write_fd: int) -> None:
+    """In the forked child: no signal handling of the worker's, run, send the result, exit."""
+    status = 0
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            payload = pickle.dumps((True, call(*args)))
+        except Exception as error:  # handed back to the worker, which decides
+            try:
+                payload = pickle.dumps((False, error))
+            except Exception:  # an exception that cannot be pickled: keep its text
+                payload = pickle.dumps((False, RuntimeError(f"{type(error).__name__}: {error}")))
+        with os.fdopen(write_fd, "wb") as stream:
+            stream.write(payload)
+    except BaseException:
+        status = 1
+    finally:
+        os._exit(status)

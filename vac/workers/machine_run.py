@@ -220,7 +220,9 @@ class SlotMachine:
     # ------------------------------------------------------------ ADOPTING
 
     def _submit_scan(self) -> None:
-        self._submit("scan", slot_jobs.scan, self.runtime, self.factory_name, self.slot, self.state_dir)
+        # In a forked child: an idle slot then never holds a Docker client of its own.
+        self.jobs.submit("scan", slot_jobs.scan, self.runtime, self.factory_name, self.slot,
+                         self.state_dir, fork=True)
 
     def _on_scan(self, result: JobResult) -> None:
         if isinstance(result.error, (ContainerRuntimeError, OSError)):
