@@ -1,0 +1,343 @@
+"""The control server's decisions: who may do what, deadlines, turns, floods.
+
+The server runs here over real Unix sockets in a temporary directory, driven
+pass by pass by a small stand-in for the root's loop with a fake clock, so
+deadlines are tested without waiting for them.
+"""
+
+import os
+import selectors
+import socket
+
+import pytest
+
+from vac.control import protocol
+from vac.control.commands import COMMANDS, Command, CommandFailed
+from vac.control.server import (ADMIN, ANSWERS_PER_PASS, MAX_QUEUED_REQUESTS, READ, ControlServer,
+                                access_level, group_id, peer_groups, proc_groups)
+from vac.ipc.framing import FrameDecoder
+
+ADMIN_GID, READONLY_GID = 1500, 1600
+
+
+@pytest.mark.parametrize("uid, groups, expected", [
+    (0, set(), ADMIN),                          # root needs no group
+    (1000, {1000, ADMIN_GID}, ADMIN),
+    (1000, {1000, ADMIN_GID, READONLY_GID}, ADMIN),
+    (1000, {1000, READONLY_GID}, READ),
+    (1000, {1000}, None),
+    (1000, {1000, 4242}, None),
+])
+def test_access_follows_root_and_the_configured_groups(uid, groups, expected):
+    assert access_level(uid, groups, ADMIN_GID, READONLY_GID) == expected
+
+
+def test_unconfigured_groups_grant_nothing():
+    assert access_level(1000, {1000, ADMIN_GID, READONLY_GID}, None, None) is None
+    assert access_level(0, set(), None, None) == ADMIN
+
+
+def test_a_missing_group_grants_nothing_and_a_real_one_is_found():
+    assert group_id(None) is None and group_id("") is None
+    assert group_id("no-such-group-for-vac") is None
+    assert group_id("root") == 0
+
+
+def test_the_peer_groups_are_its_primary_and_supplementary_groups():
+    ours, theirs = socket.socketpair()
+    try:
+        assert peer_groups(ours, os.getpid(), os.getuid(), os.getgid()) == \
+            {os.getgid(), *os.getgroups()}
+    finally:
+        ours.close()
+        theirs.close()
+    # /proc is believed only while the pid still runs as the peer's uid.
+    assert proc_groups(os.getpid(), os.getuid()) == set(os.getgroups())
+    assert proc_groups(os.getpid(), os.getuid() + 12345) == set()
+
+
+def test_readers_may_not_run_any_command_that_changes_the_factory():
+    changing = {name for name, command in COMMANDS.items() if command.mutating}
+    assert changing == {"drain", "undrain", "stop-machine", "reset-slot", "pause", "resume",
+                        "reload", "shutdown"}
+    assert all(command.help for command in COMMANDS.values()), "a command's docstring is its help"
+
+
+# The server over real sockets.
+
+class Loop:
+    """What the server uses of the root: readers, writers, services, observers; a fake clock."""
+
+    def __init__(self):
+        self.selector = selectors.DefaultSelector()
+        self.readers, self.writers, self.services, self.observers = {}, {}, [], []
+        self.now = 1000.0
+
+    def add_reader(self, fd, callback):
+        self.readers[fd] = callback
+        self.selector.register(fd, selectors.EVENT_READ)
+
+    def remove_reader(self, fd):
+        self.readers.pop(fd)
+        self.writers.pop(fd, None)
+        self.selector.unregister(fd)
+
+    def want_write(self, fd, callback):
+        if callback is None:
+            self.writers.pop(fd, None)
+            self.selector.modify(fd, selectors.EVENT_READ)
+        else:
+            self.writers[fd] = callback
+            self.selector.modify(fd, selectors.EVENT_READ | selectors.EVENT_WRITE)
+
+    def add_service(self, service):
+        self.services.append(service)
+
+    def add_observer(self, callback):
+        self.observers.append(callback)
+
+    def emit(self, event):
+        for observer in self.observers:
+            observer(event)
+
+    def turn(self):
+        """One pass of the loop: what is ready, then the services."""
+        for key, mask in self.selector.select(0):
+            if mask & selectors.EVENT_WRITE and key.fd in self.writers:
+                self.writers[key.fd]()
+            if mask & selectors.EVENT_READ and key.fd in self.readers:
+                self.readers[key.fd]()
+        for service in self.services:
+            service.on_pass(self.now)
+
+
+def echo(ctx, args):
+    """Give the arguments back."""
+    ctx.append(("echo", args))
+    return args
+
+
+def poke(ctx, args):
+    """Change something."""
+    ctx.append(("poke", args))
+    if args["fail"]:
+        raise CommandFailed("cannot poke now")
+    return "poked"
+
+
+TEST_COMMANDS = {
+    "echo": Command("echo", echo, {"n": ((int,), False, 0)}, mutating=False),
+    "big": Command("big", lambda ctx, args: "x" * 50_000, {}, mutating=False),
+    "poke": Command("poke", poke, {"fail": ((bool,), False, False)}, mutating=True),
+    "watch": Command("watch", lambda ctx, args: {"watching": True}, {}, mutating=False, streams=True),
+}
+
+
+@pytest.fixture
+def served(tmp_path):
+    loop = Loop()
+    calls = []
+    server = ControlServer(loop, str(tmp_path / "control.sock"), TEST_COMMANDS, calls,
+                           max_clients=4, read_timeout=10.0, clock=lambda: loop.now)
+    server.open()
+    yield loop, server, calls
+    server.close()
+
+
+class Peer:
+    """A test client: raw bytes out, frames back."""
+
+    def __init__(self, served):
+        self.loop, self.server, _ = served
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.server.path)
+        self.sock.setblocking(False)
+        self.decoder = FrameDecoder(protocol.MAX_REPLY_BYTES)
+        self.loop.turn()   # accepted
+        self.closed = False
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def ask(self, request_id, command, **args):
+        self.send(protocol.request_frame(request_id, command, args))
+
+    def frames(self):
+        """Every frame the server has sent so far; notes whether it closed the connection."""
+        frames = []
+        while True:
+            try:
+                chunk = self.sock.recv(65536)
+            except BlockingIOError:
+                return frames
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                self.closed = True
+                return frames
+            frames += self.decoder.feed(chunk)
+
+
+def test_requests_are_answered_in_the_pass_that_reads_them(served):
+    peer = Peer(served)
+    peer.ask(1, "echo", n=5)
+    peer.ask(2, "nope")
+    peer.ask(3, "echo", n="five")
+    served[0].turn()
+    assert peer.frames() == [
+        {"v": 1, "id": 1, "ok": True, "result": {"n": 5}},
+        {"v": 1, "id": 2, "ok": False, "code": "unknown_command", "error": "unknown command 'nope'"},
+        {"v": 1, "id": 3, "ok": False, "code": "bad_request", "error": "n must be int, not str"},
+    ]
+    assert not peer.closed
+
+
+def test_a_reader_is_refused_changes_and_the_handler_never_runs(served):
+    loop, server, calls = served
+    peer = Peer(served)
+    [client] = server.clients.values()
+    client.access = READ    # as a member of the read-only group would be
+    peer.ask(1, "poke")
+    peer.ask(2, "echo", n=1)
+    loop.turn()
+    denied, echoed = peer.frames()
+    assert (denied["code"], echoed["result"]) == (protocol.DENIED, {"n": 1})
+    assert denied["error"].startswith("permission denied: poke changes the factory")
+    assert calls == [("echo", {"n": 1})]
+
+
+def test_an_admin_change_that_fails_says_why(served):
+    loop, _, calls = served
+    peer = Peer(served)
+    peer.ask(1, "poke", fail=True)
+    peer.ask(2, "poke")
+    loop.turn()
+    assert peer.frames() == [
+        {"v": 1, "id": 1, "ok": False, "code": "failed", "error": "cannot poke now"},
+        {"v": 1, "id": 2, "ok": True, "result": "poked"},
+    ]
+
+
+def test_a_request_has_the_read_deadline_from_its_first_byte_however_it_trickles(served):
+    loop, _, _ = served
+    peer = Peer(served)
+    frame = protocol.request_frame(1, "echo")
+    first_byte_at = loop.now
+    for offset in range(len(frame) - 1):
+        peer.send(frame[offset:offset + 1])
+        loop.turn()
+        loop.now += 9.5 / len(frame)
+    loop.now = first_byte_at + 9.99
+    loop.turn()
+    assert peer.frames() == [] and not peer.closed
+    loop.now = first_byte_at + 10
+    loop.turn()
+    assert peer.frames() == [] and peer.closed
+
+
+def test_each_whole_request_starts_a_new_deadline(served):
+    loop, server, _ = served
+    peer = Peer(served)
+    for request_id in range(5):
+        loop.now += 9
+        peer.ask(request_id, "echo")
+        loop.turn()
+    assert len(peer.frames()) == 5 and not peer.closed
+    assert server.next_deadline() == loop.now + 10
+    loop.now += 10
+    loop.turn()
+    peer.frames()
+    assert peer.closed, "an idle connection goes at the deadline too"
+
+
+def test_a_watcher_is_kept_past_the_deadline_and_gets_every_event(served):
+    loop, server, _ = served
+    watcher = Peer(served)
+    watcher.ask(1, "watch")
+    loop.turn()
+    assert watcher.frames() == [{"v": 1, "id": 1, "ok": True, "result": {"watching": True}}]
+    loop.now += 3600
+    loop.turn()
+    loop.emit({"event": "ready", "child": "slot-00"})
+    assert watcher.frames() == [{"v": 1, "id": 1, "event": {"event": "ready", "child": "slot-00"}}]
+    assert not watcher.closed and server.next_deadline() is None
+
+
+def test_requests_sent_ahead_are_answered_a_few_per_pass_taking_clients_in_turn(served):
+    loop, server, _ = served
+    busy, other = Peer(served), Peer(served)
+    busy.send(b"".join(protocol.request_frame(i, "echo", {"n": i}) for i in range(100)))
+    other.ask(1, "echo", n=-1)
+    loop.turn()
+    # The other client's one request did not wait for the hundred.
+    assert other.frames() == [{"v": 1, "id": 1, "ok": True, "result": {"n": -1}}]
+    answered = busy.frames()
+    assert 0 < len(answered) < ANSWERS_PER_PASS
+    assert server.next_deadline() == loop.now, "the rest are answered in the very next pass"
+    for _ in range(100 // ANSWERS_PER_PASS + 1):
+        loop.turn()
+    answered += busy.frames()
+    assert [f["result"]["n"] for f in answered] == list(range(100))
+    assert server.next_deadline() == loop.now + 10
+
+
+def test_a_flood_of_requests_closes_the_connection_with_a_reason(served):
+    loop, _, calls = served
+    peer = Peer(served)
+    peer.send(b"".join(protocol.request_frame(i, "echo") for i in range(MAX_QUEUED_REQUESTS + 1)))
+    loop.turn()
+    [refusal] = peer.frames()
+    assert refusal["code"] == protocol.BAD_REQUEST
+    assert f"more than {MAX_QUEUED_REQUESTS} requests" in refusal["error"]
+    assert peer.closed and calls == []
+
+
+def test_requests_before_a_bad_frame_are_answered_then_the_connection_closes(served):
+    loop, _, _ = served
+    peer = Peer(served)
+    peer.send(protocol.request_frame(1, "echo") + protocol.request_frame(2, "echo")
+              + b"\x00\x00\x00\x01\xc1" + protocol.request_frame(3, "echo"))
+    loop.turn()
+    frames = peer.frames()
+    assert [f.get("result") for f in frames[:2]] == [{"n": 0}, {"n": 0}]
+    assert frames[2]["code"] == protocol.BAD_REQUEST and "undecodable" in frames[2]["error"]
+    assert len(frames) == 3 and peer.closed
+
+
+def test_an_announced_oversize_frame_is_refused_before_it_arrives(served):
+    loop, _, _ = served
+    peer = Peer(served)
+    peer.send((protocol.MAX_REQUEST_BYTES + 1).to_bytes(4, "big"))
+    loop.turn()
+    [refusal] = peer.frames()
+    assert f"{protocol.MAX_REQUEST_BYTES + 1}-byte frame" in refusal["error"] and peer.closed
+
+
+def test_past_the_bound_on_clients_a_new_one_is_told_so(served):
+    loop, server, _ = served
+    peers = [Peer(served) for _ in range(4)]
+    extra = Peer(served)
+    [refusal] = extra.frames()
+    assert (refusal["code"], refusal["error"]) == (
+        protocol.DENIED, "too many control connections; try again")
+    assert extra.closed and len(server.clients) == 4
+    peers[0].sock.close()
+    loop.turn()
+    again = Peer(served)
+    again.ask(1, "echo")
+    loop.turn()
+    assert again.frames()[0]["ok"]
+
+
+def test_a_client_that_reads_no_replies_is_dropped_at_the_output_cap(served):
+    loop, server, _ = served
+    server.max_output_bytes = 256 * 1024
+    peer = Peer(served)
+    # Each reply is 50 kB: the socket's buffer takes a few, the server holds the rest.
+    for request_id in range(64):
+        peer.ask(request_id, "big")
+        loop.turn()
+        if not server.clients:
+            break
+    assert not server.clients, "a client that never reads was kept"
+    assert request_id < 20
