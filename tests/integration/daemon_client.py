@@ -10,8 +10,9 @@ import pytest
 
 
 class Daemon:
-    def __init__(self, tmp_path, config, extra_args=()):
-        self.log_path = tmp_path / "vacd.log"
+    def __init__(self, tmp_path, config, extra_args=(), log_name="vacd.log"):
+        # A daemon started again on the same state directory logs to its own file.
+        self.log_path = tmp_path / log_name
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vac.daemon", "--config", str(config),
@@ -46,8 +47,8 @@ class Daemon:
 def daemon_factory(tmp_path):
     daemons = []
 
-    def start(config, extra_args=()):
-        daemon = Daemon(tmp_path, config, extra_args)
+    def start(config, extra_args=(), log_name="vacd.log"):
+        daemon = Daemon(tmp_path, config, extra_args, log_name)
         daemons.append(daemon)
         return daemon
 
