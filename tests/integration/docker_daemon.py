@@ -1,0 +1,417 @@
+"""A whole vacd on the real Docker engine, seen from outside as a site sees it.
+
+Site writes a factory's configuration and machinetype files and reads what the
+factory leaves in its state directory (machine records, `finished` markers,
+APEL records). CreateEvents records every container the engine creates for a
+factory label. The rest finds and kills the daemon's processes and stops and
+starts the host's dockerd the way scripts/bootstrap runs it.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import docker
+import psutil
+import requests
+
+# One template for every machinetype: it waits until the test releases it by
+# creating joboutputs/go, then leaves the machinetype's own shutdown_message.
+GATED_USER_DATA = """#!/bin/sh
+out=/var/spool/joboutputs
+echo "##user_data_machinetype## machine ##user_data_uuid##"
+touch $out/ready
+while [ ! -e $out/go ]; do sleep 0.1; done
+echo "##user_data_option_message##" > $out/shutdown_message
+"""
+
+FIZZLE_SECONDS = 1
+
+SETTINGS = """[settings]
+vac_space = crash.vac.example
+factory_name = {factory}
+total_processors = {processors}
+mb_per_processor = 128
+hs06_per_processor = 10
+overload_per_processor = 1000
+heartbeat_timeout_seconds = 20
+docker_timeout_seconds = 10
+draining = {draining}
+"""
+
+MACHINETYPE = """
+[machinetype {name}]
+machine_model = docker
+root_image = docker://{image}
+user_data = {name}.user_data
+user_data_option_message = {message}
+target_share = {share}
+max_wallclock_seconds = 300
+fizzle_seconds = {fizzle}
+backoff_seconds = {backoff}
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Machinetype:
+    """A gated busybox machinetype that ends with `message`."""
+    name: str
+    message: str = "200 Work completed"
+    share: float = 1
+    backoff: float = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """One machine as its directory shows it."""
+    uuid: str
+    slot: int
+    machinetype: str
+    state: str
+    created: float
+    started: float | None
+    ended: float | None
+    container_id: str | None
+    shutdown_code: int | None
+    finished: bool
+    joboutputs: Path
+
+    @property
+    def ready(self):
+        """Its container runs /user_data and waits to be released."""
+        return (self.joboutputs / "ready").exists()
+
+
+class Site:
+    """A factory's configuration and state directory under one test's tmp_path."""
+
+    def __init__(self, tmp_path, factory, image, machinetypes, processors=2):
+        self.tmp_path = tmp_path
+        self.factory = factory
+        self.image = image
+        self.processors = processors
+        self.config = tmp_path / "vac.conf"
+        self.state_dir = tmp_path / "state"
+        self.machinetypes = {}
+        self.write_config(machinetypes)
+
+    def write_config(self, machinetypes=None, draining=False):
+        """Write vac.conf atomically (a running vacd reloads it) and each machinetype's user_data."""
+        if machinetypes is not None:
+            self.machinetypes = {mt.name: mt for mt in machinetypes}
+        for name in self.machinetypes:
+            files = self.state_dir / "machinetypes" / name / "files"
+            files.mkdir(parents=True, exist_ok=True)
+            (files / f"{name}.user_data").write_text(GATED_USER_DATA)
+        text = SETTINGS.format(factory=self.factory, processors=self.processors,
+                               draining="yes" if draining else "no")
+        text += "".join(MACHINETYPE.format(name=mt.name, image=self.image, message=mt.message,
+                                           share=mt.share, fizzle=FIZZLE_SECONDS, backoff=mt.backoff)
+                        for mt in self.machinetypes.values())
+        tmp = self.config.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.rename(tmp, self.config)
+
+    def machines(self):
+        """Every machine with a readable record, in the order the slots created them."""
+        machines = []
+        root = self.state_dir / "machines"
+        for directory in root.iterdir() if root.exists() else ():
+            try:
+                record = json.loads((directory / "record.json").read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                continue  # being created: the next look finds it
+            machines.append(Machine(
+                uuid=record["machine_uuid"], slot=record["slot"], machinetype=record["machinetype"],
+                state=record["state"], created=record["created"], started=record["started"],
+                ended=record["ended"], container_id=record["container_id"],
+                shutdown_code=record["shutdown_code"], finished=(directory / "finished").exists(),
+                joboutputs=directory / "joboutputs"))
+        return sorted(machines, key=lambda m: (m.created, m.uuid))
+
+    def machine(self, uuid):
+        return next(m for m in self.machines() if m.uuid == uuid)
+
+    def wait(self, predicate, what, timeout=30, daemon=None):
+        """Poll the machines until predicate(machines) is truthy; return its value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            machines = self.machines()
+            value = predicate(machines)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                log = daemon.text()[-8000:] if daemon is not None else ""
+                raise AssertionError(f"not within {timeout} s: {what}\nmachines: {machines}\n{log}")
+            time.sleep(0.1)
+
+    def wait_running(self, count, daemon, timeout=30):
+        """The `count` unfinished machines once each one's container waits to be released."""
+        def running(machines):
+            live = [m for m in machines if not m.finished]
+            return len(live) == count and all(m.state == "running" and m.ready for m in live) and live
+        return self.wait(running, f"{count} machines running", timeout, daemon)
+
+    def release(self, uuid):
+        """Let the machine end once it has lived past fizzle_seconds (so it is accounted)."""
+        machine = self.machine(uuid)
+        time.sleep(max(0.0, machine.started + FIZZLE_SECONDS + 0.2 - time.time()))
+        (machine.joboutputs / "go").touch()
+
+    def wait_finished(self, uuid, daemon, timeout=30):
+        """The machine once it is finalised and cleaned."""
+        return self.wait(lambda machines: next((m for m in machines if m.uuid == uuid and m.finished
+                                                and m.state == "done"), None),
+                         f"machine {uuid} finished", timeout, daemon)
+
+    def apel_records(self):
+        """The text of each APEL record in the archive."""
+        archive = self.state_dir / "apel-archive"
+        return [path.read_text() for path in sorted(archive.rglob("*")) if path.is_file()] \
+            if archive.exists() else []
+
+
+def drain_and_finish(site, daemon, docker_client, timeout=40):
+    """Drain the factory, release every machine, and wait until it holds nothing.
+
+    Done when every machine is finalised and cleaned, every slot is idle and
+    the engine has no container of the factory, twice in a row a second apart
+    (a placement sent just before the drain may still be on its way).
+    """
+    applied = daemon.text().count("configuration applied")
+    site.write_config(draining=True)
+    daemon.wait_log("configuration applied", count=applied + 1)
+    deadline = time.monotonic() + timeout
+    calm = 0
+    while calm < 2:
+        assert time.monotonic() < deadline, (
+            f"the factory did not drain within {timeout} s\nmachines: {site.machines()}\n"
+            f"titles: {titles(daemon.proc.pid)}\ncontainers: {containers(docker_client, site.factory)}\n"
+            f"{daemon.text()[-8000:]}")
+        machines = site.machines()
+        for machine in machines:
+            if (machine.state == "running" and machine.ready
+                    and not (machine.joboutputs / "go").exists()):
+                site.release(machine.uuid)
+        slots = [title for title in titles(daemon.proc.pid) if title.startswith("vacd: slot ")]
+        quiet = (all(m.finished and m.state == "done" for m in machines)
+                 and len(slots) == site.processors and all(" - idle " in title for title in slots)
+                 and not containers(docker_client, site.factory))
+        calm = calm + 1 if quiet else 0
+        time.sleep(0.5 if quiet else 0.2)
+
+
+def assert_accounted_once(site, logs):
+    """One APEL record and one finalisation per machine that lived at least fizzle_seconds.
+
+    `logs` are the texts of every vacd that ran on the state directory.
+    """
+    records = site.apel_records()
+    machines = site.machines()
+    for machine in machines:
+        assert machine.finished and machine.ended is not None, machine
+        lived = machine.ended - machine.started if machine.started is not None else 0
+        expected = 1 if lived >= FIZZLE_SECONDS else 0
+        assert sum(f"LocalJobId: {machine.uuid}\n" in text for text in records) == expected, machine
+        finalised = sum(text.count(f"machine {machine.uuid} finalised:") for text in logs)
+        reported = sum(text.count(f"machine {machine.uuid} ({machine.machinetype}) finished:") for text in logs)
+        assert (finalised, reported) == (1, 1), (machine, finalised, reported)
+    assert len(records) == sum(1 for m in machines
+                               if m.started is not None and m.ended - m.started >= FIZZLE_SECONDS)
+
+
+def containers(docker_client, factory):
+    """The engine's containers of `factory`, in any state."""
+    return docker_client.containers.list(all=True, filters={"label": f"vac.factory={factory}"})
+
+
+class CreateEvents:
+    """Every container the engine creates for a factory label, from the engine's event stream."""
+
+    def __init__(self, docker_client, factory):
+        self.client = docker_client
+        self.factory = factory
+        self.created = []          # (machine uuid, container id)
+        self._lock = threading.Lock()
+        self._stream = None
+        self._thread = None
+
+    def start(self):
+        """Listen from now on (again after an engine restart: nothing is created while it is down)."""
+        self._stream = self.client.events(
+            decode=True, filters={"type": "container", "event": "create",
+                                  "label": f"vac.factory={self.factory}"})
+        self._thread = threading.Thread(target=self._listen, args=(self._stream,), daemon=True)
+        self._thread.start()
+        return self
+
+    def _listen(self, stream):
+        try:
+            for event in stream:
+                attributes = event.get("Actor", {}).get("Attributes", {})
+                with self._lock:
+                    self.created.append((attributes.get("vac.machine"), event.get("id")))
+        except (requests.exceptions.RequestException, docker.errors.DockerException, OSError,
+                AttributeError, ValueError):
+            # The stream ends when it is closed or the engine stops.
+            pass
+
+    def stop(self):
+        if self._stream is not None:
+            self._stream.close()
+            self._thread.join(10)
+            self._stream = None
+
+    def per_machine(self):
+        """Machine uuid -> ids of the containers created for it."""
+        with self._lock:
+            result = {}
+            for machine, container_id in self.created:
+                result.setdefault(machine, []).append(container_id)
+            return result
+
+
+def assert_one_container_each(events, site):
+    """Each machine that got a container got exactly one, the one its record names."""
+    created = events.per_machine()
+    machines = {m.uuid: m for m in site.machines()}
+    assert set(created) == {uuid for uuid, m in machines.items() if m.container_id is not None}, (
+        f"containers created {created} for machines {machines}")
+    for uuid, ids in created.items():
+        assert ids == [machines[uuid].container_id], (uuid, ids, machines[uuid])
+
+
+# The daemon's processes.
+
+def titles(root_pid):
+    """The process titles of the root and its descendants."""
+    try:
+        root = psutil.Process(root_pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    result = []
+    for process in processes:
+        try:
+            result.append(" ".join(process.cmdline()))
+        except psutil.NoSuchProcess:
+            pass
+    return result
+
+
+def slot_worker(daemon, slot, other_than=None, timeout=15):
+    """The pid of the worker of `slot` (other than pid `other_than`), waiting for one to run."""
+    prefix = f"vacd: slot {slot:02d} "
+    deadline = time.monotonic() + timeout
+    while True:
+        for child in psutil.Process(daemon.proc.pid).children():
+            try:
+                if child.pid != other_than and " ".join(child.cmdline()).startswith(prefix) \
+                        and child.status() != psutil.STATUS_ZOMBIE:
+                    return child.pid
+            except psutil.NoSuchProcess:
+                pass
+        assert time.monotonic() < deadline, f"no worker for slot {slot}\n{daemon.text()[-6000:]}"
+        time.sleep(0.05)
+
+
+def kill_tree(daemon):
+    """SIGKILL the root and every process below it at once, as a power cut of the tree would."""
+    root = psutil.Process(daemon.proc.pid)
+    processes = [root, *root.children(recursive=True)]
+    for process in processes:
+        try:
+            process.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    daemon.proc.wait(10)
+    # The others are nobody's children now; dead means gone or a zombie.
+    deadline = time.monotonic() + 10
+    for process in processes[1:]:
+        while _alive(process):
+            assert time.monotonic() < deadline, f"{process} survived SIGKILL"
+            time.sleep(0.05)
+    return processes
+
+
+def _alive(process):
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+# The host's dockerd.
+
+DOCKER_PID_FILE = "/var/run/docker.pid"
+DOCKERD_LOG = "/var/log/vac-dockerd.log"
+ENGINE_WAIT_SECONDS = 60
+
+
+def _systemd_runs():
+    return os.path.isdir("/run/systemd/system") and shutil.which("systemctl") is not None
+
+
+def engine_answers(timeout=5):
+    try:
+        client = docker.from_env(timeout=timeout)
+    except docker.errors.DockerException:
+        return False
+    try:
+        return client.ping()
+    except (docker.errors.DockerException, requests.exceptions.RequestException):
+        return False
+    finally:
+        client.close()
+
+
+class DockerEngine:
+    """Stops and starts the host's dockerd: with systemctl under systemd, else
+    the way scripts/bootstrap starts it (detached, its log appended to)."""
+
+    def __init__(self):
+        self.argv = None
+        self.stopped = False
+
+    def stop(self):
+        """Stop dockerd and wait until it has exited (containers live on: live-restore)."""
+        self.stopped = True
+        if _systemd_runs():
+            # The socket too, or the next client would start the engine again at once.
+            subprocess.run(["systemctl", "stop", "docker.socket", "docker.service"], check=True, timeout=120)
+            return
+        with open(DOCKER_PID_FILE) as stream:
+            process = psutil.Process(int(stream.read().strip()))
+        self.argv = process.cmdline()
+        process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + ENGINE_WAIT_SECONDS
+        while _alive(process):
+            assert time.monotonic() < deadline, f"dockerd (pid {process.pid}) did not stop"
+            time.sleep(0.1)
+
+    def start(self):
+        """Start dockerd again and wait until it answers."""
+        if _systemd_runs():
+            subprocess.run(["systemctl", "start", "docker.socket", "docker.service"], check=True, timeout=120)
+        else:
+            argv = self.argv or [shutil.which("dockerd") or "dockerd"]
+            with open(DOCKERD_LOG, "ab") as log:
+                # setsid -f: a new session whose leader is not ours, as bootstrap's setsid nohup … &.
+                subprocess.run(["setsid", "-f", *argv], stdin=subprocess.DEVNULL, stdout=log,
+                               stderr=subprocess.STDOUT, check=True, timeout=30)
+        deadline = time.monotonic() + ENGINE_WAIT_SECONDS
+        while not engine_answers():
+            assert time.monotonic() < deadline, f"dockerd did not answer within {ENGINE_WAIT_SECONDS} s"
+            time.sleep(0.2)
+        self.stopped = False
+
+    def ensure_running(self):
+        """After the test, pass or fail: the engine answers again."""
+        if self.stopped or not engine_answers():
+            self.start()
