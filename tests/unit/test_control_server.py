@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from vac.control import protocol
+from vac.control import commands, protocol
 from vac.control.commands import COMMANDS, Command, CommandFailed
 from vac.control.server import (ADMIN, ANSWERS_PER_PASS, MAX_QUEUED_REQUESTS, READ, ControlServer,
                                 access_level, group_id, peer_groups, proc_groups)
@@ -61,6 +61,13 @@ def test_readers_may_not_run_any_command_that_changes_the_factory():
     assert changing == {"drain", "undrain", "stop-machine", "reset-slot", "pause", "resume",
                         "reload", "shutdown"}
     assert all(command.help for command in COMMANDS.values()), "a command's docstring is its help"
+
+
+@pytest.mark.parametrize("deadline", [-1, float("nan"), float("inf"), float("-inf")])
+def test_drain_refuses_a_deadline_that_is_no_number_of_seconds(deadline):
+    # Refused before the factory is touched: there is none here.
+    with pytest.raises(CommandFailed, match="deadline must be a finite number of seconds"):
+        commands.drain(commands.Context(root=None, factory=None), {"deadline": deadline})
 
 
 # The server over real sockets.

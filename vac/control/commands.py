@@ -5,6 +5,7 @@ in-memory state only; none runs anything a client sends.
 """
 
 import dataclasses
+import math
 import time
 
 from vac.supervisor.build import slot_id
@@ -119,8 +120,9 @@ def watch(ctx, args):
 def drain(ctx, args):
     """Start no new machines; with deadline=SECONDS, end running ones then (100 message)."""
     deadline = args["deadline"]
-    if deadline is not None and deadline < 0:
-        raise CommandFailed("deadline must be 0 or more seconds")
+    # NaN compares false with everything: it would end every machine at once.
+    if deadline is not None and not (math.isfinite(deadline) and deadline >= 0):
+        raise CommandFailed(f"deadline must be a finite number of seconds, 0 or more, not {deadline}")
     ctx.factory.drain(deadline)
     return {"draining": True, "deadline": deadline}
 
