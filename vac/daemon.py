@@ -16,6 +16,7 @@ from vac.config.problems import ConfigError
 from vac.supervisor.build import TreeSettings, build_tree
 from vac.supervisor.config_watch import ConfigWatcher
 from vac.supervisor.factory import Factory
+from vac.supervisor.metrics_snapshot import MetricsFeed
 from vac.supervisor.root import Root
 
 log = logging.getLogger("vac.daemon")
@@ -76,6 +77,8 @@ def tree_settings(config):
                         docker_timeout_seconds=float(settings.docker_timeout_seconds),
                         reaper_interval_seconds=float(settings.reaper_interval_seconds),
                         orphan_grace_seconds=float(settings.orphan_grace_seconds),
+                        metrics_listen=settings.metrics_listen,
+                        metrics_textfile=settings.metrics_textfile,
                         heartbeat_timeout=timeout, heartbeat_interval=min(5.0, timeout / 6))
 
 
@@ -132,6 +135,7 @@ def main(argv=None):
     factory = Factory(config, factory_name=factory_name(settings))
     root = Root(build_tree(tree_settings(config)), app=factory,
                 on_reload=make_reload(args, factory))
+    root.add_service(MetricsFeed(root, factory))
     # Editors write a file in several steps: fold a burst of events into one reload.
     watcher = ConfigWatcher(args.config, lambda path: root.request_reload(RELOAD_SETTLE_SECONDS))
     root.add_reader(watcher.fileno(), watcher.on_readable)

@@ -5,7 +5,7 @@ import dataclasses
 from vac.supervisor import policy
 from vac.supervisor.states import Restart, Strategy
 from vac.supervisor.tree import ChildSpec, PoolPolicy, SupervisorSpec
-from vac.workers import cvmfs_keeper, pipe_fetcher, reaper, slot_worker
+from vac.workers import cvmfs_keeper, metrics, pipe_fetcher, reaper, slot_worker
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +19,8 @@ class TreeSettings:
     docker_timeout_seconds: float = 30.0
     reaper_interval_seconds: float = 60.0
     orphan_grace_seconds: float = 120.0
+    metrics_listen: str | None = None
+    metrics_textfile: str | None = None
     heartbeat_interval: float = 2.0
     heartbeat_timeout: float = 20.0
     slot_shutdown: float = 10.0
@@ -32,6 +34,16 @@ class TreeSettings:
 
 def slot_id(slot):
     return f"slot-{slot:02d}"
+
+
+def metrics_child(settings, timings):
+    """The metrics exporter, when metrics_listen or metrics_textfile asks for one."""
+    if not (settings.metrics_listen or settings.metrics_textfile):
+        return ()
+    return (ChildSpec(id="metrics", target=metrics.run,
+                      args={"listen": settings.metrics_listen,
+                            "textfile": settings.metrics_textfile},
+                      restart=Restart.PERMANENT, shutdown=settings.helper_shutdown, **timings),)
 
 
 def build_tree(settings):
@@ -57,6 +69,7 @@ def build_tree(settings):
             ChildSpec(id="pipe-fetcher", target=pipe_fetcher.run,
                       args={"state_dir": settings.state_dir},
                       restart=Restart.PERMANENT, shutdown=settings.helper_shutdown, **timings),
+            *metrics_child(settings, timings),
         ))
     slots = SupervisorSpec(
         id="slots",

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 RECONSIDER_SECONDS = 10.0
 PIPE_FETCHER = "pipe-fetcher"
 REAPER = "reaper"
+CVMFS_KEEPER = "cvmfs-keeper"
 LIVE_SET_SECONDS = 10.0
 FINISHED_REMEMBERED = 4096
 
@@ -94,6 +95,11 @@ class Factory:
             self._count_start(slot, msg.state, msg.detail.get("machine"))
             self.table.report(slot, msg.state, msg.detail.get("machine"), msg.detail.get("error"),
                               msg.detail.get("rejected"))
+            self._changed = True
+        elif isinstance(msg, messages.StateReport) and child_id == CVMFS_KEEPER:
+            repositories = msg.detail.get("repositories", {})
+            self.unavailable_repositories = frozenset(
+                name for name, check in repositories.items() if check.get("ok") is False)
             self._changed = True
         elif isinstance(msg, messages.StateReport) and child_id == PIPE_FETCHER:
             # A (re)started fetcher knows no pipes yet.
