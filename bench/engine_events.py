@@ -1,0 +1,170 @@
+"""The Docker engine as the benches see it: its event stream, the bench image, cleanup.
+
+Every figure of the Docker slot benches comes from the engine's own event
+timestamps (timeNano of start and die), so vac and the plain SDK loop are
+timed by the same clock in the same way.
+"""
+
+import os
+import sys
+import threading
+import time
+
+import docker
+import requests
+
+# contrib/demo/busybox_image.py builds a registry-free busybox image.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "contrib", "demo"))
+from busybox_image import ensure_image  # noqa: E402
+
+IMAGE = "vac-bench-busybox:latest"
+# Every container a bench starts itself (the plain loops) carries this label
+# with the run's id; vac's carry vac.factory.
+BENCH_LABEL = "vac-bench.run"
+BENCH_SLOT_LABEL = "vac-bench.slot"
+DOCKER_TIMEOUT = 120
+# Engine errors a bench turns into "measurement failed" rather than a traceback.
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+# The factory names of vac_factory.unique_factory_name and the plain loops' run ids.
+LEFTOVER_FACTORY_PREFIX = "bench-"
+LEFTOVER_RUN_PREFIX = "plain-"
+CLEANUP_DEADLINE = 60.0
+
+
+def client():
+    """A Docker client with a timeout long enough for 32 parallel calls on a small host."""
+    return docker.from_env(timeout=DOCKER_TIMEOUT)
+
+
+def bench_image(docker_client):
+    """The bench's busybox image tag, built if missing."""
+    return ensure_image(docker_client, IMAGE)
+
+
+class Event:
+    """One container event: action (start/die), engine time in seconds, container id, labels."""
+
+    __slots__ = ("action", "time", "container", "labels")
+
+    def __init__(self, action, time_s, container, labels):
+        self.action = action
+        self.time = time_s
+        self.container = container
+        self.labels = labels
+
+    def __repr__(self):
+        return f"Event({self.action} {self.time:.3f} {self.container[:12]})"
+
+
+class EventRecorder:
+    """Records start and die events of containers carrying `label` (k=v) from now on."""
+
+    def __init__(self, docker_client, label):
+        self.events = []
+        self._cond = threading.Condition()
+        # The request is made here, so nothing that happens after __init__ is missed.
+        self._stream = docker_client.api.events(decode=True, filters={
+            "type": "container", "label": label, "event": ["start", "die"]})
+        self._thread = threading.Thread(target=self._read, name=f"events {label}", daemon=True)
+        self._thread.start()
+
+    def _read(self):
+        try:
+            for raw in self._stream:
+                actor = raw.get("Actor") or {}
+                attributes = dict(actor.get("Attributes") or {})
+                event = Event(raw.get("Action") or raw.get("status"), raw["timeNano"] / 1e9,
+                              actor.get("ID") or raw.get("id"), attributes)
+                with self._cond:
+                    self.events.append(event)
+                    self._cond.notify_all()
+        except Exception:  # the stream is closed under us by close(); nothing else reads it
+            pass
+
+    def count(self, action):
+        with self._cond:
+            return sum(1 for event in self.events if event.action == action)
+
+    def wait_count(self, action, count, deadline):
+        """Wait until `count` events of `action` arrived or time.monotonic() passes `deadline`."""
+        with self._cond:
+            while sum(1 for event in self.events if event.action == action) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.5))
+        return True
+
+    def snapshot(self):
+        with self._cond:
+            return list(self.events)
+
+    def close(self):
+        self._stream.close()
+        self._thread.join(5)
+
+
+def remove_containers(docker_client, label):
+    """Force-remove every container carrying `label` (k=v); return how many there were."""
+    containers = docker_client.api.containers(all=True, filters={"label": label})
+    for container in containers:
+        try:
+            docker_client.api.remove_container(container["Id"], force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as error:
+            # 409: removal already in progress.
+            if error.status_code != 409:
+                raise
+    return len(containers)
+
+
+def by_slot(events, slot_label):
+    """{slot: [events in time order]} for events that carry `slot_label`."""
+    slots = {}
+    for event in sorted(events, key=lambda e: e.time):
+        slot = event.labels.get(slot_label)
+        if slot is not None:
+            slots.setdefault(int(slot), []).append(event)
+    return slots
+
+
+def idle_gaps(events, slot_label):
+    """Seconds from each die in a slot to the next start in that slot."""
+    gaps = []
+    for slot_events in by_slot(events, slot_label).values():
+        died_at = None
+        for event in slot_events:
+            if event.action == "die":
+                died_at = event.time
+            elif event.action == "start" and died_at is not None:
+                gaps.append(event.time - died_at)
+                died_at = None
+    return gaps
+
+
+def cleanup(docker_client, label):
+    """remove_containers, retried while the engine does not answer; False if it never did."""
+    deadline = time.monotonic() + CLEANUP_DEADLINE
+    while True:
+        try:
+            remove_containers(docker_client, label)
+            return True
+        except ENGINE_ERRORS as error:
+            if time.monotonic() > deadline:
+                print(f"cleanup: containers labelled {label} may be left: {error}", file=sys.stderr)
+                return False
+            time.sleep(1.0)
+
+
+def remove_leftovers(docker_client):
+    """Remove containers an interrupted bench run left: bench factories and plain runs."""
+    removed = 0
+    for container in docker_client.api.containers(all=True, filters={"label": ["vac.factory"]}):
+        if (container.get("Labels") or {}).get("vac.factory", "").startswith(LEFTOVER_FACTORY_PREFIX):
+            removed += remove_containers(docker_client, f"vac.factory={container['Labels']['vac.factory']}")
+    for container in docker_client.api.containers(all=True, filters={"label": [BENCH_LABEL]}):
+        if (container.get("Labels") or {}).get(BENCH_LABEL, "").startswith(LEFTOVER_RUN_PREFIX):
+            removed += remove_containers(docker_client, f"{BENCH_LABEL}={container['Labels'][BENCH_LABEL]}")
+    return removed
