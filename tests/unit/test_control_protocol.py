@@ -86,15 +86,16 @@ def test_a_request_over_the_cap_is_not_built():
 
 # Whatever a client sends, the checks answer with a request or a BadRequest.
 
+msgpack_integers = st.integers(-2**63, 2**64 - 1)
 msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False)
+    st.none() | st.booleans() | msgpack_integers | st.floats(allow_nan=False)
     | st.text(max_size=20) | st.binary(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=12)
 
 near_requests = st.fixed_dictionaries(
     {}, optional={"v": st.sampled_from([1, 1.0, 2, True, "1"]) | msgpack_values,
-                  "id": st.integers() | msgpack_values,
+                  "id": msgpack_integers | msgpack_values,
                   "command": st.sampled_from(sorted(COMMANDS)) | msgpack_values,
                   "args": st.dictionaries(st.sampled_from(["slot", "reason", "deadline", "machinetype", "x"]),
                                           msgpack_values, max_size=3) | msgpack_values,
