@@ -87,7 +87,8 @@ def cli_runs(command, count):
     def once():
         result = subprocess.run(command, capture_output=True, text=True, timeout=CLI_TIMEOUT)
         if result.returncode != 0:
-            raise MeasurementFailed(f"{' '.join(command)} exited {result.returncode}: {result.stderr[-2000:]}")
+            raise MeasurementFailed(f"{' '.join(command)} exited {result.returncode}: "
+                                    f"{result.stderr[-2000:]}")
     timed(once, 2)
     return timed(once, count)
 

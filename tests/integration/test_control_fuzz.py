@@ -13,6 +13,7 @@ import collections
 import os
 import shutil
 import socket
+import statistics
 import tempfile
 import threading
 import time
@@ -180,7 +181,8 @@ def socket_path():
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_generated_frames_never_crash_or_stall_the_daemon(tmp_path, daemon_factory, socket_path):  # noqa: F811
+def test_generated_frames_never_crash_or_stall_the_daemon(
+        tmp_path, daemon_factory, socket_path):  # noqa: F811
     config = tmp_path / "vac.conf"
     config.write_text(CONFIG.format(factory=uuid.uuid4().hex[:8]))
     daemon = daemon_factory(config, extra_args=("--socket", socket_path))
@@ -221,5 +223,5 @@ def test_generated_frames_never_crash_or_stall_the_daemon(tmp_path, daemon_facto
         assert client.request("status")["state"] == "running"
     assert "Traceback" not in daemon.text()
     print(f"{sent['connections']} connections, {sent['bytes']} bytes, answers {dict(answers)} "
-          f"in {took:.1f} s; status p50 {sorted(prober.latencies)[len(prober.latencies) // 2] * 1000:.1f} ms, "
+          f"in {took:.1f} s; status p50 {statistics.median(prober.latencies) * 1000:.1f} ms, "
           f"max {max(prober.latencies) * 1000:.1f} ms over {len(prober.latencies)} requests")
