@@ -324,6 +324,9 @@ class ControlServer:
             self._send(client, protocol.error_frame(request_id, protocol.FAILED, str(error)))
             return
         self._send(client, protocol.reply_frame(request_id, result))
+        if command.mutating:
+            # Watchers see operators' changes (drain, pause, reload ...) and who made them.
+            self.root.emit("command", command=name, args=args, uid=client.uid, pid=client.pid)
 
     def _send(self, client, frame):
         if client.closed:
