@@ -559,6 +559,15 @@ def test_watch_streams_a_killed_slot_worker_being_restarted(
     assert slot_worker_pid(site.socket, 1) == started["pid"] and started["pid"] in daemon.slot_pids()
     assert all(isinstance(e["t"], float) for e in watcher.seen)
 
+    # Operators' changes are streamed too, with who made them.
+    with ControlClient(site.socket) as client:
+        client.request("pause", machinetype="alpha")
+        client.request("reload")
+    paused = watcher.wait_for("command", None)
+    assert paused == {"event": "command", "command": "pause", "args": {"machinetype": "alpha"},
+                      "uid": 0, "pid": os.getpid(), "t": paused["t"]}
+    assert watcher.wait_for("command", None)["command"] == "reload"
+
     # The stream outlives the read deadline: a watcher sends nothing and is kept.
     time.sleep(READ_DEADLINE + 1)
     victim = slot_worker_pid(site.socket, 0)

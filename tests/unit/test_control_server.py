@@ -103,9 +103,9 @@ class Loop:
     def add_observer(self, callback):
         self.observers.append(callback)
 
-    def emit(self, event):
+    def emit(self, event, **fields):
         for observer in self.observers:
-            observer(event)
+            observer(dict(fields, event=event))
 
     def turn(self):
         """One pass of the loop: what is ready, then the services."""
@@ -265,9 +265,24 @@ def test_a_watcher_is_kept_past_the_deadline_and_gets_every_event(served):
     assert watcher.frames() == [{"v": 1, "id": 1, "ok": True, "result": {"watching": True}}]
     loop.now += 3600
     loop.turn()
-    loop.emit({"event": "ready", "child": "slot-00"})
+    loop.emit("ready", child="slot-00")
     assert watcher.frames() == [{"v": 1, "id": 1, "event": {"event": "ready", "child": "slot-00"}}]
     assert not watcher.closed and server.next_deadline() is None
+
+
+def test_watchers_see_each_change_an_operator_made_and_who_made_it(served):
+    loop, _, _ = served
+    watcher, operator = Peer(served), Peer(served)
+    watcher.ask(1, "watch")
+    loop.turn()
+    watcher.frames()
+    operator.ask(1, "poke")
+    operator.ask(2, "poke", fail=True)
+    operator.ask(3, "echo")
+    loop.turn()
+    assert [f["event"] for f in watcher.frames()] == [
+        {"event": "command", "command": "poke", "args": {"fail": False}, "uid": os.getuid(),
+         "pid": os.getpid()}], "only the change that was made, not the failed one or a read"
 
 
 def test_requests_sent_ahead_are_answered_a_few_per_pass_taking_clients_in_turn(served):
