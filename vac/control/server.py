@@ -10,7 +10,6 @@ nothing but a few non-blocking calls.
 """
 
 import collections
-
 import errno
 import grp
 import logging
