@@ -9,9 +9,11 @@ set from the root, so it never races a slot worker adopting its machine.
 import logging
 import os
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 
+from vac import history
 from vac.ipc import messages
 from vac.machine import scratch
 from vac.machine.joboutputs import SHUTDOWN_BY_FACTORY
@@ -27,6 +29,7 @@ from vac.workers.jobs import Jobs
 log = logging.getLogger(__name__)
 
 DEFAULT_MACHINES_DIR_DAYS = 3.0
+HISTORY_DAYS = 400
 ORPHAN_STOP_GRACE_SECONDS = 10.0
 # A live set older than this may predate a slot's adoption: do not act on it.
 LIVE_SET_MAX_AGE = 60.0
@@ -94,7 +97,13 @@ def sweep(runtime, factory, state_dir, live, slots, grace_seconds, now=None):
             outcome = reap_container(runtime, factory, state_dir, handle, now)
             if outcome is not None:
                 finished.append(outcome)
-    return finished, remove_expired(state_dir, now)
+    removed = remove_expired(state_dir, now)
+    # The occupancy history is kept far longer than machine directories.
+    try:
+        history.forget_ended_before(state_dir, now - HISTORY_DAYS * reaper_rules.SECONDS_PER_DAY)
+    except sqlite3.Error as error:
+        log.warning("reaper: cannot prune the machine history: %s; trying at the next sweep", error)
+    return finished, removed
 
 
 def reap_container(runtime, factory, state_dir, handle, now):
