@@ -459,7 +459,10 @@ class Root:
                 counts["fatal"] += 1
             elif leaf.state in (ChildState.BACKOFF, ChildState.STOPPED, ChildState.EXITED):
                 counts["backoff"] += 1
-            elif report is not None and report.state == "running":
+            elif report is not None and (report.state == "running"
+                                         or report.detail.get("machine") is not None):
+                # A slot that holds a machine counts as running in every state
+                # (starting, stopping, or unable to reach the engine for a while).
                 counts["running"] += 1
             else:
                 counts["idle"] += 1
