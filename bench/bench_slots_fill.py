@@ -15,7 +15,7 @@ import sys
 import time
 
 import report
-from engine_events import (ENGINE_ERRORS, EventRecorder, bench_image, cleanup, client,
+from engine_events import (ENGINE_ERRORS, EventRecorder, EventStreamEnded, bench_image, cleanup, client,
                            remove_leftovers)
 from plain_slots import PlainSlots
 from vacd_factory import VacdFactory, VacdFailed
@@ -115,7 +115,7 @@ def main():
                     rows.append(vac_round(docker_client, factory, number))
                 else:
                     rows.append(plain_round(docker_client, image, number))
-    except (MeasurementFailed, VacdFailed, *ENGINE_ERRORS) as error:
+    except (MeasurementFailed, VacdFailed, EventStreamEnded, *ENGINE_ERRORS) as error:
         failure = f"{type(error).__name__}: {error}"
         print(f"measurement failed: {failure}", file=sys.stderr)
     finally:
@@ -141,7 +141,8 @@ def main():
     if cold_start is not None:
         print(f"vac cold start (vacd launched to {SLOTS} idle slot workers): {cold_start:.2f} s")
     targets, ratio = [], None
-    if len(summary) == 2:
+    # A round that failed leaves the peers measured unequally: no verdict then.
+    if len(summary) == 2 and failure is None:
         ratio = summary["vac"] / summary["plain SDK loop"]
         print(f"median time to {SLOTS} running: vac {summary['vac']:.2f} s, "
               f"plain SDK loop {summary['plain SDK loop']:.2f} s, ratio {ratio:.2f}x")

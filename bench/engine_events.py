@@ -12,6 +12,7 @@ import time
 
 import docker
 import requests
+import urllib3
 
 # contrib/demo/busybox_image.py builds a registry-free busybox image.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -25,7 +26,8 @@ BENCH_LABEL = "vac-bench.run"
 BENCH_SLOT_LABEL = "vac-bench.slot"
 DOCKER_TIMEOUT = 120
 # Engine errors a bench turns into "measurement failed" rather than a traceback.
-ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException,
+                 urllib3.exceptions.HTTPError)
 # The factory names of vac_factory.unique_factory_name and the plain loops' run ids.
 LEFTOVER_FACTORY_PREFIX = "bench-"
 LEFTOVER_RUN_PREFIX = "plain-"
@@ -40,6 +42,10 @@ def client():
 def bench_image(docker_client):
     """The bench's busybox image tag, built if missing."""
     return ensure_image(docker_client, IMAGE)
+
+
+class EventStreamEnded(Exception):
+    """The engine ended its event stream (it restarted or went away): the figures would be incomplete."""
 
 
 class Event:
@@ -62,6 +68,8 @@ class EventRecorder:
 
     def __init__(self, docker_client, label):
         self.events = []
+        self.ended = False
+        self._closing = False
         self._cond = threading.Condition()
         # The request is made here, so nothing that happens after __init__ is missed.
         self._stream = docker_client.api.events(decode=True, filters={
@@ -79,8 +87,12 @@ class EventRecorder:
                 with self._cond:
                     self.events.append(event)
                     self._cond.notify_all()
-        except Exception:  # the stream is closed under us by close(); nothing else reads it
-            pass
+        except (OSError, *ENGINE_ERRORS):
+            pass  # close() shuts the socket under the read, or the engine went away
+        finally:
+            with self._cond:
+                self.ended = True
+                self._cond.notify_all()
 
     def count(self, action):
         with self._cond:
@@ -90,6 +102,8 @@ class EventRecorder:
         """Wait until `count` events of `action` arrived or time.monotonic() passes `deadline`."""
         with self._cond:
             while sum(1 for event in self.events if event.action == action) < count:
+                if self.ended and not self._closing:
+                    raise EventStreamEnded(f"the engine's event stream ended after {len(self.events)} events")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -97,11 +111,21 @@ class EventRecorder:
         return True
 
     def snapshot(self):
+        """The events so far; EventStreamEnded if the engine ended the stream before close()."""
         with self._cond:
+            if self.ended and not self._closing:
+                raise EventStreamEnded(f"the engine's event stream ended after {len(self.events)} events")
             return list(self.events)
 
     def close(self):
-        self._stream.close()
+        with self._cond:
+            self._closing = True
+            ended = self.ended
+        if not ended:
+            try:
+                self._stream.close()
+            except OSError:
+                pass  # the engine closed the connection first
         self._thread.join(5)
 
 

@@ -25,6 +25,7 @@ LOG_TAIL_CHARS = 4000
 APPLIED_LINE = "configuration applied:"
 # vacd's log lines start with a local time stamp to the millisecond.
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+MACHINE_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 STOP_DEADLINE = 30.0
 
 
@@ -97,7 +98,7 @@ class VacdFactory:
         return self
 
     def set_draining(self, draining):
-        """Rewrite draining in vac.conf and tell vacd to reload now (SIGHUP); return time.time() at the signal."""
+        """Rewrite draining in vac.conf and have vacd reload it (SIGHUP); return time.time() at the signal."""
         self.settings["draining"] = "yes" if draining else "no"
         self.write_config()
         sent = time.time()
@@ -180,10 +181,21 @@ class VacdFactory:
             match = LOG_TIME.match(line)
             if match is None or needle not in line:
                 continue
-            stamp = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            stamp = _log_time(match.group(1))
             # The stamp is truncated to the millisecond.
             if stamp >= since - 0.001:
                 times.append(stamp)
+        return times
+
+    def logged_times_by_machine(self, needle):
+        """{machine uuid: Unix time of the first log line containing `needle` and naming it}."""
+        times = {}
+        for line in self.log_text().splitlines():
+            if needle not in line:
+                continue
+            stamp, machine = LOG_TIME.match(line), MACHINE_UUID.search(line)
+            if stamp is not None and machine is not None:
+                times.setdefault(machine.group(0), _log_time(stamp.group(1)))
         return times
 
     def stop(self):
@@ -201,3 +213,8 @@ class VacdFactory:
 
     def remove_dir(self):
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _log_time(text):
+    """Unix time of a log stamp such as '2026-01-31 12:00:00,123' (local time)."""
+    return datetime.datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
