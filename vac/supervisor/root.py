@@ -179,7 +179,7 @@ class Root:
                 if mask & selectors.EVENT_READ and ident in self._readers:
                     self._readers[ident]()
         now = self.clock()
-        if not self._busy and now < self._wake_at:
+        if not self._busy and self._wake_at is not None and now < self._wake_at:
             # Only heartbeats arrived: they move deadlines later, never earlier,
             # so there is nothing to decide (this keeps 128 idle slots cheap).
             return
