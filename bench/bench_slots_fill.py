@@ -15,8 +15,7 @@ import sys
 import time
 
 import report
-from engine_events import (ENGINE_ERRORS, EventRecorder, EventStreamEnded, bench_image, cleanup, client,
-                           remove_leftovers)
+from engine_events import BENCH_ERRORS, EventRecorder, bench_image, cleanup, client, remove_leftovers
 from plain_slots import PlainSlots
 from vacd_factory import VacdFactory, VacdFailed
 
@@ -115,7 +114,7 @@ def main():
                     rows.append(vac_round(docker_client, factory, number))
                 else:
                     rows.append(plain_round(docker_client, image, number))
-    except (MeasurementFailed, VacdFailed, EventStreamEnded, *ENGINE_ERRORS) as error:
+    except (MeasurementFailed, VacdFailed, *BENCH_ERRORS) as error:
         failure = f"{type(error).__name__}: {error}"
         print(f"measurement failed: {failure}", file=sys.stderr)
     finally:

@@ -15,8 +15,8 @@ import sys
 import time
 
 import report
-from engine_events import (BENCH_SLOT_LABEL, ENGINE_ERRORS, EventRecorder, EventStreamEnded, bench_image,
-                           cleanup, client, idle_gaps, remove_leftovers)
+from engine_events import (BENCH_ERRORS, BENCH_SLOT_LABEL, EventRecorder, bench_image, cleanup, client,
+                           idle_gaps, remove_leftovers)
 from plain_slots import PlainSlots
 from vacd_factory import VacdFactory, VacdFailed
 
@@ -124,7 +124,7 @@ def main():
         for slots in WIDTHS:
             for measure in (measure_vac, measure_plain):
                 rows.append(measure(docker_client, image, slots))
-    except (MeasurementFailed, VacdFailed, EventStreamEnded, *ENGINE_ERRORS) as error:
+    except (MeasurementFailed, VacdFailed, *BENCH_ERRORS) as error:
         failure = f"{type(error).__name__}: {error}"
         print(f"measurement failed: {failure}", file=sys.stderr)
     print()

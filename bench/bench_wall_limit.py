@@ -16,8 +16,8 @@ import threading
 import time
 
 import report
-from engine_events import (ENGINE_ERRORS, EventRecorder, EventStreamEnded, bench_image,
-                           cleanup, client, remove_leftovers)
+from engine_events import (BENCH_ERRORS, ENGINE_ERRORS, EventRecorder, bench_image, cleanup, client,
+                           remove_leftovers)
 from plain_slots import PlainSlots
 from vacd_factory import VacdFactory, VacdFailed
 
@@ -167,7 +167,7 @@ def main():
         vac, messages, steps = measure_vac(docker_client, image)
         rows += rows_of("vac", vac)
         rows += rows_of("plain SDK timer", measure_plain(docker_client, image))
-    except (MeasurementFailed, VacdFailed, EventStreamEnded, *ENGINE_ERRORS) as error:
+    except (MeasurementFailed, VacdFailed, *BENCH_ERRORS) as error:
         failure = f"{type(error).__name__}: {error}"
         print(f"measurement failed: {failure}", file=sys.stderr)
     print()

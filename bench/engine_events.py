@@ -17,7 +17,7 @@ import urllib3
 # contrib/demo/busybox_image.py builds a registry-free busybox image.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "contrib", "demo"))
-from busybox_image import ensure_image  # noqa: E402
+from busybox_image import ImageBuildError, ensure_image  # noqa: E402
 
 IMAGE = "vac-bench-busybox:latest"
 # Every container a bench starts itself (the plain loops) carries this label
@@ -28,7 +28,7 @@ DOCKER_TIMEOUT = 120
 # Engine errors a bench turns into "measurement failed" rather than a traceback.
 ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException,
                  urllib3.exceptions.HTTPError)
-# The factory names of vac_factory.unique_factory_name and the plain loops' run ids.
+# The factory names of vacd_factory.unique_factory_name and the plain loops' run ids.
 LEFTOVER_FACTORY_PREFIX = "bench-"
 LEFTOVER_RUN_PREFIX = "plain-"
 CLEANUP_DEADLINE = 60.0
@@ -46,6 +46,10 @@ def bench_image(docker_client):
 
 class EventStreamEnded(Exception):
     """The engine ended its event stream (it restarted or went away): the figures would be incomplete."""
+
+
+# What a bench reports as "measurement failed" (exit 1) rather than as a traceback.
+BENCH_ERRORS = (EventStreamEnded, ImageBuildError, *ENGINE_ERRORS)
 
 
 class Event:

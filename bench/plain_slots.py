@@ -15,11 +15,9 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import docker
-import requests
 from docker.types import Mount
 
-from engine_events import BENCH_LABEL, BENCH_SLOT_LABEL
+from engine_events import BENCH_LABEL, BENCH_SLOT_LABEL, ENGINE_ERRORS
 
 MEMORY_BYTES = 256 * 1024 * 1024
 WAIT_DEADLINE = 120
@@ -131,7 +129,7 @@ class PlainSlots:
         def guarded(slot):
             try:
                 target(slot)
-            except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+            except ENGINE_ERRORS as error:
                 errors.append(error)
                 self.stop_flag.set()
 
