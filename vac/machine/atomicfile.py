@@ -37,10 +37,13 @@ def _write_temporary(temp_dir: Path, name: str, data: bytes, mode: int) -> Path:
     return temp_path
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644, temp_dir: Path | None = None) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, temp_dir: Path | None = None,
+                 sync_directories: bool = True) -> None:
     """Replace `path` with `data` (temp file, fsync, rename, fsync of the directory).
 
     `temp_dir` must be on the same filesystem; it defaults to the file's own directory.
+    A caller writing many files may pass sync_directories=False and fsync each
+    directory once when it is done.
     """
     path = Path(path)
     temp_dir = Path(temp_dir) if temp_dir is not None else path.parent
@@ -50,6 +53,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644, temp_dir: Path | No
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise
+    if not sync_directories:
+        return
     fsync_directory(path.parent)
     if temp_dir != path.parent:
         fsync_directory(temp_dir)
