@@ -155,8 +155,8 @@ def main():
     # A SIGTERM (a timeout in CI, say) must still run the cleanups below.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
     host = report.host_facts()
-    print(f"idle overhead: {SLOTS} children doing nothing but heartbeats (every 2 s), "
-          f"CPU over {WINDOW:.0f} s, USS at its end")
+    print(f"idle overhead: {SLOTS} children doing nothing but heartbeats "
+          f"(every 5 s, vacd's default), CPU over {WINDOW:.0f} s, USS at its end")
     print(f"vac: the real tree (root, cvmfs-keeper, reaper, {SLOTS} slots); supervisord: "
           f"{SLOTS} copies of a program with a slot worker's imports, heartbeating to the bench")
     print("both trees idle through the same window; CPU time is accounted per process, "

@@ -55,7 +55,7 @@ environment=BENCH_HEARTBEAT_SOCKET="{socket}",BENCH_HEARTBEAT_INTERVAL="{interva
 """
 
 
-def supervisord_config(workdir, count, heartbeat_socket, heartbeat_interval=2.0,
+def supervisord_config(workdir, count, heartbeat_socket, heartbeat_interval=5.0,
                        python=sys.executable):
     """The supervisord.conf text for `count` heartbeat children."""
     return CONFIG.format(workdir=workdir, program=PROGRAM, python=python,
@@ -72,7 +72,7 @@ class SupervisordTree:
 
     label = "supervisord"
 
-    def __init__(self, count, heartbeat_interval=2.0):
+    def __init__(self, count, heartbeat_interval=5.0):
         self.workdir = None
         self.count = count
         self.names = child_names(count)

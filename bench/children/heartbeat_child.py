@@ -24,7 +24,7 @@ import setproctitle  # noqa: E402
 
 def main():
     address = os.environ["BENCH_HEARTBEAT_SOCKET"]
-    interval = float(os.environ.get("BENCH_HEARTBEAT_INTERVAL", "2.0"))
+    interval = float(os.environ.get("BENCH_HEARTBEAT_INTERVAL", "5.0"))
     name = os.environ.get("SUPERVISOR_PROCESS_NAME", "child")
     parent = os.getppid()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

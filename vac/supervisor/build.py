@@ -21,8 +21,9 @@ class TreeSettings:
     orphan_grace_seconds: float = 120.0
     metrics_listen: str | None = None
     metrics_textfile: str | None = None
-    heartbeat_interval: float = 2.0
-    heartbeat_timeout: float = 20.0
+    # vacd's defaults (heartbeat_timeout_seconds = 30): a heartbeat every 5 s.
+    heartbeat_interval: float = 5.0
+    heartbeat_timeout: float = 30.0
     slot_shutdown: float = 10.0
     helper_shutdown: float = 5.0
     helper_intensity: policy.Intensity = policy.Intensity(max_restarts=5, period=30.0)

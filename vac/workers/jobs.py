@@ -32,10 +32,16 @@ class Jobs:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._done: queue.SimpleQueue[JobResult] = queue.SimpleQueue()
         self._running: set[str] = set()
+        self._forked: dict[int, tuple[str, int, Any]] = {}  # pid -> (name, result fd, token)
 
     def fileno(self) -> int:
         """Readable when a result is waiting."""
         return self._wake_r
+
+    @property
+    def forked_pending(self) -> bool:
+        """True while a forked job runs: one killed before it could wake us is found by polling."""
+        return bool(self._forked)
 
     def running(self, name: str) -> bool:
         """True while a job of this name has not been taken back with take_done()."""
@@ -45,15 +51,21 @@ class Jobs:
                fork: bool = False) -> None:
         """Run call(*args) in a thread; its JobResult comes back from take_done().
 
-        With fork=True the call runs in a forked child whose result is pickled
-        back: whatever it allocates (a Docker client, its connection pool) dies
-        with the child instead of staying in this long-lived process.
+        With fork=True the call runs in a forked child instead, which leaves its
+        pickled result in an anonymous file and wakes us: whatever it allocates
+        (a Docker client, its connection pool) dies with it, and no thread of
+        ours is involved, so an idle slot stays small.
         """
         if name in self._running:
             raise RuntimeError(f"job {name} is already running")
         self._running.add(name)
         if fork:
-            call, args = _forked(call, args), ()
+            result_fd = os.memfd_create(f"job-{name}", os.MFD_CLOEXEC)
+            pid = os.fork()
+            if pid == 0:
+                _child_run(call, args, result_fd, self._wake_w)
+            self._forked[pid] = (name, result_fd, token)
+            return
         # Daemon threads: a worker told to stop exits at once, even while one
         # of them waits on the engine; its successor repeats what was cut short.
         threading.Thread(target=self._run, args=(name, call, args, token), name=f"job-{name}",
@@ -85,34 +97,32 @@ class Jobs:
                 break
             self._running.discard(result.name)
             results.append(result)
+        for pid in list(self._forked):
+            result = self._forked_result(pid)
+            if result is not None:
+                self._running.discard(result.name)
+                results.append(result)
         return results
 
-
-def _forked(call: Callable[..., Any], args: tuple) -> Callable[[], Any]:
-    """Fork now, run call(*args) in the child; return what waits for its result."""
-    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        _child_run(call, args, write_fd)
-    os.close(write_fd)
-
-    def collect() -> Any:
-        with os.fdopen(read_fd, "rb") as stream:
+    def _forked_result(self, pid: int) -> JobResult | None:
+        """The result of a forked job that has ended, or None while it runs."""
+        ended, _ = os.waitpid(pid, os.WNOHANG)
+        if not ended:
+            return None
+        name, result_fd, token = self._forked.pop(pid)
+        with os.fdopen(result_fd, "rb") as stream:
+            stream.seek(0)
             payload = stream.read()
-        os.waitpid(pid, 0)
         if not payload:
-            raise ChildProcessError(f"forked job (pid {pid}) died without a result")
+            return JobResult(name, None, ChildProcessError(
+                f"forked job {name} (pid {pid}) died without a result"), token)
         ok, value = pickle.loads(payload)
-        if ok:
-            return value
-        raise value
-
-    return collect
+        return JobResult(name, value if ok else None, None if ok else value, token)
 
 
-def _child_run(call: Callable[..., Any], args: tuple, write_fd: int) -> None:
-    """In the forked child: no signal handling of the worker's, run, send the result, exit."""
+
+def _child_run(call: Callable[..., Any], args: tuple, result_fd: int, wake_fd: int) -> None:
+    """In the forked child: no signal handling of the worker's, run, leave the result, wake, exit."""
     status = 0
     try:
         signal.set_wakeup_fd(-1)
@@ -124,8 +134,10 @@ def _child_run(call: Callable[..., Any], args: tuple, write_fd: int) -> None:
                 payload = pickle.dumps((False, error))
             except Exception:  # an exception that cannot be pickled: keep its text
                 payload = pickle.dumps((False, RuntimeError(f"{type(error).__name__}: {error}")))
-        with os.fdopen(write_fd, "wb") as stream:
-            stream.write(payload)
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(result_fd, view):]
+        os.write(wake_fd, b"\0")
     except BaseException:
         status = 1
     finally:

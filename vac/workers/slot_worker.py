@@ -58,8 +58,10 @@ def serve(loop, machine):
         fds = machine.fds()
         for msg in loop.wait(timeout, fds=fds):
             machine.on_message(msg)
-        if machine.jobs in loop.ready_fds:
-            machine.on_jobs(machine.jobs.take_done())
+        if machine.jobs in loop.ready_fds or machine.jobs.forked_pending:
+            done = machine.jobs.take_done()
+            if done:
+                machine.on_jobs(done)
         watch = machine.machine.watch if machine.machine is not None else None
         if watch is not None and watch in loop.ready_fds:
             machine.on_watch()
