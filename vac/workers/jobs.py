@@ -7,6 +7,7 @@ Each job has a name, and one job of a name runs at a time.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
 import queue
@@ -33,6 +34,7 @@ class Jobs:
         self._done: queue.SimpleQueue[JobResult] = queue.SimpleQueue()
         self._running: set[str] = set()
         self._forked: dict[int, tuple[str, int, Any]] = {}  # pid -> (name, result fd, token)
+        self._exiting: list[int] = []  # forked jobs that delivered and are about to exit
 
     def fileno(self) -> int:
         """Readable when a result is waiting."""
@@ -41,7 +43,7 @@ class Jobs:
     @property
     def forked_pending(self) -> bool:
         """True while a forked job runs: one killed before it could wake us is found by polling."""
-        return bool(self._forked)
+        return bool(self._forked or self._exiting)
 
     def running(self, name: str) -> bool:
         """True while a job of this name has not been taken back with take_done()."""
@@ -60,7 +62,7 @@ class Jobs:
             raise RuntimeError(f"job {name} is already running")
         self._running.add(name)
         if fork:
-            result_fd = os.memfd_create(f"job-{name}", os.MFD_CLOEXEC)
+            result_fd = os.memfd_create(f"job-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
             pid = os.fork()
             if pid == 0:
                 _child_run(call, args, result_fd, self._wake_w)
@@ -102,14 +104,20 @@ class Jobs:
             if result is not None:
                 self._running.discard(result.name)
                 results.append(result)
+        self._exiting = [pid for pid in self._exiting if not os.waitpid(pid, os.WNOHANG)[0]]
         return results
 
     def _forked_result(self, pid: int) -> JobResult | None:
-        """The result of a forked job that has ended, or None while it runs."""
-        ended, _ = os.waitpid(pid, os.WNOHANG)
-        if not ended:
+        """The result of a forked job that has delivered or died, or None while it runs."""
+        name, result_fd, token = self._forked[pid]
+        # The child seals its result file once it is complete, then wakes us,
+        # then exits: the seal, not the exit, says the result can be read.
+        delivered = fcntl.fcntl(result_fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_WRITE
+        if delivered:
+            self._exiting.append(pid)
+        elif not os.waitpid(pid, os.WNOHANG)[0]:
             return None
-        name, result_fd, token = self._forked.pop(pid)
+        del self._forked[pid]
         with os.fdopen(result_fd, "rb") as stream:
             stream.seek(0)
             payload = stream.read()
@@ -137,6 +145,7 @@ def _child_run(call: Callable[..., Any], args: tuple, result_fd: int, wake_fd: i
         view = memoryview(payload)
         while view:
             view = view[os.write(result_fd, view):]
+        fcntl.fcntl(result_fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE)
         os.write(wake_fd, b"\0")
     except BaseException:
         status = 1
