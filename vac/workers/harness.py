@@ -53,6 +53,11 @@ class WorkerLoop:
         """Tell the root what this child now does."""
         self.channel.send(messages.StateReport(child_id=self.child_id, state=state, detail=detail))
 
+    @property
+    def heartbeat_due_in(self):
+        """Seconds until the next heartbeat is due (0 if it is due now)."""
+        return max(self._next_heartbeat - time.monotonic(), 0.0)
+
     def heartbeat_if_due(self):
         now = time.monotonic()
         if now >= self._next_heartbeat:

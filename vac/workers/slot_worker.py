@@ -52,7 +52,9 @@ def serve(loop, machine):
         next_wake = machine.tick()
         now = time.time()
         loop.title(machine.title(now))
-        timeout = MAX_LOOP_SECONDS
+        # Refreshing the title with the heartbeat costs an idle slot one
+        # wake-up per heartbeat instead of two.
+        timeout = min(MAX_LOOP_SECONDS, loop.heartbeat_due_in)
         if next_wake is not None:
             timeout = min(timeout, max(0.0, next_wake - now))
         fds = machine.fds()
