@@ -83,6 +83,11 @@ def finish_machine(paths: MachinePaths, record: MachineRecord, terms: MachineTer
     elif terms is None:
         log.error("machine %s: its terms (machine.json) are lost, so no accounting record can be written",
                   record.machine_uuid)
+    elif not apel.lived_long_enough(record.started, record.ended, terms.fizzle_seconds):
+        # Decided on the exact times: the record's whole seconds could round a
+        # fizzled machine up to fizzle_seconds, unlike what the root is told.
+        log.info("machine %s lived %.1f s, less than fizzle_seconds %d: no accounting record",
+                 record.machine_uuid, record.ended - record.started, terms.fizzle_seconds)
     else:
         apel.write_job_record(terms.state_dir, paths.root,
                               finished_machine(terms, record.started, record.ended, record.cpu_seconds or 0.0),

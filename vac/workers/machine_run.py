@@ -233,8 +233,11 @@ class SlotMachine:
         self._succeeded()
         self.error = None
         plan = result.value
-        log.info("slot %02d: %d machine(s) to take over, %d container(s) that no record owns",
-                 self.slot, len(plan.machines), len(plan.orphans))
+        # A slot with nothing to take over has nothing to say at INFO: with
+        # hundreds of slots that line is noise, and each costs the slot memory.
+        log.log(logging.INFO if plan.machines or plan.orphans else logging.DEBUG,
+                "slot %02d: %d machine(s) to take over, %d container(s) that no record owns",
+                self.slot, len(plan.machines), len(plan.orphans))
         if plan.orphans:
             self.orphans = plan.orphans
             self._submit_orphans()
