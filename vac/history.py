@@ -21,6 +21,7 @@ HISTORY_FILE_NAME = "history.sqlite"
 # Long enough to wait out another process's commit, short enough that a
 # wedged lock costs a job thread no more than this.
 WRITE_TIMEOUT_SECONDS = 2.0
+WRITE_ATTEMPTS = 3
 READ_TIMEOUT_SECONDS = 5.0
 SCHEMA_VERSION = 1
 
@@ -111,18 +112,27 @@ def open_for_writing(state_dir: str | os.PathLike, timeout: float = WRITE_TIMEOU
 
 
 def _write(state_dir, statement: str, values: dict, what: str) -> bool:
-    try:
-        connection = open_for_writing(state_dir, WRITE_TIMEOUT_SECONDS)
+    for attempt in range(WRITE_ATTEMPTS):
         try:
-            with connection:
-                connection.execute(statement, values)
-        finally:
-            connection.close()
-    except (sqlite3.Error, OSError) as error:
-        log.warning("machine %s: cannot record its %s in the history %s (%s); the machine goes on",
-                    values["uuid"], what, history_path(state_dir), error)
-        return False
-    return True
+            connection = open_for_writing(state_dir, WRITE_TIMEOUT_SECONDS)
+            try:
+                with connection:
+                    connection.execute(statement, values)
+            finally:
+                connection.close()
+            return True
+        except sqlite3.OperationalError as error:
+            # Switching a new file to WAL answers "locked" at once, without
+            # waiting out the busy timeout, while another writer creates it.
+            if attempt + 1 < WRITE_ATTEMPTS and "locked" in str(error):
+                continue
+            failure = error
+        except (sqlite3.Error, OSError) as error:
+            failure = error
+        break
+    log.warning("machine %s: cannot record its %s in the history %s (%s); the machine goes on",
+                values["uuid"], what, history_path(state_dir), failure)
+    return False
 
 
 def record_started(state_dir, *, uuid: str, factory: str | None, slot: int, machinetype: str, processors: int,
