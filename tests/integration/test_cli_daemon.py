@@ -23,10 +23,11 @@ import uuid
 import psutil
 import pytest
 
+from accounts import ACCOUNT_TOOL_DEADLINE, account_tool, run_as
+
 from daemon_client import daemon_factory  # noqa: F401 (a fixture)
 from vac import cli
 
-ACCOUNT_TOOL_DEADLINE = 30  # useradd and friends wait for each other's lock files
 
 CONFIG = """[settings]
 vac_space = cli.vac.example
@@ -232,18 +233,6 @@ def test_watch_prints_events_and_ends_cleanly(daemon_factory, tmp_path, socket_p
 
 # Other accounts.
 
-def account_tool(*argv):
-    """Run useradd/groupadd/...; retry while another run holds the account files' locks."""
-    deadline = time.monotonic() + ACCOUNT_TOOL_DEADLINE
-    while True:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=ACCOUNT_TOOL_DEADLINE)
-        if result.returncode == 0:
-            return
-        if "lock" not in result.stderr or time.monotonic() > deadline:
-            raise AssertionError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr}")
-        time.sleep(0.2)
-
-
 @pytest.fixture
 def account(request):
     """A throwaway account with its own group, and a read-only group it is not in."""
@@ -267,49 +256,19 @@ def account(request):
 
 
 def vac_as(uid, gid, groups, argv, timeout=30):
-    """Run `vac` as uid/gid/groups: (exit code, stdout, stderr).
+    """Run `vac` as uid/gid/groups in a forked child: (exit code, output)."""
 
-    A forked child runs the command's main() after dropping root: the
-    interpreter may live where other accounts cannot read it, so it cannot be
-    started again as them (setpriv/runuser would need that).
-    """
-    out_read, out_write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 70
-        try:
-            os.close(out_read)
-            sink = io.StringIO()
-            # Import everything main() needs while files are still readable.
-            cli.build_parser().parse_args(argv)
-            os.setgroups(groups)
-            os.setgid(gid)
-            os.setuid(uid)
-            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-                code = cli.main(argv)
-            os.write(out_write, json.dumps({"code": code, "output": sink.getvalue()}).encode())
-        except BaseException as error:  # noqa: B036 - a forked child must never return into pytest
-            os.write(out_write, json.dumps({"code": code, "output": repr(error)}).encode())
-        finally:
-            os._exit(0)
-    os.close(out_write)
-    data = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"vac {argv} as uid {uid} did not finish in {timeout} s"
-            ready, _, _ = select.select([out_read], [], [], remaining)
-            chunk = os.read(out_read, 65536) if ready else b""
-            if ready and not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(out_read)
-        if os.waitpid(pid, os.WNOHANG) == (0, 0):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-    outcome = json.loads(data)
+    def work():
+        sink = io.StringIO()
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            code = cli.main(argv)
+        return {"code": code, "output": sink.getvalue()}
+
+    outcome = run_as(uid, gid, groups, work, timeout=timeout, what=f"vac {argv} as uid {uid}",
+                     # Import everything main() needs while files are still readable.
+                     prepare=lambda: cli.build_parser().parse_args(argv))
+    if "crash" in outcome:
+        return 70, outcome["crash"]
     return outcome["code"], outcome["output"]
 
 

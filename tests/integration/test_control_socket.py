@@ -7,11 +7,9 @@ would see any operator.
 """
 
 import grp
-import json
 import os
 import pwd
 import re
-import select
 import shutil
 import signal
 import socket
@@ -22,6 +20,8 @@ import uuid
 
 import pytest
 
+from accounts import ACCOUNT_TOOL_DEADLINE, account_tool, run_as
+
 from daemon_client import daemon_factory  # noqa: F401 (a fixture)
 from vac.control import protocol
 from vac.control.client import ControlClient, ControlError
@@ -29,7 +29,6 @@ from vac.ipc.framing import FrameDecoder
 
 READ_DEADLINE = 10.0        # the server's per-request read deadline
 PROMPT = 1.0                # what a status round trip may take while others misbehave
-ACCOUNT_TOOL_DEADLINE = 30  # useradd and friends wait for each other's lock files
 
 CONFIG = """[settings]
 vac_space = control.vac.example
@@ -84,18 +83,6 @@ def socket_dir():
 
 # Accounts.
 
-def account_tool(*argv):
-    """Run useradd/groupadd/...; retry while another run holds the account files' locks."""
-    deadline = time.monotonic() + ACCOUNT_TOOL_DEADLINE
-    while True:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=ACCOUNT_TOOL_DEADLINE)
-        if result.returncode == 0:
-            return
-        if "lock" not in result.stderr or time.monotonic() > deadline:
-            raise AssertionError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr}")
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def accounts(request):
     """Groups vacadm-*/vacro-* and accounts: admin (primary group admin), reader
@@ -131,41 +118,13 @@ def as_account(name, path, connections, pause=0.0, timeout=30):
     {"ok": True, "result": ...} or {"ok": False, "code": ..., "error": ...}.
     """
     entry = pwd.getpwnam(name)
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        status = 1
-        try:
-            os.close(read_end)
-            os.setgroups(os.getgrouplist(name, entry.pw_gid))
-            os.setgid(entry.pw_gid)
-            os.setuid(entry.pw_uid)
-            outcome = {"pid": os.getpid(), "uid": os.getuid(), "groups": sorted(os.getgroups()),
-                       "replies": [_session(path, commands, pause) for commands in connections]}
-            os.write(write_end, json.dumps(outcome).encode())
-            status = 0
-        except BaseException as error:  # noqa: B036 - a forked child must never return into pytest
-            os.write(write_end, json.dumps({"crash": repr(error)}).encode())
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    data = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"the requests as {name} did not finish in {timeout} s"
-            ready, _, _ = select.select([read_end], [], [], remaining)
-            chunk = os.read(read_end, 65536) if ready else b""
-            if ready and not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(read_end)
-        if os.waitpid(pid, os.WNOHANG) == (0, 0):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-    outcome = json.loads(data)
+
+    def work():
+        return {"pid": os.getpid(), "uid": os.getuid(), "groups": sorted(os.getgroups()),
+                "replies": [_session(path, commands, pause) for commands in connections]}
+
+    outcome = run_as(entry.pw_uid, entry.pw_gid, os.getgrouplist(name, entry.pw_gid), work,
+                     timeout=timeout, what=f"the requests as {name}")
     assert "crash" not in outcome, f"the client as {name} crashed: {outcome['crash']}"
     assert outcome["uid"] == entry.pw_uid
     return outcome
