@@ -54,6 +54,30 @@ def test_killed_slot_is_restarted_and_siblings_keep_their_pids(host_factory):
     assert exited[0]["status"] == "killed by SIGKILL"
 
 
+def open_files(pid):
+    """The targets of a process's descriptors: 'socket:[123]', 'anon_inode:[pidfd]', paths."""
+    targets = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:
+            pass  # closed while we looked
+    return targets
+
+
+def test_children_hold_none_of_the_roots_channels_or_pidfds(host_factory):
+    # The pool is forked as one batch before the root takes any of it in: a
+    # child must still shed the root's ends of the siblings forked before it.
+    host = host_factory("factory")
+    pids = host.wait_for(lambda: all_ready(host, FACTORY), what="the factory ready")
+    root_sockets = {target for target in open_files(host.pid) if target.startswith("socket:")}
+    assert len(root_sockets) >= len(FACTORY)
+    for child in FACTORY:
+        held = open_files(pids[child])
+        assert not held & root_sockets, f"{child} holds the root's end of a channel"
+        assert "anon_inode:[pidfd]" not in held, f"{child} holds a pidfd of the root's"
+
+
 def test_process_titles_are_visible_in_ps(host_factory):
     host = host_factory("factory")
     pids = host.wait_for(lambda: all_ready(host, FACTORY), what="the factory ready")
@@ -86,6 +110,21 @@ def test_slot_crashing_at_start_backs_off_goes_fatal_and_reset_revives_it(host_f
     (tmp_path / "crash-marker").unlink()
     host.command("reset slot-01")
     host.wait_events("ready", 1, child="slot-01")
+    assert host.ready_pids()["slot-00"] == pids["slot-00"]
+
+
+def test_a_failed_fork_is_a_failed_start_of_that_child_alone(host_factory):
+    host = host_factory("fork-fails")
+    pids = host.wait_for(lambda: all_ready(host, SLOTS), what="all three slots ready")
+    assert "slot-01: fork failed: [Errno 11]" in host.log_text()
+    first = {e["child"]: e["t"] for e in reversed(host.events("started"))}
+    assert len(host.events("started", child="slot-01")) == 1
+    # slot-01 waited out its first backoff (0.2 s, counted from before the
+    # batch was forked); its siblings of the same batch started at once and
+    # were not disturbed.
+    assert first["slot-01"] - first["slot-02"] >= 0.15
+    assert len(host.events("started", child="slot-00")) == 1
+    assert len(host.events("started", child="slot-02")) == 1
     assert host.ready_pids()["slot-00"] == pids["slot-00"]
 
 

@@ -7,6 +7,7 @@ on stdin are operator commands ("reset CHILD"). The scenarios use the real
 workers where they can and small misbehaving workers where a test needs one.
 """
 
+import errno
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from vac import logs  # noqa: E402
 from vac.supervisor import policy  # noqa: E402
 from vac.supervisor.build import TreeSettings, build_tree  # noqa: E402
+from vac.supervisor.process import Processes  # noqa: E402
 from vac.supervisor.root import Root  # noqa: E402
 from vac.supervisor.states import Restart, Strategy  # noqa: E402
 from vac.supervisor.tree import ChildSpec, PoolPolicy, SupervisorSpec  # noqa: E402
@@ -136,6 +138,28 @@ def crashing_slot():
     return SupervisorSpec(id="vacd", children=(slots,))
 
 
+def fork_fails():
+    """Three idle slots; the second fork of the run fails (see ForkFailsOnce)."""
+    slot_policy = policy.SlotRestartPolicy(healthy_after=5.0, first_delay=0.2, max_delay=2.0)
+    slots = SupervisorSpec(id="slots", pool=PoolPolicy(slot_restart=slot_policy), children=tuple(
+        ChildSpec(id=f"slot-0{n}", target=idle, restart=Restart.TRANSIENT, role="slot", **FAST)
+        for n in range(3)))
+    return SupervisorSpec(id="vacd", children=(slots,))
+
+
+class ForkFailsOnce(Processes):
+    """Real processes, except that the second fork fails as fork does when out of pids."""
+
+    def __init__(self):
+        self.spawns = 0
+
+    def spawn(self, child_main):
+        self.spawns += 1
+        if self.spawns == 2:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        return super().spawn(child_main)
+
+
 def crash_storm():
     slot_policy = policy.SlotRestartPolicy(healthy_after=5.0, first_delay=0.1, max_delay=0.2,
                                            max_failed_starts=100)
@@ -224,8 +248,9 @@ def cvmfs():
 
 SCENARIOS = {f.__name__.replace("_", "-"): f for f in (
     cvmfs,
-    factory, crashing_slot, crash_storm, helper_storm, rest_for_one, misbehaving, orphans,
+    factory, crashing_slot, fork_fails, crash_storm, helper_storm, rest_for_one, misbehaving, orphans,
     shutdown_budget)}
+PROCESSES = {"fork-fails": ForkFailsOnce}
 
 
 def main():
@@ -236,7 +261,8 @@ def main():
     def observe(event):
         events.write(json.dumps(event) + "\n")
 
-    root = Root(SCENARIOS[scenario](), observer=observe)
+    processes = PROCESSES.get(scenario, Processes)()
+    root = Root(SCENARIOS[scenario](), observer=observe, processes=processes)
 
     def on_command():
         line = sys.stdin.readline()

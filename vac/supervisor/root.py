@@ -6,6 +6,7 @@ timeout; then it dispatches, reaps, checks deadlines and executes the
 tree's decisions. It is the tree's subreaper and the only place that reaps.
 """
 
+import functools
 import gc
 import logging
 import os
@@ -67,6 +68,7 @@ class Root:
         self._title = None
         self._wake_at = None      # when the next full pass is due
         self._busy = False        # this pass saw more than heartbeats
+        self._forking = []        # Spawned of a batch being forked, not yet taken in
 
     # Public surface for the daemon, the control socket and tests.
 
@@ -255,23 +257,53 @@ class Root:
 
     def _execute(self, actions):
         now = self.clock()
+        starts = []
         for action in actions:
             if isinstance(action, treemod.Start):
-                self._start(action.child_id, now)
+                starts.append(action.child_id)
             elif isinstance(action, treemod.Stop):
+                self._start_all(starts, now)
+                starts = []
                 self._stop(action.child_id, now)
+        self._start_all(starts, now)
 
-    def _start(self, child_id, now):
-        spec = self.tree.leaves[child_id].spec
-        args = dict(spec.args, child_id=child_id, heartbeat_interval=spec.heartbeat_interval,
-                    root_pid=os.getpid())
-        try:
-            spawned = self.processes.spawn(lambda sock: self._child_main(spec, args, sock))
-        except OSError as error:
-            # fork failing (EAGAIN, ENOMEM) is a failed start, handled by policy.
-            log.error("%s: fork failed: %s", child_id, error)
-            self._execute(self.tree.exited(child_id, ExitStatus(code=-1), now))
+    def _start_all(self, child_ids, now):
+        """Fork each child in order, then take them in: logs, selector, tree, observers.
+
+        Children share the root's memory copy-on-write, and a page the root
+        writes between two forks stays behind as the earlier child's own
+        copy. Forking a whole pool before doing the bookkeeping of any of it
+        lets its slots share those pages instead of each keeping its own.
+        """
+        if not child_ids:
             return
+        prepared = []
+        for child_id in child_ids:
+            spec = self.tree.leaves[child_id].spec
+            args = dict(spec.args, child_id=child_id, heartbeat_interval=spec.heartbeat_interval,
+                        root_pid=os.getpid())
+            prepared.append((child_id, functools.partial(self._child_main, spec, args)))
+        outcomes = []
+        try:
+            for child_id, child_main in prepared:
+                try:
+                    spawned = self.processes.spawn(child_main)
+                except OSError as error:
+                    outcomes.append((child_id, error))
+                    continue
+                outcomes.append((child_id, spawned))
+                self._forking.append(spawned)
+        finally:
+            self._forking = []
+        for child_id, outcome in outcomes:
+            if isinstance(outcome, OSError):
+                # fork failing (EAGAIN, ENOMEM) is a failed start, handled by policy.
+                log.error("%s: fork failed: %s", child_id, outcome)
+                self._execute(self.tree.exited(child_id, ExitStatus(code=-1), now))
+            else:
+                self._take_in(child_id, outcome, now)
+
+    def _take_in(self, child_id, spawned, now):
         live = Live(spawned, now)
         self.live[child_id] = live
         self.by_pid[live.pid] = child_id
@@ -308,7 +340,7 @@ class Root:
         signal.set_wakeup_fd(-1)
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
-        for live in self.live.values():
+        for live in (*self.live.values(), *self._forking):
             live.channel.close()
             if live.pidfd is not None:
                 os.close(live.pidfd)
