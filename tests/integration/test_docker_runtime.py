@@ -460,3 +460,22 @@ def test_engine_stopping_during_a_wait_is_unavailable_not_a_timeout(tmp_path):
         server.shutdown()
         server.server_close()
         serving.join(timeout=10)
+
+
+@pytest.mark.docker
+def test_a_private_cvmfs_mount_is_bound_without_propagation(runtime, docker_client, busybox_image, factory_label,
+                                                             tmp_path, mounted_tmpfs, caplog):
+    # A host not booted by systemd may keep /cvmfs private: the engine refuses
+    # rslave binds from it, so each machine would fail to start.
+    root = mounted_tmpfs(tmp_path / "cvmfs", "private")
+    (root / REPOSITORY).mkdir()
+    (root / REPOSITORY / "README").write_text("repository content\n")
+    handles = [run_machine(runtime, machine_request(tmp_path, factory_label, "exec sleep 300\n", slot=slot,
+                                                    cvmfs_root=root)) for slot in (3, 4)]
+    for handle in handles:
+        assert docker_exec(docker_client, handle.id, ["cat", f"/cvmfs/{REPOSITORY}/README"]) == (
+            0, "repository content\n")
+        mounts = docker_client.api.inspect_container(handle.id)["Mounts"]
+        assert [m["Propagation"] for m in mounts if m["Destination"] == f"/cvmfs/{REPOSITORY}"] == ["rprivate"]
+    warnings = [r for r in caplog.records if "is on a private mount" in r.getMessage()]
+    assert len(warnings) == 1, "one warning per runtime, not one per machine"

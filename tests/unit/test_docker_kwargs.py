@@ -220,3 +220,10 @@ def test_usage_from_a_live_sample_and_from_an_exited_container():
     assert usage_from_stats(live) == Usage(cpu_seconds=2.5, memory_bytes=4_000_000)
     assert usage_from_stats(cgroup_v2) == Usage(cpu_seconds=0.001, memory_bytes=3_000_000)
     assert usage_from_stats(exited) is None
+
+
+def test_repositories_are_bound_without_propagation_when_asked():
+    request = make_request(cvmfs_repositories=("lhcb.cern.ch",), cvmfs_propagation=None)
+    cvmfs = [m for m in create_kwargs(request)["host_config"]["Mounts"] if m["Target"].startswith("/cvmfs/")]
+    assert cvmfs == [{"Type": "bind", "Source": "/cvmfs/lhcb.cern.ch", "Target": "/cvmfs/lhcb.cern.ch",
+                      "ReadOnly": True}]

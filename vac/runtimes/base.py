@@ -100,6 +100,10 @@ class ContainerRequest:
     joboutputs: Path
     cvmfs_repositories: tuple[str, ...] = ()
     cvmfs_root: Path = Path("/cvmfs")
+    # How repositories are bound: "rslave" shows a repository that autofs
+    # mounts (again) after the start inside the container; None binds what is
+    # mounted at the start only, where the host's /cvmfs is a private mount.
+    cvmfs_propagation: str | None = "rslave"
     # (host directory, container path) for each tmp_binds entry.
     tmp_binds: tuple[tuple[Path, str], ...] = ()
     environment: tuple[tuple[str, str], ...] = ()

@@ -10,6 +10,7 @@ deadline, so a long wait never holds the connection of ordinary calls.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ from vac.runtimes.base import (LABEL_FACTORY, LABEL_SLOT, ContainerHandle, Conta
                                RuntimeUnavailable, StartFailed, Usage)
 from vac.runtimes.docker_api import (create_kwargs, exit_info_from_inspect, handle_from_inspect, image_reference,
                                      usage_from_stats)
+from vac.runtimes.mounts import host_propagation
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +88,13 @@ def translated_errors(what: str):
 class DockerRuntime:
     """The runtime protocol (vac.runtimes.base.ContainerRuntime) on a Docker engine."""
 
-    def __init__(self, base_url: str | None = None, timeout: float = DEFAULT_TIMEOUT_SECONDS, clock=time.monotonic):
+    def __init__(self, base_url: str | None = None, timeout: float = DEFAULT_TIMEOUT_SECONDS, clock=time.monotonic,
+                 propagation_of=host_propagation):
         self.base_url = base_url or os.environ.get("DOCKER_HOST") or DEFAULT_BASE_URL
         self.timeout = timeout
         self._clock = clock
+        self._propagation_of = propagation_of
+        self._warned_private: set[str] = set()
         self._api = None
         self._wait_api = None
         # Last usage per container id: the engine has none once a container exits.
@@ -176,7 +181,7 @@ class DockerRuntime:
     def create(self, request: ContainerRequest) -> ContainerHandle:
         """Create the container of `request` (idempotent per machine: an existing one is returned)."""
         _docker_reference(request.image)
-        kwargs = create_kwargs(request)
+        kwargs = create_kwargs(self._with_cvmfs_propagation(request))
         name = kwargs["name"]
         api = self._client()
         with translated_errors(f"create container {name}"):
@@ -198,6 +203,21 @@ class DockerRuntime:
                  response["Id"][:12])
         return ContainerHandle(id=response["Id"], name=name, labels=kwargs["labels"], state=ContainerState.CREATED,
                                created_at=time.time())
+
+    def _with_cvmfs_propagation(self, request: ContainerRequest) -> ContainerRequest:
+        """`request`, binding its repositories without propagation where the host's mount of them is private."""
+        if not request.cvmfs_repositories or request.cvmfs_propagation != "rslave":
+            return request
+        if self._propagation_of(request.cvmfs_root) != "private":
+            return request
+        root = str(request.cvmfs_root)
+        if root not in self._warned_private:
+            self._warned_private.add(root)
+            log.warning("%s is on a private mount, which the engine cannot bind with propagation: repositories "
+                        "are bound as mounted when each machine starts, and one the automounter mounts again "
+                        "later stays hidden from running machines (make it shared, as systemd does: "
+                        "mount --make-rshared /)", root)
+        return dataclasses.replace(request, cvmfs_propagation=None)
 
     def _existing(self, name: str, request: ContainerRequest) -> ContainerHandle:
         # A restarted worker may create again what its predecessor created.

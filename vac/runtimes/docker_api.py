@@ -58,7 +58,7 @@ def container_mounts(request: ContainerRequest) -> tuple[Mount, ...]:
     # rslave: a repository autofs mounts (or remounts) after the container
     # started must still appear inside it, as on the host.
     mounts.extend(Mount(request.cvmfs_root / repository, f"{CVMFS_PATH}/{repository}", read_only=True,
-                        propagation="rslave")
+                        propagation=request.cvmfs_propagation)
                   for repository in request.cvmfs_repositories)
     mounts.extend(Mount(host_path, container_path, read_only=False) for host_path, container_path in request.tmp_binds)
     return tuple(mounts)
