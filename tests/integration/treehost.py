@@ -246,8 +246,19 @@ def cvmfs():
     return SupervisorSpec(id="vacd", children=(services,))
 
 
+def cvmfs_autofs():
+    """The keeper with the real `stat`, on the autofs root and repositories the test names."""
+    from vac.workers import cvmfs_keeper
+    services = SupervisorSpec(id="services", children=(
+        ChildSpec(id="cvmfs-keeper", target=cvmfs_keeper.run, args={
+            "repositories": os.environ["VAC_TEST_REPOSITORIES"].split(),
+            "cvmfs_root": os.environ["VAC_TEST_CVMFS_ROOT"],
+            "interval_seconds": 0.3, "timeout_seconds": 1.0}, **FAST),))
+    return SupervisorSpec(id="vacd", children=(services,))
+
+
 SCENARIOS = {f.__name__.replace("_", "-"): f for f in (
-    cvmfs,
+    cvmfs, cvmfs_autofs,
     factory, crashing_slot, fork_fails, crash_storm, helper_storm, rest_for_one, misbehaving, orphans,
     shutdown_budget)}
 PROCESSES = {"fork-fails": ForkFailsOnce}

@@ -13,7 +13,7 @@ import os
 MOUNTINFO = "/proc/self/mountinfo"
 
 
-def _unescape(field: str) -> str:
+def unescape(field: str) -> str:
     r"""Mount points in mountinfo escape space, tab, newline and backslash as \ooo."""
     if "\\" not in field:
         return field
@@ -46,7 +46,7 @@ def propagation_of(path: str, mountinfo: str) -> str | None:
         fields = line.split()
         if len(fields) < 7 or "-" not in fields[6:]:
             continue
-        mount_point = _unescape(fields[4])
+        mount_point = unescape(fields[4])
         if not _contains(mount_point, path):
             continue
         if best_point is not None and len(mount_point) < len(best_point):
