@@ -18,6 +18,7 @@ from vac.supervisor.config_watch import ConfigWatcher
 from vac.supervisor.factory import Factory
 from vac.supervisor.metrics_snapshot import MetricsFeed
 from vac.supervisor.root import Root
+from vac.supervisor.terms import needed_repositories
 
 log = logging.getLogger("vac.daemon")
 
@@ -68,8 +69,7 @@ def factory_name(settings):
 def tree_settings(config):
     """The supervision tree's shape from the configuration."""
     settings = config.settings
-    repositories = sorted({repo for mt in config.machinetypes.values()
-                           for repo in mt.cvmfs_repositories})
+    repositories = needed_repositories(config.machinetypes)
     timeout = float(settings.heartbeat_timeout_seconds)
     return TreeSettings(slots=settings.slots, cvmfs_repositories=tuple(repositories),
                         state_dir=settings.state_dir, factory_name=factory_name(settings),

@@ -72,3 +72,35 @@ def test_a_bad_configuration_refuses_to_start_with_every_problem(tmp_path):
     assert "vm-raw" in result.stderr
     assert "not starting" in result.stderr
     assert not (tmp_path / "state").exists()
+
+
+def keeper_title(daemon):
+    import psutil
+    for child in psutil.Process(daemon.proc.pid).children():
+        title = " ".join(child.cmdline())
+        if "cvmfs-keeper" in title:
+            return title.strip()
+    return None
+
+
+def test_a_reload_changes_the_repositories_the_keeper_watches(tmp_path, daemon_factory):
+    config = tmp_path / "vac.conf"
+    needs = "\ncvmfs_repositories = {}\n"
+    config.write_text(CONFIG.format(machinetypes=MACHINETYPE.format(name="alpha", share=1)
+                                    + needs.format("a.vac-test.example.org")))
+    daemon = daemon_factory(config)
+    daemon.wait_log("cvmfs repository a.vac-test.example.org: stat: cannot")
+
+    config.write_text(CONFIG.format(machinetypes=MACHINETYPE.format(name="alpha", share=1)
+                                    + needs.format("b.vac-test.example.org a.vac-test.example.org")))
+    daemon.wait_log("cvmfs repository b.vac-test.example.org: watching")
+    daemon.wait_log("cvmfs repository b.vac-test.example.org: stat: cannot")
+    assert keeper_title(daemon) == ("vacd: cvmfs-keeper [0 ok, 2 failing: a.vac-test.example.org, "
+                                    "b.vac-test.example.org]")
+
+    config.write_text(CONFIG.format(machinetypes=MACHINETYPE.format(name="alpha", share=1)))
+    daemon.wait_log("cvmfs repository a.vac-test.example.org: no longer needed")
+    daemon.wait_log("cvmfs repository b.vac-test.example.org: no longer needed")
+    assert keeper_title(daemon) == "vacd: cvmfs-keeper [0 of 0 repos ok]"
+    daemon.stop()
+    assert daemon.proc.returncode == 0

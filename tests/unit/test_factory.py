@@ -239,3 +239,39 @@ def test_the_reaper_gets_the_live_set_only_once_every_slot_has_settled(tmp_path,
     places = [m.machine["uuid"] for c, m in sent if c != "reaper"]
     live, = [m for c, m in sent if c == "reaper"]
     assert [s["uuid"] for s in live.slots] == places, "placements in flight count as held"
+
+
+def keeper_reports(factory, checks):
+    factory.on_message("cvmfs-keeper", messages.StateReport(
+        child_id="cvmfs-keeper", state="checking", detail={"repositories": checks}))
+
+
+def to_keeper(factory):
+    return [msg.names for child, msg in factory.tick(False) if child == "cvmfs-keeper"]
+
+
+def test_the_keeper_is_told_the_repositories_the_machinetypes_need_whenever_they_change(tmp_path, clock):
+    needs_a = CONFIG.replace("fizzle_seconds = 60\n", "fizzle_seconds = 60\ncvmfs_repositories = a.example.org\n", 1)
+    factory = make_factory(config_file(tmp_path, text=needs_a), clock)
+    assert to_keeper(factory) == [], "nothing is sent before the keeper has reported"
+    keeper_reports(factory, {"a.example.org": {"ok": None, "reason": "not checked yet"}})
+    assert to_keeper(factory) == [], "it watches what is needed"
+
+    needs_a_and_b = needs_a.replace("user_data = other.user_data\n",
+                                    "user_data = other.user_data\ncvmfs_repositories = b.example.org a.example.org\n")
+    factory.apply_config(config_file(tmp_path, text=needs_a_and_b))
+    assert to_keeper(factory) == [["a.example.org", "b.example.org"]]
+    assert to_keeper(factory) == [], "asked once until the keeper reports again"
+    keeper_reports(factory, {"a.example.org": {"ok": True, "reason": "ok"},
+                             "b.example.org": {"ok": False, "reason": "no answer within 10 s"}})
+    assert to_keeper(factory) == []
+    assert factory.unavailable_repositories == {"b.example.org"}
+
+    # A restarted keeper starts from the list the root was started with.
+    keeper_reports(factory, {"a.example.org": {"ok": None, "reason": "not checked yet"}})
+    assert to_keeper(factory) == [["a.example.org", "b.example.org"]]
+
+    factory.apply_config(config_file(tmp_path))
+    assert to_keeper(factory) == [[]], "no machinetype needs a repository any more"
+    keeper_reports(factory, {})
+    assert to_keeper(factory) == [] and factory.unavailable_repositories == frozenset()

@@ -157,6 +157,12 @@ class MachineFinished:
 
 # Root and the pipe fetcher.
 
+@message("repositories")
+class Repositories:
+    """Root to keeper: the CernVM-FS repositories the machinetypes need now, [name]."""
+    names: list
+
+
 @message("pipe_list")
 class PipeList:
     """Root to fetcher: the Vacuum Pipes to keep fetched, [{prefix, url}]."""

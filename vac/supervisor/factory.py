@@ -51,6 +51,8 @@ class Factory:
         self.histories = {}
         self.paused = set()
         self.unavailable_repositories = frozenset()
+        self._keeper_watches = None    # the repositories the keeper last reported checking
+        self._repositories_asked = None  # what we asked it for since that report
         self.rng = rng or random.Random()
         self.clock = clock
         self.load_average = load_average
@@ -100,6 +102,8 @@ class Factory:
             repositories = msg.detail.get("repositories", {})
             self.unavailable_repositories = frozenset(
                 name for name, check in repositories.items() if check.get("ok") is False)
+            self._keeper_watches = sorted(repositories)
+            self._repositories_asked = None
             self._changed = True
         elif isinstance(msg, messages.StateReport) and child_id == PIPE_FETCHER:
             # A (re)started fetcher knows no pipes yet.
@@ -194,12 +198,27 @@ class Factory:
             self._send_pipe_list = False
             out.append((PIPE_FETCHER, messages.PipeList(pipes=[
                 {"prefix": p.prefix, "url": p.url} for p in self.config.vacuum_pipes.values()])))
+        out.extend(self._repositories_to_watch())
         if may_start and self.table.free_slots() and self._due(now):
             out.extend(self._place(now))
         live_set = self._live_set(now)
         if live_set is not None:
             out.append((REAPER, live_set))
         return out
+
+    def _repositories_to_watch(self):
+        """Tell the keeper the repositories the machinetypes need, when its report shows others.
+
+        Its list at start is the configuration's when the root started; reloads
+        and Vacuum Pipes change what is needed, and a restarted keeper starts
+        from that first list again.
+        """
+        needed = terms.needed_repositories(self.machinetypes)
+        if self._keeper_watches is None or needed in (self._keeper_watches, self._repositories_asked):
+            return []
+        self._repositories_asked = needed
+        log.info("cvmfs-keeper: asking it to watch %s", " ".join(needed) or "no repository")
+        return [(CVMFS_KEEPER, messages.Repositories(names=needed))]
 
     def _live_set(self, now):
         """What every slot holds, for the reaper, once every slot has settled."""

@@ -33,6 +33,12 @@ def machinetype_terms(machinetype, paused=False):
         paused=paused)
 
 
+def needed_repositories(machinetypes):
+    """The CernVM-FS repositories any of these Machinetypes ({name: Machinetype}) needs, sorted."""
+    return sorted({repository for machinetype in machinetypes.values()
+                   for repository in machinetype.cvmfs_repositories})
+
+
 def plain(value):
     """A frozen config value as msgpack-able plain data (mappings, lists, scalars)."""
     if dataclasses.is_dataclass(value):

@@ -3,8 +3,11 @@
 Each check is a separate `stat` process on /cvmfs/REPO (which triggers the
 automount) with a deadline: a hung repository leaves a process stuck in the
 kernel, which we abandon rather than wait for, and no second check of that
-repository starts while the first hangs. The root hears which repositories
-are unavailable and starts no machinetype that needs one.
+repository starts while the first hangs. Checking every interval also keeps
+autofs from expiring the repositories. The root hears which repositories
+are unavailable and starts no machinetype that needs one; it sends the list
+to check (Repositories) whenever the keeper's report shows another than the
+machinetypes now need: after a reload, a pipe update or a keeper restart.
 """
 
 import logging
@@ -12,6 +15,7 @@ import os
 import subprocess
 import time
 
+from vac.ipc import messages
 from vac.workers.harness import WorkerLoop
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,7 @@ class RepositoryCheck:
         self.pidfd = None
         self.started = None
         self.due = 0.0
+        self.watched = False      # the root wants it checked
 
     def fileno(self):
         return self.pidfd
@@ -43,25 +48,40 @@ def run(channel, spec):
     command = tuple(spec.get("check_command", CHECK_COMMAND))
     interval = float(spec.get("interval_seconds", 30.0))
     timeout = float(spec.get("timeout_seconds", 10.0))
-    checks = {name: RepositoryCheck(name) for name in spec.get("repositories", [])}
+    # Every repository ever watched: one the root stops asking for keeps its
+    # check object, so a hung check of it is still reaped, and not doubled
+    # if the root asks for it again.
+    checks = {}
+    _watch(checks, spec.get("repositories", []), time.monotonic())
     loop.title(_title(checks))
     loop.ready()
     loop.report("checking", repositories=_summary(checks))
     while not loop.stopping:
         now = time.monotonic()
         for check in checks.values():
-            if check.abandoned is not None and check.abandoned.poll() is not None:
+            if check.abandoned is not None:
+                if check.abandoned.poll() is None:
+                    # While an earlier check hangs, another would only hang
+                    # beside it: look again an interval later.
+                    check.due = max(check.due, now + interval)
+                    continue
                 check.abandoned = None
-            # While an earlier check hangs, another would only hang beside it.
-            if check.process is None and check.abandoned is None and now >= check.due:
+            if check.watched and check.process is None and now >= check.due:
                 _start(check, root, command, now)
         running = [c for c in checks.values() if c.process is not None]
-        deadlines = [c.started + timeout for c in running] + [c.due for c in checks.values()
-                                                              if c.process is None]
+        deadlines = [c.started + timeout for c in running] + [
+            c.due for c in checks.values() if c.process is None and (c.watched or c.abandoned)]
         wait = max(min(deadlines, default=now + interval) - now, 0)
-        loop.wait(min(wait, interval), fds=[c for c in running if c.pidfd is not None])
+        received = loop.wait(min(wait, interval), fds=[c for c in running if c.pidfd is not None])
         changed = False
         now = time.monotonic()
+        for msg in received:
+            if isinstance(msg, messages.Repositories):
+                changed |= _watch(checks, msg.names, now)
+                # The root learns from this report that its list arrived.
+                changed = True
+            else:
+                log.warning("cvmfs-keeper: ignoring an unexpected %s message", type(msg).__name__)
         for check in running:
             changed |= _collect(check, now, timeout, interval)
         if changed:
@@ -71,6 +91,24 @@ def run(channel, spec):
         if check.process is not None:
             check.process.kill()
     log.info("cvmfs-keeper stopping: %s", loop.stop_reason)
+
+
+def _watch(checks, names, now):
+    """Watch exactly `names`; True if that changed the list."""
+    wanted = set(names)
+    changed = False
+    for name in wanted - {name for name, check in checks.items() if check.watched}:
+        check = checks.setdefault(name, RepositoryCheck(name))
+        check.watched, check.ok, check.reason = True, None, "not checked yet"
+        check.due = now
+        changed = True
+        log.info("cvmfs repository %s: watching", name)
+    for name, check in checks.items():
+        if check.watched and name not in wanted:
+            check.watched = False
+            changed = True
+            log.info("cvmfs repository %s: no longer needed", name)
+    return changed
 
 
 def _start(check, root, command, now):
@@ -102,7 +140,7 @@ def _collect(check, now, timeout, interval):
     os.close(check.pidfd)
     check.process = check.pidfd = None
     check.due = now + interval
-    if (check.ok, check.reason) != before:
+    if check.watched and (check.ok, check.reason) != before:
         level = logging.INFO if check.ok else logging.WARNING
         log.log(level, "cvmfs repository %s: %s", check.name, check.reason)
         return True
@@ -110,12 +148,13 @@ def _collect(check, now, timeout, interval):
 
 
 def _summary(checks):
-    return {name: {"ok": c.ok, "reason": c.reason} for name, c in sorted(checks.items())}
+    return {name: {"ok": c.ok, "reason": c.reason} for name, c in sorted(checks.items()) if c.watched}
 
 
 def _title(checks):
-    failing = sorted(name for name, c in checks.items() if c.ok is False)
-    ok = sum(1 for c in checks.values() if c.ok)
+    watched = [c for c in checks.values() if c.watched]
+    failing = sorted(c.name for c in watched if c.ok is False)
+    ok = sum(1 for c in watched if c.ok)
     if failing:
         return f"cvmfs-keeper [{ok} ok, {len(failing)} failing: {', '.join(failing)}]"
-    return f"cvmfs-keeper [{ok} of {len(checks)} repos ok]"
+    return f"cvmfs-keeper [{ok} of {len(watched)} repos ok]"
