@@ -372,16 +372,20 @@ def test_present_image_needs_no_pull(runtime, busybox_image):
 
 
 @pytest.mark.docker
-def test_repository_on_a_private_mount_fails_to_start(runtime, busybox_image, factory_label, tmp_path,
-                                                      mounted_tmpfs):
-    # rslave needs the host side shared or slave; a private /cvmfs is a host
-    # set-up problem that must end the machine clearly, not hang or crash.
+def test_an_rslave_bind_the_engine_refuses_fails_to_start_clearly(busybox_image, factory_label, tmp_path,
+                                                                   mounted_tmpfs):
+    # The runtime binds a private /cvmfs without propagation; should it ever
+    # misjudge the mount, the engine's refusal must end the machine clearly,
+    # not hang or crash.
     private_root = mounted_tmpfs(tmp_path / "private-cvmfs", "private")
     (private_root / REPOSITORY).mkdir()
-    handle = runtime.create(machine_request(tmp_path, factory_label, "exit 0\n", cvmfs_root=private_root))
-
-    with pytest.raises(StartFailed, match="shared or slave"):
-        runtime.start(handle)
+    misjudging = DockerRuntime(timeout=30, propagation_of=lambda path: "shared")
+    try:
+        handle = misjudging.create(machine_request(tmp_path, factory_label, "exit 0\n", cvmfs_root=private_root))
+        with pytest.raises(StartFailed, match="shared or slave"):
+            misjudging.start(handle)
+    finally:
+        misjudging.close()
 
 
 @pytest.mark.docker
