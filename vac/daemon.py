@@ -79,6 +79,10 @@ def tree_settings(config):
                         orphan_grace_seconds=float(settings.orphan_grace_seconds),
                         metrics_listen=settings.metrics_listen,
                         metrics_textfile=settings.metrics_textfile,
+                        space=settings.vac_space, factories=tuple(settings.factories),
+                        vacquery_listen=settings.vacquery_listen,
+                        udp_timeout_seconds=float(settings.udp_timeout_seconds),
+                        gocdb_sitename=settings.gocdb_sitename,
                         heartbeat_timeout=timeout, heartbeat_interval=min(5.0, timeout / 6))
 
 

@@ -65,6 +65,8 @@ class Settings:
     metrics_listen: str | None = None
     # A node_exporter textfile the metrics exporter rewrites atomically. None: not written.
     metrics_textfile: str | None = None
+    # Where vacquery answers the other factories' VacQuery (IPv4 IP:PORT). None: it answers nobody.
+    vacquery_listen: str | None = "0.0.0.0:995"
 
     def __post_init__(self):
         # slots defaults to one per processor, the most machines the processors allow.

@@ -53,11 +53,39 @@ def _dns_name(text):
 
 
 def _factories(text):
+    """Factory names, '.' for this host; NAME:PORT where one answers VacQuery on another port than 995."""
     names = tuple(text.lower().split())
     for name in names:
-        if name != ".":
+        if name == ".":
+            continue
+        host, colon, port = name.rpartition(":")
+        if colon:
+            _port(port)
+            _dns_name(host)
+        else:
             _dns_name(name)
     return names
+
+
+def _port(text):
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise BadValue(f"{text!r} is not a port between 1 and 65535")
+    return int(text)
+
+
+def _vacquery_listen(text):
+    """IPv4 'IP:PORT' where vacquery answers the space, or 'no' to answer nobody."""
+    if text.lower() == "no":
+        return None
+    host, colon, port = text.rpartition(":")
+    if not colon:
+        raise BadValue("must be IP:PORT (e.g. 0.0.0.0:995) or no")
+    _port(port)
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        raise BadValue(f"{host!r} is not an IPv4 address") from None
+    return f"{host}:{int(port)}"
 
 
 def _hostports(text):
@@ -170,6 +198,7 @@ CONVERTERS = {
     "heartbeat_timeout_seconds": _int(1), "factory_name": _dns_name,
     "reaper_interval_seconds": _int(1), "orphan_grace_seconds": _int(0),
     "metrics_listen": _metrics_listen, "metrics_textfile": _metrics_textfile,
+    "vacquery_listen": _vacquery_listen,
 }
 
 

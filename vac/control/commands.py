@@ -55,7 +55,7 @@ class Context:
 
 @command("status")
 def status(ctx, args):
-    """Factory summary: slots by state, processors, machinetypes, helpers, problems, pipes."""
+    """Factory summary: slots by state, processors, machinetypes, helpers, problems, pipes, space."""
     root, factory = ctx.root, ctx.factory
     settings = factory.config.settings
     held = factory.table.running(settings.hs06_per_processor)
@@ -72,6 +72,7 @@ def status(ctx, args):
                     if leaf.spec.role != "slot"},
         "config_problems": list(factory.config_problems),
         "pipes": factory.pipe_status(),
+        "space": factory.space_status(),
         "last_refusal": factory.last_refusal.text if factory.last_refusal else None,
         "uptime_seconds": time.monotonic() - root.started_at if root.started_at else 0,
     }

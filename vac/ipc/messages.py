@@ -163,6 +163,23 @@ class Repositories:
     names: list
 
 
+@message("local_status")
+class LocalStatus:
+    """Root to vacquery: what this factory runs per machinetype, [MachinetypeStatus as a map]."""
+    statuses: list
+
+
+@message("space_status")
+class SpaceStatus:
+    """Vacquery to root: what the other factories answered in one round.
+
+    factories: {name: {"answered_at": unix time, "machinetypes": {machinetype:
+    {"running_hs06", "running_machines", "running_processors"}}}}; polled: every name asked.
+    """
+    factories: dict
+    polled: list
+
+
 @message("pipe_list")
 class PipeList:
     """Root to fetcher: the Vacuum Pipes to keep fetched, [{prefix, url}]."""

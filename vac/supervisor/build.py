@@ -5,7 +5,7 @@ import dataclasses
 from vac.supervisor import policy
 from vac.supervisor.states import Restart, Strategy
 from vac.supervisor.tree import ChildSpec, PoolPolicy, SupervisorSpec
-from vac.workers import cvmfs_keeper, metrics, pipe_fetcher, reaper, slot_worker
+from vac.workers import cvmfs_keeper, metrics, pipe_fetcher, reaper, slot_worker, vacquery
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +21,13 @@ class TreeSettings:
     orphan_grace_seconds: float = 120.0
     metrics_listen: str | None = None
     metrics_textfile: str | None = None
+    # VacQuery: with a space, a vacquery child answers and asks these factories.
+    space: str | None = None
+    factories: tuple = ()
+    vacquery_listen: str | None = None
+    udp_timeout_seconds: float = 10.0
+    vacquery_interval_seconds: float = 60.0
+    gocdb_sitename: str | None = None
     # vacd's defaults (heartbeat_timeout_seconds = 30): a heartbeat every 5 s.
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 30.0
@@ -47,6 +54,19 @@ def metrics_child(settings, timings):
                       restart=Restart.PERMANENT, shutdown=settings.helper_shutdown, **timings),)
 
 
+def vacquery_child(settings, timings):
+    """The VacQuery responder and poller, for a factory that belongs to a space."""
+    if not settings.space:
+        return ()
+    return (ChildSpec(id="vacquery", target=vacquery.run,
+                      args={"space": settings.space, "factory_name": settings.factory_name,
+                            "factories": list(settings.factories), "listen": settings.vacquery_listen,
+                            "udp_timeout_seconds": settings.udp_timeout_seconds,
+                            "interval_seconds": settings.vacquery_interval_seconds,
+                            "gocdb_sitename": settings.gocdb_sitename},
+                      restart=Restart.PERMANENT, shutdown=settings.helper_shutdown, **timings),)
+
+
 def build_tree(settings):
     """services (keeper, reaper, pipe fetcher) first and stopped last; then the slot pool."""
     timings = {"heartbeat_interval": settings.heartbeat_interval,
@@ -70,6 +90,7 @@ def build_tree(settings):
             ChildSpec(id="pipe-fetcher", target=pipe_fetcher.run,
                       args={"state_dir": settings.state_dir},
                       restart=Restart.PERMANENT, shutdown=settings.helper_shutdown, **timings),
+            *vacquery_child(settings, timings),
             *metrics_child(settings, timings),
         ))
     slots = SupervisorSpec(

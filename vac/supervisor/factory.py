@@ -17,6 +17,7 @@ from vac.config import pipes
 from vac.ipc import messages
 from vac.machine.joboutputs import EXCEEDED_WALLCLOCK
 from vac.machine.layout import machine_name
+from vac.space import status as space_status
 from vac.supervisor import aborts, scheduler, terms
 from vac.supervisor.build import slot_id
 from vac.supervisor.slot_table import SlotTable
@@ -29,6 +30,8 @@ RECONSIDER_SECONDS = 10.0
 PIPE_FETCHER = "pipe-fetcher"
 REAPER = "reaper"
 CVMFS_KEEPER = "cvmfs-keeper"
+VACQUERY = "vacquery"
+NOT_ASKED = object()   # vacquery has not reported yet: send it nothing
 LIVE_SET_SECONDS = 10.0
 FINISHED_REMEMBERED = 4096
 
@@ -52,6 +55,9 @@ class Factory:
         self.paused = set()
         self.unavailable_repositories = frozenset()
         self._keeper_watches = None    # the repositories the keeper last reported checking
+        self.space_answers = {}        # factory -> its latest answer (SpaceStatus.factories entry)
+        self.space_polled = []         # the factories the last VacQuery round asked
+        self._local_sent = NOT_ASKED   # the statuses last sent to vacquery
         self._repositories_asked = None  # what we asked it for since that report
         self.rng = rng or random.Random()
         self.clock = clock
@@ -105,6 +111,14 @@ class Factory:
             self._keeper_watches = sorted(repositories)
             self._repositories_asked = None
             self._changed = True
+        elif isinstance(msg, messages.StateReport) and child_id == VACQUERY:
+            # A (re)started vacquery has nothing to answer with yet.
+            if msg.state == "waiting":
+                self._local_sent = None
+        elif isinstance(msg, messages.SpaceStatus):
+            self.space_answers.update(msg.factories)
+            self.space_polled = list(msg.polled)
+            self._changed = True
         elif isinstance(msg, messages.StateReport) and child_id == PIPE_FETCHER:
             # A (re)started fetcher knows no pipes yet.
             self._send_pipe_list = msg.state == "waiting"
@@ -112,7 +126,8 @@ class Factory:
             if slot is not None:
                 self.last_outcomes[slot] = {"machine": msg.uuid, "machinetype": msg.machinetype,
                                             "code": msg.code, "text": msg.text,
-                                            "ended_at": msg.ended_at}
+                                            "ended_at": msg.ended_at,
+                                            "machine_name": machine_name(self.factory_name, slot)}
             self._finished(msg)
         elif isinstance(msg, messages.PipeDocument):
             self.pipe_documents[msg.prefix] = msg
@@ -199,6 +214,7 @@ class Factory:
             out.append((PIPE_FETCHER, messages.PipeList(pipes=[
                 {"prefix": p.prefix, "url": p.url} for p in self.config.vacuum_pipes.values()])))
         out.extend(self._repositories_to_watch())
+        out.extend(self._local_status())
         if may_start and self.table.free_slots() and self._due(now):
             out.extend(self._place(now))
         live_set = self._live_set(now)
@@ -219,6 +235,32 @@ class Factory:
         self._repositories_asked = needed
         log.info("cvmfs-keeper: asking it to watch %s", " ".join(needed) or "no repository")
         return [(CVMFS_KEEPER, messages.Repositories(names=needed))]
+
+    def local_statuses(self):
+        """What this factory runs per machinetype, as VacQuery answers it."""
+        return space_status.local_statuses(
+            factory_name=self.factory_name, machinetypes=self.machinetypes, machines=self.table.machines(),
+            outcomes=self.last_outcomes.values(),
+            hs06_per_processor=self.config.settings.hs06_per_processor_or_default, now=self.clock())
+
+    def _local_status(self):
+        """Send vacquery this factory's statuses when they changed (or it restarted)."""
+        if self._local_sent is NOT_ASKED:
+            return []
+        statuses = [dataclasses.asdict(status) for status in self.local_statuses()]
+        if statuses == self._local_sent:
+            return []
+        self._local_sent = statuses
+        return [(VACQUERY, messages.LocalStatus(statuses=statuses))]
+
+    def space_hs06(self):
+        """HS06 per machinetype the other factories of the space run now (as they last answered)."""
+        return space_status.space_hs06(self.space_answers, now=self.clock(), exclude=(self.factory_name,))
+
+    def space_status(self):
+        """For operators: the factories asked, each one's last answer, and the HS06 they add."""
+        return {"polled": list(self.space_polled), "answers": dict(self.space_answers),
+                "hs06": self.space_hs06()}
 
     def _live_set(self, now):
         """What every slot holds, for the reaper, once every slot has settled."""
@@ -245,7 +287,7 @@ class Factory:
         placements, refusal = scheduler.fill_free_slots(
             factory, machinetypes, self.table.running(settings.hs06_per_processor),
             self.histories, self.table.free_slots(), now=now,
-            load_average=self.load_average(), rng=self.rng,
+            load_average=self.load_average(), rng=self.rng, space_hs06=self.space_hs06(),
             unavailable_repositories=self.unavailable_repositories)
         self._changed = False
         self._reconsider_at = now + RECONSIDER_SECONDS

@@ -1,0 +1,135 @@
+"""VacQuery between a real vacd and a factory speaking Vac's datagrams, over real UDP."""
+
+import json
+import socket
+import threading
+import time
+
+from daemon_client import daemon_factory  # noqa: F401 (a fixture)
+from vac.control.client import ControlClient
+
+SPACE = "vq.vac-test.example.org"
+CONFIG = """
+[settings]
+vac_space = {space}
+factory_name = f1.vac-test.example.org
+factories = . localhost:{peer_port}
+vacquery_listen = 127.0.0.1:{port}
+udp_timeout_seconds = 1
+total_processors = 2
+heartbeat_timeout_seconds = 20
+draining = {draining}
+
+[machinetype alpha]
+machine_model = docker
+root_image = docker://vac-nonexistent:latest
+user_data = alpha.user_data
+target_share = 1
+
+[machinetype beta]
+machine_model = docker
+root_image = docker://vac-nonexistent:latest
+user_data = beta.user_data
+target_share = 1
+"""
+
+
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class VacPeer(threading.Thread):
+    """Answers machinetypes_query as a Vac factory does: one machinetype_status per machinetype."""
+
+    def __init__(self, running_hs06):
+        super().__init__(daemon=True)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.running_hs06 = running_hs06
+        self.queries = []
+        self.stopping = threading.Event()
+
+    def run(self):
+        while not self.stopping.is_set():
+            try:
+                data, address = self.sock.recvfrom(10240)
+            except socket.timeout:
+                continue
+            query = json.loads(data)
+            self.queries.append(query)
+            for name, hs06 in self.running_hs06.items():
+                self.sock.sendto(json.dumps({
+                    "message_type": "machinetype_status", "vac_version": "Vac 3.0.0 -",
+                    "daemon_version": "Vac 3.0.0 -", "vacquery_version": "VacQuery 01.03",
+                    "cookie": query["cookie"], "space": query["space"], "site": "vac-test.example.org",
+                    "factory": "f2.vac-test.localhost", "num_machinetypes": len(self.running_hs06),
+                    "time_sent": int(time.time()), "machinetype": name, "running_hs06": hs06,
+                    "running_machines": int(hs06 // 10), "running_cpus": int(hs06 // 10),
+                    "running_processors": int(hs06 // 10), "num_before_fizzle": 0,
+                    "shutdown_message": None, "shutdown_time": None, "shutdown_machine": None}).encode(),
+                    address)
+
+    def stop(self):
+        self.stopping.set()
+        self.join(5)
+        self.sock.close()
+
+
+def wait_for(predicate, timeout=15.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_vacd_answers_vac_and_counts_what_the_space_runs(tmp_path, daemon_factory):  # noqa: F811
+    peer = VacPeer({"alpha": 120.0, "gamma": 30.0})
+    peer.start()
+    port = free_udp_port()
+    config = tmp_path / "vac.conf"
+
+    def write(draining):
+        config.write_text(CONFIG.format(space=SPACE, peer_port=peer.port, port=port, draining=draining))
+
+    write("yes")
+    daemon = daemon_factory(config)
+    try:
+        daemon.wait_log("vacquery: answering on 127.0.0.1")
+
+        # As a Vac factory asks: one answer per machinetype, with Vac's fields.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as asker:
+            asker.settimeout(5)
+            asker.sendto(json.dumps({"message_type": "machinetypes_query", "vac_version": "Vac 3.0.0 -",
+                                     "vacquery_version": "VacQuery 01.03", "space": SPACE,
+                                     "cookie": "c0ffee"}).encode(), ("127.0.0.1", port))
+            answers = [json.loads(asker.recvfrom(10240)[0]) for _ in range(2)]
+        assert sorted(a["machinetype"] for a in answers) == ["alpha", "beta"]
+        for answer in answers:
+            assert answer["message_type"] == "machinetype_status" and answer["cookie"] == "c0ffee"
+            assert answer["space"] == SPACE and answer["factory"] == "f1.vac-test.example.org"
+            assert answer["num_machinetypes"] == 2 and answer["running_hs06"] == 0
+            assert answer["site"] == "vac-test.example.org"
+
+        # vacd asked the peer, and what the peer runs is in its status.
+        client = ControlClient(str(tmp_path / "control.sock"), timeout=5)
+        space = wait_for(lambda: client.request("status")["space"]["answers"] and client.request("status")["space"],
+                         what="the peer's answer")
+        assert space["polled"] == [f"localhost:{peer.port}"]
+        assert space["hs06"] == {"alpha": 120.0, "gamma": 30.0}
+        assert peer.queries[0]["message_type"] == "machinetypes_query" and peer.queries[0]["space"] == SPACE
+        client.close()
+
+        # Shares 1:1, but the space already runs 120 HS06 of alpha: both slots get beta.
+        write("no")
+        daemon.wait_log("placing", count=2)
+        placed = [line for line in daemon.text().splitlines() if "placing" in line][:2]
+        assert all("placing beta machine" in line for line in placed), placed
+    finally:
+        peer.stop()

@@ -1,0 +1,88 @@
+"""VacQuery datagrams: what we send, what we accept, and that nothing a peer sends can crash us."""
+
+import json
+
+from hypothesis import given, strategies as st
+
+from vac.space import protocol
+from vac.space.protocol import MachinetypeStatus
+
+SPACE = "vac01.example.org"
+STATUS = MachinetypeStatus(factory="f2.example.org", machinetype="lhcb-prod", num_machinetypes=2,
+                           running_hs06=40.0, running_machines=4, running_processors=4, num_before_fizzle=1,
+                           shutdown_message="300 No more work", shutdown_time=1_800_000_000,
+                           shutdown_machine="f2-03.example.org")
+
+
+def answers(statuses=(STATUS,), cookie="c" * 64):
+    return protocol.machinetype_statuses(list(statuses), space=SPACE, site="example.org", query_cookie=cookie,
+                                         daemon_version="vac 1.0", now=1_800_000_100)
+
+
+def test_a_query_as_vac_sends_it():
+    cookie = protocol.cookie(b"salt", "f2.example.org")
+    data = protocol.machinetypes_query(SPACE, cookie, "vac 1.0")
+    message = json.loads(data)
+    assert message["message_type"] == "machinetypes_query"
+    assert message["space"] == SPACE and message["cookie"] == cookie
+    assert message["vacquery_version"] == "VacQuery 01.03"
+    assert protocol.parse_query(data) == protocol.Query("machinetypes_query", SPACE, cookie)
+
+
+def test_answers_carry_every_field_vac_checks_and_parse_back():
+    second = MachinetypeStatus(factory="f2.example.org", machinetype="atlas", num_machinetypes=2,
+                               running_hs06=0.0, running_machines=0, running_processors=0, num_before_fizzle=0)
+    datagrams = answers((STATUS, second))
+    assert len(datagrams) == 2
+    first = json.loads(datagrams[0])
+    for field in ("message_type", "cookie", "space", "factory", "num_machinetypes", "machinetype", "running_hs06",
+                  "num_before_fizzle", "shutdown_message", "shutdown_time", "shutdown_machine", "site",
+                  "running_machines", "running_processors", "running_cpus", "time_sent"):
+        assert field in first, field
+    assert first["num_machinetypes"] == 2 and first["site"] == "example.org"
+    assert protocol.parse_machinetype_status(datagrams[0], SPACE) == ("c" * 64, STATUS)
+    assert protocol.parse_machinetype_status(datagrams[1], SPACE)[1] == second
+
+
+def test_answers_of_another_space_or_with_bad_fields_are_dropped():
+    good = json.loads(answers()[0])
+    assert protocol.parse_machinetype_status(answers()[0], "other.example.org") is None
+    for field, value in [("running_hs06", -1), ("running_hs06", "12"), ("running_hs06", float("nan")),
+                         ("num_machinetypes", 0), ("running_machines", True), ("machinetype", "Bad Name"),
+                         ("factory", ""), ("shutdown_time", -5), ("shutdown_message", 5), ("cookie", "")]:
+        bad = dict(good, **{field: value})
+        assert protocol.parse_machinetype_status(json.dumps(bad).encode(), SPACE) is None, field
+    missing = {k: v for k, v in good.items() if k != "running_hs06"}
+    assert protocol.parse_machinetype_status(json.dumps(missing).encode(), SPACE) is None
+
+
+def test_long_texts_are_clipped_to_keep_datagrams_small():
+    long = MachinetypeStatus(factory="f2.example.org", machinetype="x", num_machinetypes=1, running_hs06=1.0,
+                             running_machines=1, running_processors=1, num_before_fizzle=0,
+                             shutdown_message="3" * 5000)
+    (data,) = answers((long,))
+    assert len(data) < protocol.MAX_DATAGRAM
+    assert len(json.loads(data)["shutdown_message"]) == protocol.MAX_TEXT
+
+
+def test_site_is_the_gocdb_name_or_the_space_without_its_first_label():
+    assert protocol.site_of("vac01.example.org", None) == "example.org"
+    assert protocol.site_of("vac01.example.org", "UKI-EXAMPLE") == "UKI-EXAMPLE"
+    assert protocol.site_of("localspace", None) == "localspace"
+
+
+@given(st.binary(max_size=2000) | st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=20), inner, max_size=6),
+    max_leaves=30).map(lambda value: json.dumps(value).encode()))
+def test_any_datagram_parses_or_is_dropped_never_raises(data):
+    protocol.parse_query(data)
+    protocol.parse_machinetype_status(data, SPACE)
+
+
+@given(st.dictionaries(st.sampled_from(sorted(json.loads(answers()[0]))),
+                       st.none() | st.booleans() | st.integers(-5, 2**60) | st.floats() | st.text(max_size=8),
+                       max_size=8))
+def test_answers_with_any_fields_changed_parse_or_are_dropped(changes):
+    message = dict(json.loads(answers()[0]), **changes)
+    protocol.parse_machinetype_status(json.dumps(message).encode(), SPACE)

@@ -1,0 +1,160 @@
+"""VacQuery, as Vac speaks it: JSON datagrams over UDP between the factories of a space.
+
+A factory asks each other factory for its machinetypes (machinetypes_query,
+with a cookie derived from a fresh salt and the factory's name); each
+answers with one machinetype_status datagram per machinetype, naming how
+many there are, so the asker knows when it has them all. The scheduler adds
+the HS06 the other factories run per machinetype to its own (INTERFACES.md
+section 7). Pure functions: encoding, and decoding that checks every field
+it uses, so a confused or hostile peer yields None, never an exception.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+
+VACQUERY_VERSION = "01.03"
+PORT = 995
+# What Vac reads of one datagram; ours stay below it.
+MAX_DATAGRAM = 10240
+MAX_TEXT = 256
+MACHINETYPES_QUERY = "machinetypes_query"
+MACHINETYPE_STATUS = "machinetype_status"
+_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,252}")
+_MACHINETYPE = re.compile(r"[a-z0-9-]{1,64}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    message_type: str
+    space: str
+    cookie: str
+
+
+@dataclasses.dataclass(frozen=True)
+class MachinetypeStatus:
+    """What one factory runs of one machinetype."""
+    factory: str
+    machinetype: str
+    num_machinetypes: int
+    running_hs06: float
+    running_machines: int
+    running_processors: int
+    num_before_fizzle: int
+    shutdown_message: str | None = None
+    shutdown_time: int | None = None
+    shutdown_machine: str | None = None
+
+
+def cookie(salt: bytes, factory: str) -> str:
+    """The cookie a query to `factory` carries, and its answers must carry back."""
+    return hashlib.sha256(salt + factory.encode()).hexdigest()
+
+
+def machinetypes_query(space: str, query_cookie: str, daemon_version: str) -> bytes:
+    return _dumps({"message_type": MACHINETYPES_QUERY, "vac_version": daemon_version,
+                   "daemon_version": daemon_version, "vacquery_version": f"VacQuery {VACQUERY_VERSION}",
+                   "space": space, "cookie": query_cookie})
+
+
+def parse_query(data: bytes) -> Query | None:
+    """A query of any type, or None for anything that is not one."""
+    message = _loads(data)
+    if message is None:
+        return None
+    kind, space, query_cookie = (message.get(k) for k in ("message_type", "space", "cookie"))
+    if not (_short_text(kind) and kind.endswith("_query") and _short_text(space)
+            and _short_text(query_cookie)):
+        return None
+    return Query(kind, space, query_cookie)
+
+
+def site_of(space: str, gocdb_sitename: str | None) -> str:
+    """The site Vac names in its answers: the GOCDB name, else the space without its first label."""
+    if gocdb_sitename:
+        return gocdb_sitename
+    return space.split(".", 1)[1] if "." in space else space
+
+
+def machinetype_statuses(statuses: list[MachinetypeStatus], *, space: str, site: str, query_cookie: str,
+                         daemon_version: str, now: int) -> list[bytes]:
+    """The answer to a machinetypes_query: one datagram per machinetype."""
+    out = []
+    for status in statuses:
+        message = dataclasses.asdict(status)
+        message.update({
+            "message_type": MACHINETYPE_STATUS, "vac_version": daemon_version, "daemon_version": daemon_version,
+            "vacquery_version": f"VacQuery {VACQUERY_VERSION}", "cookie": query_cookie, "space": space,
+            "site": site, "time_sent": now, "num_machinetypes": len(statuses),
+            # Vac's older name of the same figure.
+            "running_cpus": status.running_processors,
+            "shutdown_message": _clip(status.shutdown_message),
+            "shutdown_machine": _clip(status.shutdown_machine)})
+        out.append(_dumps(message))
+    return out
+
+
+def parse_machinetype_status(data: bytes, space: str) -> tuple[str, MachinetypeStatus] | None:
+    """(cookie, status) of a machinetype_status of `space`, or None for anything else.
+
+    The caller checks the cookie against the one it sent to that factory.
+    """
+    m = _loads(data)
+    if m is None or m.get("message_type") != MACHINETYPE_STATUS or m.get("space") != space:
+        return None
+    factory, machinetype, answer_cookie = m.get("factory"), m.get("machinetype"), m.get("cookie")
+    if not (isinstance(factory, str) and _NAME.fullmatch(factory) and isinstance(machinetype, str)
+            and _MACHINETYPE.fullmatch(machinetype) and _short_text(answer_cookie)):
+        return None
+    counts = [m.get(k) for k in ("num_machinetypes", "running_machines", "running_processors",
+                                 "num_before_fizzle")]
+    if not all(_count(value) for value in counts) or counts[0] < 1:
+        return None
+    hs06 = m.get("running_hs06")
+    if isinstance(hs06, bool) or not isinstance(hs06, (int, float)) or not math.isfinite(hs06) or hs06 < 0:
+        return None
+    message, time_, machine = (m.get(k) for k in ("shutdown_message", "shutdown_time", "shutdown_machine"))
+    if not (_optional_text(message) and _optional_text(machine)
+            and (time_ is None or (_count(time_)))):
+        return None
+    return answer_cookie, MachinetypeStatus(
+        factory=factory, machinetype=machinetype, num_machinetypes=counts[0], running_hs06=float(hs06),
+        running_machines=counts[1], running_processors=counts[2], num_before_fizzle=counts[3],
+        shutdown_message=message, shutdown_time=time_, shutdown_machine=machine)
+
+
+def _dumps(message: dict) -> bytes:
+    data = json.dumps(message, separators=(",", ":")).encode()
+    if len(data) > MAX_DATAGRAM:
+        raise ValueError(f"a VacQuery datagram of {len(data)} bytes is over {MAX_DATAGRAM}")
+    return data
+
+
+def _loads(data: bytes) -> dict | None:
+    if len(data) > MAX_DATAGRAM:
+        return None
+    try:
+        message = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def _short_text(value) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_TEXT
+
+
+def _optional_text(value) -> bool:
+    return value is None or (isinstance(value, str) and len(value) <= 4 * MAX_TEXT)
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
+
+
+def _clip(text: str | None) -> str | None:
+    return None if text is None else text[:MAX_TEXT]
