@@ -275,3 +275,23 @@ def test_the_keeper_is_told_the_repositories_the_machinetypes_need_whenever_they
     assert to_keeper(factory) == [[]], "no machinetype needs a repository any more"
     keeper_reports(factory, {})
     assert to_keeper(factory) == [] and factory.unavailable_repositories == frozenset()
+
+
+def test_space_answers_count_until_stale_and_vacquery_hears_local_changes(tmp_path, clock):
+    factory = make_factory(config_file(tmp_path), clock)
+    sent = lambda: [msg.statuses for child, msg in factory.tick(False) if child == "vacquery"]  # noqa: E731
+    assert sent() == [], "nothing is sent before vacquery has reported"
+    factory.on_message("vacquery", messages.StateReport(child_id="vacquery", state="waiting", detail={}))
+    (statuses,) = sent()
+    assert [(s["machinetype"], s["running_hs06"]) for s in statuses] == [("other", 0.0), ("work", 0.0)]
+    assert sent() == [], "unchanged statuses are not sent again"
+
+    answer = {"answered_at": clock.now, "machinetypes": {"work": {"running_hs06": 8.0}}}
+    factory.on_message("vacquery", messages.SpaceStatus(factories={"f2": answer, "f3": answer},
+                                                        polled=["f2", "f3"]))
+    assert factory.space_hs06() == {"work": 16.0}
+    # f3 is silent this round (its answer still counts); f2 was dropped from the list.
+    factory.on_message("vacquery", messages.SpaceStatus(factories={}, polled=["f3"]))
+    assert factory.space_hs06() == {"work": 8.0}
+    clock.now += 1000
+    assert factory.space_hs06() == {}, "an answer that old no longer counts"

@@ -55,10 +55,10 @@ class Factory:
         self.paused = set()
         self.unavailable_repositories = frozenset()
         self._keeper_watches = None    # the repositories the keeper last reported checking
+        self._repositories_asked = None  # what we asked it for since that report
         self.space_answers = {}        # factory -> its latest answer (SpaceStatus.factories entry)
         self.space_polled = []         # the factories the last VacQuery round asked
         self._local_sent = NOT_ASKED   # the statuses last sent to vacquery
-        self._repositories_asked = None  # what we asked it for since that report
         self.rng = rng or random.Random()
         self.clock = clock
         self.load_average = load_average
@@ -116,8 +116,11 @@ class Factory:
             if msg.state == "waiting":
                 self._local_sent = None
         elif isinstance(msg, messages.SpaceStatus):
-            self.space_answers.update(msg.factories)
+            # A factory no longer listed is forgotten; one that did not answer
+            # this round keeps its last answer until that grows stale.
             self.space_polled = list(msg.polled)
+            self.space_answers = {name: answer for name, answer in {**self.space_answers, **msg.factories}.items()
+                                  if name in self.space_polled}
             self._changed = True
         elif isinstance(msg, messages.StateReport) and child_id == PIPE_FETCHER:
             # A (re)started fetcher knows no pipes yet.
