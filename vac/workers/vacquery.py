@@ -4,10 +4,10 @@ It answers machinetypes_query datagrams from what the root last sent it
 (LocalStatus), and every interval asks each factory listed in `factories`
 for its machinetypes, gathering answers for udp_timeout_seconds (asking again
 those that have not answered in full a third and two thirds of the way), then
-sends the root one SpaceStatus. Names are resolved by a thread of their own,
-so a hung DNS lookup delays only that, never a heartbeat. Answers are rate
-limited per asking address, so spoofed queries cannot turn us into an
-amplifier.
+sends the root one SpaceStatus. Names are resolved by a thread of their own
+when a round asks for it, so a hung DNS lookup delays only that, never a
+heartbeat. Answers are rate limited per asking address, so spoofed
+queries cannot turn us into an amplifier.
 """
 
 from __future__ import annotations
@@ -85,8 +85,12 @@ class SpaceQuery:
         self.responder_error = None
         self.sock = self._open_socket()
         self.addresses: dict[str, tuple] = {}
-        self._resolver = threading.Thread(target=self._resolve_forever, name="vacquery-resolver", daemon=True)
+        self._resolved_at = None      # when the resolver last went through the names
+        self._resolve = threading.Event()
+        self._closing = False
+        self._resolver = threading.Thread(target=self._resolve_when_asked, name="vacquery-resolver", daemon=True)
         self._resolver.start()
+        self._resolve.set()           # before the first round
         self._buckets: dict[str, tuple[float, float]] = {}
         self._round = None            # cookie -> {"name", "expected", "got": {machinetype: status}}
         self._round_end = None
@@ -112,8 +116,13 @@ class SpaceQuery:
         sock.bind(("0.0.0.0", 0))
         return sock
 
-    def _resolve_forever(self):
+    def _resolve_when_asked(self):
+        """The resolver thread: looks the factories' names up each time a round asks it to."""
         while True:
+            self._resolve.wait()
+            self._resolve.clear()
+            if self._closing:
+                return
             for name in self.peers:
                 host, port = _address(name, protocol.PORT)
                 try:
@@ -122,12 +131,14 @@ class SpaceQuery:
                     log.warning("vacquery: cannot resolve factory %s: %s", host, error)
                     continue
                 self.addresses[name] = info[0][4]
-            time.sleep(RESOLVE_SECONDS)
+            self._resolved_at = time.monotonic()
 
     def fds(self):
         return [self.sock]
 
     def close(self):
+        self._closing = True
+        self._resolve.set()
         self.sock.close()
 
     # What the loop calls.
@@ -176,6 +187,11 @@ class SpaceQuery:
         if not self.peers:
             self._next_round = now + self.interval
             return
+        # Names are looked up again every RESOLVE_SECONDS, and while any is
+        # unknown; this round asks with what is known now.
+        if self._resolved_at is None or now - self._resolved_at >= RESOLVE_SECONDS or \
+                len(self.addresses) < len(self.peers):
+            self._resolve.set()
         salt = os.urandom(32)
         self._round = {protocol.cookie(salt, name): {"name": name, "expected": 1, "got": {}}
                        for name in self.peers}
