@@ -77,6 +77,7 @@ def tree_settings(config):
                         docker_timeout_seconds=float(settings.docker_timeout_seconds),
                         reaper_interval_seconds=float(settings.reaper_interval_seconds),
                         orphan_grace_seconds=float(settings.orphan_grace_seconds),
+                        cvmfs_keepalive_seconds=float(settings.cvmfs_keepalive_seconds),
                         metrics_listen=settings.metrics_listen,
                         metrics_textfile=settings.metrics_textfile,
                         space=settings.vac_space, factories=tuple(settings.factories),

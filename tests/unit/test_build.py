@@ -40,11 +40,11 @@ def test_settings_reach_the_specs():
         slots=2, cvmfs_repositories=("atlas.cern.ch", "lhcb.cern.ch"), state_dir="/srv/vac",
         heartbeat_interval=1.0, heartbeat_timeout=7.0, slot_shutdown=30.0, helper_shutdown=3.0,
         helper_intensity=Intensity(2, 9.0), top_intensity=Intensity(1, 99.0), degraded_retry=45.0,
-        slot_restart=SlotRestartPolicy(max_failed_starts=3))
+        slot_restart=SlotRestartPolicy(max_failed_starts=3), cvmfs_keepalive_seconds=45.0)
     spec = build_tree(settings)
     services, pool = spec.children
     keeper, reaper_spec = services.children[:2]
-    assert keeper.args == {"repositories": ["atlas.cern.ch", "lhcb.cern.ch"]}
+    assert keeper.args == {"repositories": ["atlas.cern.ch", "lhcb.cern.ch"], "interval_seconds": 45.0}
     assert reaper_spec.args == {
         "state_dir": "/srv/vac", "slots": 2, "factory_name": "localhost",
         "docker_url": "unix:///var/run/docker.sock", "docker_timeout_seconds": 30.0,

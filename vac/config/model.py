@@ -61,6 +61,9 @@ class Settings:
     # How often the reaper looks for orphaned containers, and how old one must be.
     reaper_interval_seconds: int = 60
     orphan_grace_seconds: int = 120
+    # How often the cvmfs-keeper looks at each repository: well below autofs's usual
+    # 300 s timeout, so the repositories machines need are never let expire.
+    cvmfs_keepalive_seconds: int = 30
     # Where the metrics exporter serves GET /metrics (a loopback IP:PORT). None: not served.
     metrics_listen: str | None = None
     # A node_exporter textfile the metrics exporter rewrites atomically. None: not written.

@@ -184,6 +184,11 @@ def _draining(text):
     return text.lower() == "yes"
 
 
+# The keeper's check is a stat of each repository: more often than this costs
+# the automounter more than it keeps mounted.
+MIN_CVMFS_KEEPALIVE_SECONDS = 5
+
+
 CONVERTERS = {
     "vac_space": _dns_name, "factories": _factories, "total_processors": _int(1),
     "processors_per_superslot": _int(1), "mb_per_processor": _int(1),
@@ -197,6 +202,7 @@ CONVERTERS = {
     "docker_url": _docker_url, "docker_timeout_seconds": _int(1), "pids_limit": _int(1),
     "heartbeat_timeout_seconds": _int(1), "factory_name": _dns_name,
     "reaper_interval_seconds": _int(1), "orphan_grace_seconds": _int(0),
+    "cvmfs_keepalive_seconds": _int(MIN_CVMFS_KEEPALIVE_SECONDS),
     "metrics_listen": _metrics_listen, "metrics_textfile": _metrics_textfile,
     "vacquery_listen": _vacquery_listen,
 }

@@ -94,7 +94,6 @@ class DockerRuntime:
         self.timeout = timeout
         self._clock = clock
         self._propagation_of = propagation_of
-        self._warned_private: set[str] = set()
         self._api = None
         self._wait_api = None
         # Last usage per container id: the engine has none once a container exits.
@@ -210,13 +209,9 @@ class DockerRuntime:
             return request
         if self._propagation_of(request.cvmfs_root) != "private":
             return request
-        root = str(request.cvmfs_root)
-        if root not in self._warned_private:
-            self._warned_private.add(root)
-            log.warning("%s is on a private mount, which the engine cannot bind with propagation: repositories "
-                        "are bound as mounted when each machine starts, and one the automounter mounts again "
-                        "later stays hidden from running machines (make it shared, as systemd does: "
-                        "mount --make-rshared /)", root)
+        # The cvmfs-keeper warns the site once for the factory; each slot only notes it.
+        log.debug("slot %02d machine %s: %s is on a private mount: binding its repositories without propagation",
+                  request.slot, request.machine_uuid, request.cvmfs_root)
         return dataclasses.replace(request, cvmfs_propagation=None)
 
     def _existing(self, name: str, request: ContainerRequest) -> ContainerHandle:

@@ -19,6 +19,7 @@ class TreeSettings:
     docker_timeout_seconds: float = 30.0
     reaper_interval_seconds: float = 60.0
     orphan_grace_seconds: float = 120.0
+    cvmfs_keepalive_seconds: float = 30.0
     metrics_listen: str | None = None
     metrics_textfile: str | None = None
     # VacQuery: with a space, a vacquery child answers and asks these factories.
@@ -77,7 +78,8 @@ def build_tree(settings):
         intensity=settings.helper_intensity,
         children=(
             ChildSpec(id="cvmfs-keeper", target=cvmfs_keeper.run,
-                      args={"repositories": list(settings.cvmfs_repositories)},
+                      args={"repositories": list(settings.cvmfs_repositories),
+                            "interval_seconds": settings.cvmfs_keepalive_seconds},
                       restart=Restart.PERMANENT, shutdown=settings.helper_shutdown, **timings),
             ChildSpec(id="reaper", target=reaper.run,
                       args={"state_dir": settings.state_dir, "slots": settings.slots,

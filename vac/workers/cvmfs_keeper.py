@@ -16,6 +16,7 @@ import subprocess
 import time
 
 from vac.ipc import messages
+from vac.runtimes.mounts import host_propagation
 from vac.workers.harness import WorkerLoop
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ def run(channel, spec):
     # if the root asks for it again.
     checks = {}
     _watch(checks, spec.get("repositories", []), time.monotonic())
+    # Said here, once for the factory, rather than by every slot that binds a repository.
+    warning = private_root_warning(root, host_propagation(root))
+    if warning is not None:
+        log.warning("%s", warning)
     loop.title(_title(checks))
     loop.ready()
     loop.report("checking", repositories=_summary(checks))
@@ -91,6 +96,16 @@ def run(channel, spec):
         if check.process is not None:
             check.process.kill()
     log.info("cvmfs-keeper stopping: %s", loop.stop_reason)
+
+
+def private_root_warning(root, propagation):
+    """What to tell the site when the host keeps `root` on a private mount, or None."""
+    if propagation != "private":
+        return None
+    return (f"{root} is on a private mount, which the engine cannot bind with propagation: repositories "
+            "are bound as mounted when each machine starts, and one the automounter mounts again "
+            "later stays hidden from running machines (make it shared, as systemd does: "
+            "mount --make-rshared /)")
 
 
 def _watch(checks, names, now):
