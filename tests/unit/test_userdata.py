@@ -121,16 +121,50 @@ def test_factory_made_proxy_fills_the_x509_proxy_option():
     assert render(Template("##user_data_option_x509_proxy##"), values) == "PROXY-PEM"
 
 
-def test_replacements_follow_the_documented_order():
-    # Plain sequential replacement, as in Vac: a value containing a pattern that
-    # comes later in the order is filled in, one from earlier is deleted as leftover.
+def test_substituted_text_is_never_scanned_again():
+    # One pass: a value that holds another pattern is put in as it is, so no
+    # value can pull in (or multiply) another one.
     values = TemplateValues(space="S##user_data_uuid##", machinetype="M##user_data_space##",
                             machine_hostname="h", manager_hostname="f", machine_uuid=MACHINE_UUID,
                             machinefeatures_url="a", jobfeatures_url="b", joboutputs_url="c")
 
     rendered = render(Template("##user_data_space##|##user_data_machinetype##"), values)
 
-    assert rendered == f"S{MACHINE_UUID}|M"
+    assert rendered == "S##user_data_uuid##|M##user_data_space##"
+
+
+def _bomb_values(copies):
+    # Each option's value repeats the next option's pattern: replaced in turn,
+    # `copies` ** 3 copies of the last value would end up in the text.
+    pattern = "##user_data_option_{}##"
+    return TemplateValues(space="s", machinetype="m", machine_hostname="h", manager_hostname="f",
+                          machine_uuid=MACHINE_UUID, machinefeatures_url="a", jobfeatures_url="b",
+                          joboutputs_url="c", options={
+                              "a": pattern.format("b") * copies, "b": pattern.format("c") * copies,
+                              "c": pattern.format("d") * copies, "d": "x" * 100})
+
+
+def test_a_template_bomb_stays_the_size_of_its_values():
+    template = Template("##user_data_option_a##\n" * 1000)
+
+    rendered = render(template, _bomb_values(100))
+
+    assert len(rendered) == 1000 * (100 * len("##user_data_option_b##") + 1)
+    assert "x" not in rendered
+
+
+def test_a_rendered_text_past_its_limit_is_refused_before_it_is_built():
+    values = _bomb_values(1)
+    template = Template("##user_data_option_d##" * 200)
+
+    assert len(render(template, values, max_rendered_bytes=200 * 100)) == 200 * 100
+    with pytest.raises(UserDataError, match="rendered user_data would be more than the limit of 19999 bytes"):
+        render(template, values, max_rendered_bytes=200 * 100 - 1)
+
+
+def test_a_template_past_its_limit_is_refused():
+    with pytest.raises(UserDataError, match="template is 11 bytes, more than the limit of 10"):
+        render(Template("01234567890"), VALUES, max_template_bytes=10)
 
 
 def test_template_bytes_that_are_not_utf8_survive(tmp_path):

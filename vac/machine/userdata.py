@@ -23,12 +23,16 @@ MANAGER_VERSION = f"Vac-compatible vac {__version__}"
 
 FETCH_TIMEOUT_SECONDS = 30.0
 MAX_TEMPLATE_BYTES = 4 * 1024 * 1024
+# What a machine's /user_data may grow to once filled in: room for the largest
+# template plus a few option files, far below what fills a state disk.
+MAX_RENDERED_BYTES = 8 * 1024 * 1024
 MAX_OPTION_FILE_BYTES = 1024 * 1024
 GRID_CA_PATH = Path("/etc/grid-security/certificates")
 
 _READ_CHUNK = 65536
 _OPTION_NAME = re.compile(r"[a-z0-9_]+")
-_LEFTOVER_PATTERN = re.compile(r"##user_data_[a-z0-9_]*##")
+# Every pattern, filled or not: one left unfilled is deleted (INTERFACES.md §5).
+_PATTERN = re.compile(r"##user_data_([a-z0-9_]*)##")
 _OPTION_PREFIX = "user_data_option_"
 _FILE_PREFIX = "user_data_file_"
 
@@ -194,14 +198,18 @@ def read_option_files(files: Mapping[str, str], files_dir: Path,
     return contents
 
 
-def render(template: Template, values: TemplateValues) -> str:
-    """Fill in `template` in the order of INTERFACES.md §5 and delete leftover patterns."""
-    text = template.text
+def template_values(template: Template, values: TemplateValues) -> dict[str, str]:
+    """Pattern name (after ##user_data_) -> its text, in the order of INTERFACES.md §5.
+
+    Where two sources name one pattern, the earlier in that order wins, as it
+    did when each was replaced in turn; None fills nothing (the pattern is
+    then deleted as a leftover).
+    """
+    filled: dict[str, str] = {}
 
     def put(name: str, value: str | None) -> None:
-        nonlocal text
         if value is not None:
-            text = text.replace(f"##user_data_{name}##", value)
+            filled.setdefault(name, value)
 
     put("space", values.space)
     put("machinetype", values.machinetype)
@@ -232,7 +240,44 @@ def render(template: Template, values: TemplateValues) -> str:
     for suffix, contents in sorted(values.file_contents.items()):
         put(f"option_{suffix}", contents)
         put(f"file_{suffix}", contents)
-    return _LEFTOVER_PATTERN.sub("", text)
+    return filled
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8", errors="surrogateescape"))
+
+
+def render(template: Template, values: TemplateValues, max_template_bytes: int = MAX_TEMPLATE_BYTES,
+           max_rendered_bytes: int = MAX_RENDERED_BYTES) -> str:
+    """Fill in `template` (INTERFACES.md §5) in one pass; leftover patterns are deleted.
+
+    Substituted text is never scanned again: a value that holds another
+    pattern is put in as it is, so values cannot multiply each other.
+    UserDataError if the template or the result would pass its limit (the
+    machine then fails to start), raised before the oversized text is built.
+    """
+    template_bytes = _size(template.text)
+    if template_bytes > max_template_bytes:
+        raise UserDataError(f"the user_data template is {template_bytes} bytes, "
+                            f"more than the limit of {max_template_bytes}")
+    filled = template_values(template, values)
+    sizes: dict[str, int] = {}
+    # Each pattern replaced changes the size by its value's size less its own.
+    rendered_bytes = template_bytes
+
+    def substitute(match: re.Match) -> str:
+        nonlocal rendered_bytes
+        name = match.group(1)
+        value = filled.get(name, "")
+        if name not in sizes:
+            sizes[name] = _size(value)
+        rendered_bytes += sizes[name] - len(match.group(0))
+        if rendered_bytes > max_rendered_bytes:
+            raise UserDataError(f"the rendered user_data would be more than the limit of {max_rendered_bytes}"
+                                f" bytes (##user_data_{name}## is filled with {sizes[name]} bytes)")
+        return value
+
+    return _PATTERN.sub(substitute, template.text)
 
 
 def write_user_data(paths: MachinePaths, text: str) -> None:
