@@ -157,6 +157,8 @@ def record_finished(state_dir, *, uuid: str, factory: str | None, slot: int, mac
 
 
 def _open_for_reading(path: Path) -> sqlite3.Connection:
+    # A file URI must be absolute, and operators type relative state directories.
+    path = Path(os.path.abspath(path))
     try:
         connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=READ_TIMEOUT_SECONDS)
         connection.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()

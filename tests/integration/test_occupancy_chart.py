@@ -102,10 +102,10 @@ def record_day(state_dir, now):
     return recorded
 
 
-def vac(*args):
+def vac(*args, cwd=None):
     """Run the `vac` command from this checkout, as a site would run the installed one."""
     return subprocess.run([sys.executable, "-m", "vac.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=CHECKOUT))
+                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=CHECKOUT), cwd=cwd)
 
 
 @pytest.fixture
@@ -193,6 +193,16 @@ def test_machines_still_running_occupy_until_now(day_history):
     peak = int(next(line for line in result.stdout.splitlines() if line.startswith("all")).split()[2])
     expected = sum(MACHINETYPES[name][0] for name, _, _ in running_at_end)
     assert peak == expected
+
+
+def test_a_relative_state_directory_is_read_as_typed(day_history):
+    # As a newcomer types it after `make demo`: `vac occupancy --state-dir .vac-demo`.
+    state_dir, now, _ = day_history
+    result = vac("occupancy", "--state-dir", state_dir.name, "--processors", TOTAL_PROCESSORS, *period_args(now),
+                 "--table", cwd=state_dir.parent)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert next(line for line in result.stdout.splitlines() if line.startswith("lhcb-prod"))
 
 
 def test_a_state_directory_without_history_is_reported(tmp_path):
