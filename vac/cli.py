@@ -122,7 +122,7 @@ def run_command(args, spec):
         text = cli_render.reply(args.command, result)
     else:
         text = spec.render(result, time.time())
-    print(text)
+    _print(text)
     return EXIT_OK
 
 
@@ -135,7 +135,7 @@ def run_check(args):
     else:
         code, text = nagios.evaluate(*answer, now=time.time(),
                                      idle_warning_seconds=args.idle_warning)
-    print(text)
+    _print(text)
     return code
 
 
@@ -156,8 +156,8 @@ def run_watch(args):
                 except (ControlError, OSError) as error:
                     return _failed(error, args)
                 try:
-                    print(cli_render.to_json(event, lines=True) if args.json
-                          else cli_render.event(event), flush=True)
+                    _print(cli_render.to_json(event, lines=True) if args.json
+                           else cli_render.event(event), flush=True)
                 except BrokenPipeError:
                     return _stdout_gone()
         except KeyboardInterrupt:
@@ -173,8 +173,13 @@ def _ask(args, action):
 
 
 def _failed(error, args):
-    print(f"vac: {_reason(error, args)}", file=sys.stderr)
+    _print(f"vac: {_reason(error, args)}", file=sys.stderr)
     return _exit_code(error)
+
+
+def _print(text, file=None, flush=False):
+    """print() for everything vac shows: text that came from outside arrives escaped."""
+    print(cli_render.terminal_safe(text), file=file or sys.stdout, flush=flush)
 
 
 def _exit_code(error):

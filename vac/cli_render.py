@@ -5,6 +5,7 @@ Every function takes the result and the wall-clock `now`; none reads the clock.
 
 import datetime
 import json
+import re
 
 from vac.proctitle import format_elapsed
 
@@ -14,7 +15,27 @@ EVENT_VALUE_WIDTH = 100    # one event field in `vac watch`
 WORKER_ABSENT = ("backoff", "fatal", "stopped", "exited", "stopping")
 
 
+# C0 and C1 controls and DEL, and the invisible marks that reorder text
+# (bidirectional overrides and isolates): none of them reaches a terminal raw.
+_UNSAFE_RE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 # Building blocks.
+
+def terminal_safe(text):
+    """`text` with every control character but newline written as an escape (\\x1b, \\u202e).
+
+    Much of what vac shows came from outside (a pipe server's reason phrase, a
+    machine's shutdown_message): an escape sequence in it must not act on the
+    operator's terminal.
+    """
+    return _UNSAFE_RE.sub(_escape, text)
+
+
+def _escape(match):
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
 
 def table(headers, rows):
     """Rows under headers, columns left-aligned and separated by two spaces."""

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from vac import cli
+from vac import cli, cli_render
 from vac.control import protocol
 from vac.ipc.framing import FrameDecoder
 
@@ -132,3 +132,33 @@ def test_a_result_is_printed_as_a_table_or_as_json(tmp_path, capsys):
     assert cli.main(["--socket", path, "machinetypes", "--json"]) == cli.EXIT_OK
     peer.join()
     assert json.loads(capsys.readouterr().out) == result
+
+
+def test_text_from_outside_reaches_the_terminal_escaped(tmp_path, capsys):
+    # A slot's last shutdown_message and a pipe's error are written by others:
+    # an escape sequence or a bidi override in them must not act on the terminal.
+    hostile = "700 \x1b]0;owned\x07\x1b[2J done \u202eevil"
+    slot = {"slot": 3, "state": "idle",
+            "worker": {"state": "running", "pid": 103, "starts": 1, "failed_starts": 0, "last_exit": None},
+            "restarts": 0, "machine": None, "machinetype": None, "processors": None, "container_id": None,
+            "started_at": None, "elapsed_seconds": None, "shutdown_at": None, "error": None,
+            "last_outcome": {"code": 700, "text": hostile[4:], "machinetype": "alpha",
+                             "machine": "feedface-uuid", "ended_at": 0.0}}
+    path = str(tmp_path / "control.sock")
+    peer = ScriptedPeer(path, [lambda i: protocol.reply_frame(i, slot)])
+    cli.main(["--socket", path, "slot", "3"])
+    peer.join()
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert "\\x1b]0;owned\\x07\\x1b[2J done \\u202eevil" in out
+    (tmp_path / "control.sock").unlink()
+    peer = ScriptedPeer(path, [lambda i: protocol.error_frame(i, "failed", hostile)])
+    cli.main(["--socket", path, "reset-slot", "3"])
+    peer.join()
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\\x1b[2J" in err
+
+
+def test_terminal_safe_keeps_newlines_and_plain_text():
+    assert cli_render.terminal_safe("line one\nline two é ✓") == "line one\nline two é ✓"
+    assert cli_render.terminal_safe("a\tb\rc\x7fd\x9be") == "a\\x09b\\x0dc\\x7fd\\x9be"
