@@ -122,7 +122,11 @@ def make_reload(args, factory):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logs.configure(args.log_level, args.log_file)
+    try:
+        logs.configure(args.log_level, args.log_file)
+    except OSError as error:
+        print(f"vacd: cannot log to {args.log_file}: {error.strerror or error}", file=sys.stderr)
+        return 1
     if args.check_config:
         return check_config(args)
     try:
