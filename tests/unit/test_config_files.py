@@ -96,4 +96,4 @@ def test_undecodable_file_is_a_problem(tmp_path):
 def test_no_files_at_all_means_no_settings(tmp_path):
     config, problems = try_load_configuration([], cpu_count=4)
     assert config is None
-    assert [str(problem) for problem in problems] == ["(no configuration files): no [settings] section"]
+    assert [str(problem) for problem in problems] == ["(no configuration file read): no [settings] section"]

@@ -37,7 +37,7 @@ def _load(paths, cpu_count):
     else:
         raw, problems = config_files.read_files(paths, required=True)
     warnings = []
-    everywhere = ", ".join(raw.files) or "(no configuration files)"
+    everywhere = ", ".join(raw.files) or "(no configuration file read)"
     settings_where = ", ".join(raw.section_files.get("settings", ())) or everywhere
     settings, settings_problems, settings_warnings = read_settings(
         raw.sections.get("settings"), settings_where, cpu_count=cpu_count)
