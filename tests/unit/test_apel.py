@@ -12,6 +12,7 @@ from vac.accounting.apel import (
     element_name,
     global_user_name,
     job_record,
+    outgoing_problems,
     parse_records,
     sync_message,
     write_job_record,
@@ -251,3 +252,55 @@ def test_sync_message_is_queued_under_a_dirq_name(tmp_path):
     assert path.parent == tmp_path / "apel-outgoing" / "20240501"
     assert len(path.name) == 14 and int(path.name, 16) >= 0
     assert path.read_text() == "APEL-sync-message: v0.1\n"
+
+
+@pytest.mark.parametrize("changes, why", [
+    ({"accounting_fqan": "/lhcb/Rôle=pilot"}, "FQAN holds characters other than printable ASCII"),
+    ({"accounting_fqan": "/lhcb/\ud800"}, "FQAN holds characters other than printable ASCII"),
+    ({"accounting_fqan": "/" + "x" * 255}, "FQAN is 256 characters, more than APEL's 255"),
+    ({"machinetype": "prod\nSite: elsewhere"}, "Queue holds characters other than printable ASCII"),
+    ({"machinetype": "q" * 101}, "Queue is 101 characters, more than APEL's 100"),
+    ({"gocdb_sitename": "UKI-ÉXAMPLE"}, "Site holds characters other than printable ASCII"),
+])
+def test_a_record_apel_would_refuse_stays_in_the_archive_and_the_queue_goes_on(tmp_path, caplog, changes, why):
+    state = tmp_path / "state"
+    bad_dir, good_dir = tmp_path / "bad", tmp_path / "good"
+    bad_dir.mkdir()
+    good_dir.mkdir()
+    bad = dataclasses.replace(MACHINE, machine_uuid="00000000-0000-4000-8000-0000000000bb", **changes)
+
+    written = write_job_record(state, bad_dir, bad, fizzle_seconds=600)
+    write_job_record(state, good_dir, MACHINE, fizzle_seconds=600)
+
+    assert written == [state / "apel-archive/20240314" / element_name(bad.machine_uuid)]
+    assert _files(state / "apel-outgoing") == [f"20240314/{ELEMENT}"]
+    assert why in caplog.text and "not queued for sending" in caplog.text
+    # What is archived can be read back whole, whatever the values were.
+    (record,) = parse_records(written[0].read_bytes().decode())
+    assert record["LocalJobId"] == bad.machine_uuid
+
+
+def test_every_outgoing_file_is_printable_ascii_within_apels_columns(tmp_path):
+    write_job_record(tmp_path / "state", tmp_path, MACHINE, fizzle_seconds=600)
+
+    (outgoing,) = (tmp_path / "state" / "apel-outgoing").glob("*/*")
+    assert outgoing_problems(outgoing.read_text()) == []
+    assert outgoing_problems(EXPECTED_RECORD.replace("grid", "grïd")) == [
+        "InfrastructureType holds characters other than printable ASCII ('grïd')"]
+    assert outgoing_problems(EXPECTED_RECORD.replace("NodeCount: 1", "NodeCount: 1\n%%\nSite: x")) != []
+
+
+def test_sync_message_leaves_out_a_host_apel_would_refuse(tmp_path, caplog):
+    state = tmp_path / "state"
+    odd = dataclasses.replace(MACHINE, machine_uuid="00000000-0000-4000-8000-0000000000cc",
+                              factory="f\u00e9.example.com")
+    for index, machine in enumerate([MACHINE, odd]):
+        (tmp_path / f"m{index}").mkdir()
+        write_job_record(state, tmp_path / f"m{index}", machine, fizzle_seconds=600)
+
+    text = sync_message(archived_job_counts(state), site="UKI-EXAMPLE")
+
+    assert outgoing_problems(text, header="APEL-sync-message: v0.1") == []
+    assert "SubmitHost: vac01.example.com/vac-f1.example.com" in text
+    assert text.count("%%") == 1
+    assert "left out" in caplog.text

@@ -34,6 +34,19 @@ RECORD_FILE_MODE = 0o644
 RECORD_DIR_MODE = 0o755
 MAX_RECORD_BYTES = 64 * 1024
 
+# The widest value APEL's server stores per key (its JobRecords and lookup
+# tables' columns): a longer one is cut or refused there, and the loader
+# rejects any key it does not know.
+APEL_FIELD_LIMITS = {
+    "Site": 255, "SubmitHost": 255, "LocalJobId": 255, "LocalUserId": 255, "Queue": 100,
+    "GlobalUserName": 255, "FQAN": 255, "WallDuration": 20, "CpuDuration": 20, "Processors": 10,
+    "NodeCount": 10, "InfrastructureDescription": 100, "InfrastructureType": 20, "StartTime": 20,
+    "EndTime": 20, "MemoryReal": 20, "MemoryVirtual": 20, "ServiceLevelType": 50, "ServiceLevel": 20,
+    "NumberOfJobs": 10, "Month": 2, "Year": 4,
+}
+# ssmsend and the loader take printable ASCII only: one other byte in an
+# outgoing record stops the sending of the whole queue, run after run.
+_APEL_VALUE = re.compile(r"[\x20-\x7e]*")
 _DAY_DIRECTORY = re.compile(r"[0-9]{8}")
 _ELEMENT_NAME = re.compile(r"[0-9a-f]{14}")
 
@@ -72,39 +85,74 @@ def submit_host(space: str, factory: str) -> str:
     return f"{space}/vac-{factory}"
 
 
-def job_record(machine: FinishedMachine) -> str:
-    """The individual job message for `machine` (header, Key: value lines, %%)."""
+def job_fields(machine: FinishedMachine) -> list[tuple[str, str]]:
+    """The Key: value pairs of the individual job message for `machine`, in order."""
     memory_kib = machine.mb_per_processor * machine.processors * 1024
     # Without a configured HS06 figure Vac accounted 1.0 per processor (such
     # records stay in the archive and are never sent).
     hs06 = machine.hs06_per_processor if machine.hs06_per_processor is not None else 1.0
-    lines = [
-        JOB_HEADER,
-        f"Site: {site_name(machine.space, machine.gocdb_sitename)}",
-        f"SubmitHost: {submit_host(machine.space, machine.factory)}",
-        f"LocalJobId: {machine.machine_uuid}",
-        f"LocalUserId: {machine.factory}",
-        f"Queue: {machine.machinetype}",
-        f"GlobalUserName: {global_user_name(machine.space)}",
+    fields = [
+        ("Site", site_name(machine.space, machine.gocdb_sitename)),
+        ("SubmitHost", submit_host(machine.space, machine.factory)),
+        ("LocalJobId", machine.machine_uuid),
+        ("LocalUserId", machine.factory),
+        ("Queue", machine.machinetype),
+        ("GlobalUserName", global_user_name(machine.space)),
     ]
     if machine.accounting_fqan:
-        lines.append(f"FQAN: {machine.accounting_fqan}")
-    lines += [
-        f"WallDuration: {max(0, int(machine.end_time) - int(machine.start_time))}",
-        f"CpuDuration: {int(machine.cpu_seconds)}",
-        f"Processors: {machine.processors}",
-        "NodeCount: 1",
-        "InfrastructureDescription: APEL-VAC",
-        "InfrastructureType: grid",
-        f"StartTime: {int(machine.start_time)}",
-        f"EndTime: {int(machine.end_time)}",
-        f"MemoryReal: {memory_kib}",
-        f"MemoryVirtual: {memory_kib}",
-        "ServiceLevelType: HEPSPEC",
-        f"ServiceLevel: {float(hs06)}",
-        RECORD_END,
+        fields.append(("FQAN", machine.accounting_fqan))
+    fields += [
+        ("WallDuration", str(max(0, int(machine.end_time) - int(machine.start_time)))),
+        ("CpuDuration", str(int(machine.cpu_seconds))),
+        ("Processors", str(machine.processors)),
+        ("NodeCount", "1"),
+        ("InfrastructureDescription", "APEL-VAC"),
+        ("InfrastructureType", "grid"),
+        ("StartTime", str(int(machine.start_time))),
+        ("EndTime", str(int(machine.end_time))),
+        ("MemoryReal", str(memory_kib)),
+        ("MemoryVirtual", str(memory_kib)),
+        ("ServiceLevelType", "HEPSPEC"),
+        ("ServiceLevel", str(float(hs06))),
     ]
+    return fields
+
+
+def job_record(machine: FinishedMachine) -> str:
+    """The individual job message for `machine` (header, Key: value lines, %%)."""
+    lines = [JOB_HEADER] + [f"{key}: {value}" for key, value in job_fields(machine)] + [RECORD_END]
     return "\n".join(lines) + "\n"
+
+
+def field_problems(fields: list[tuple[str, str]]) -> list[str]:
+    """Why these Key: value pairs must not be sent: values APEL's loader or ssmsend refuse (empty if none)."""
+    problems = []
+    for key, value in fields:
+        if key not in APEL_FIELD_LIMITS:
+            problems.append(f"{key[:40]!r} is not a key APEL knows")
+        elif not _APEL_VALUE.fullmatch(value):
+            problems.append(f"{key} holds characters other than printable ASCII ({value[:80]!r})")
+        elif len(value) > APEL_FIELD_LIMITS[key]:
+            problems.append(f"{key} is {len(value)} characters, more than APEL's {APEL_FIELD_LIMITS[key]}")
+    return problems
+
+
+def outgoing_problems(text: str, header: str = JOB_HEADER) -> list[str]:
+    """Why the message `text` must not go to apel-outgoing (empty if none): its lines, checked as APEL reads them."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not lines or lines[0] != header or lines[-1] != RECORD_END:
+        return [f"the message does not run from {header!r} to {RECORD_END!r}"]
+    fields = []
+    for line in lines[1:-1]:
+        if line == RECORD_END and header == SYNC_HEADER:
+            continue  # a sync message holds several records
+        key, separator, value = line.partition(": ")
+        if not separator:
+            return [f"{line[:40]!r} is not a Key: value line"]
+        fields.append((key, value))
+    return field_problems(fields)
 
 
 def lived_long_enough(start_time: float, end_time: float, fizzle_seconds: float) -> bool:
@@ -168,9 +216,11 @@ def parse_records(text: str) -> list[dict[str, str]]:
 def _stored_record(machine_dir: Path, machine: FinishedMachine) -> str:
     """The record text kept in the machine directory, created from `machine` the first time."""
     path = Path(machine_dir) / MACHINE_RECORD_NAME
-    create_atomic(path, job_record(machine).encode(), RECORD_FILE_MODE)
+    # Text that cannot be encoded (a lone surrogate) is kept escaped, so the
+    # record can always be stored; the check before apel-outgoing refuses it.
+    create_atomic(path, job_record(machine).encode(errors="backslashreplace"), RECORD_FILE_MODE)
     with open(path, "rb") as stream:
-        return stream.read(MAX_RECORD_BYTES).decode()
+        return stream.read(MAX_RECORD_BYTES).decode(errors="backslashreplace")
 
 
 def _ensure_durable_directory(directory: Path) -> None:
@@ -210,7 +260,15 @@ def write_job_record(state_dir: Path, machine_dir: Path, machine: FinishedMachin
         # The archive copy is written last: it existing means this record is complete.
         return []
     written = []
-    if sends_outgoing(machine.gocdb_sitename, machine.hs06_per_processor):
+    # The values themselves (a newline in one would make lines of its own),
+    # then the text as stored, which a repeat sends.
+    problems = field_problems(job_fields(machine)) or outgoing_problems(text)
+    sending = sends_outgoing(machine.gocdb_sitename, machine.hs06_per_processor)
+    if sending and problems:
+        # One bad record must not stop ssmsend's whole queue: it stays in the archive only.
+        log.error("machine %s: APEL record kept in %s only, not queued for sending: %s",
+                  machine.machine_uuid, ARCHIVE_DIR_NAME, "; ".join(problems))
+    elif sending:
         # ssmsend deletes outgoing files once sent, so their absence proves nothing:
         # the archive copy (written next) is the marker. A repeat can duplicate the
         # message only if ssmsend ran between these two writes, and the APEL
@@ -219,7 +277,7 @@ def write_job_record(state_dir: Path, machine_dir: Path, machine: FinishedMachin
         write_atomic(outgoing_path, text.encode(), RECORD_FILE_MODE)
         written.append(outgoing_path)
     _ensure_day_directory(Path(state_dir) / ARCHIVE_DIR_NAME, day)
-    if create_atomic(archive_path, text.encode(), RECORD_FILE_MODE):
+    if create_atomic(archive_path, text.encode(errors="backslashreplace"), RECORD_FILE_MODE):
         written.append(archive_path)
     log.info("machine %s: APEL record written to %s", machine.machine_uuid,
              ", ".join(str(path) for path in written) or "nowhere (already there)")
@@ -258,8 +316,14 @@ def sync_message(counts: Counter[tuple[str, str, int, int]], site: str | None = 
     for (record_site, host, year, month), number in sorted(counts.items()):
         if site is not None and record_site != site:
             continue  # records of other sites were never sent
-        lines += [f"Site: {record_site}", f"SubmitHost: {host}", f"NumberOfJobs: {number}",
+        record = [f"Site: {record_site}", f"SubmitHost: {host}", f"NumberOfJobs: {number}",
                   f"Month: {month}", f"Year: {year}", RECORD_END]
+        problems = field_problems([("Site", record_site), ("SubmitHost", host)])
+        if problems:
+            # Its jobs were never sent either; one such entry must not stop the queue.
+            log.error("APEL sync record for %r %r left out: %s", record_site, host, "; ".join(problems))
+            continue
+        lines += record
     return "\n".join(lines) + "\n"
 
 
