@@ -85,9 +85,11 @@ def remove_labelled_containers(label):
     import docker
 
     try:
-        for container in client.containers.list(all=True, filters={"label": f"{FACTORY_LABEL_KEY}={label}"}):
+        # The low-level list: containers.list() inspects each one it lists, and
+        # one that a vacd still running removes meanwhile would fail the cleanup.
+        for container in client.api.containers(all=True, filters={"label": f"{FACTORY_LABEL_KEY}={label}"}):
             try:
-                container.remove(force=True, v=True)
+                client.api.remove_container(container["Id"], force=True, v=True)
             except docker.errors.NotFound:
                 # It went away on its own (auto-remove) between list and remove.
                 pass
