@@ -13,7 +13,7 @@ from vac.runtimes.docker import DockerRuntime
 from vac.supervisor.scheduler import Placement
 from vac.supervisor.terms import machine_spec
 from vac.workers import reaper
-from vac.workers.reaper_rules import SlotView
+from vac.workers.reaper_rules import LiveSet, SlotView
 
 UUIDS = ["0000000%d-1111-4222-8333-444444444444" % n for n in range(4)]
 
@@ -72,8 +72,8 @@ def test_orphans_are_finalised_once_and_removed_but_owned_ones_stay(
     adopting = run_container(docker_client, busybox_image, factory_label, 1, UUIDS[2])
     unrecorded = run_container(docker_client, busybox_image, factory_label, 2, UUIDS[3],
                                command=("true",))
-    live = [SlotView(0, "running", UUIDS[1]), SlotView(1, "adopting", None),
-            SlotView(2, "idle", None)]
+    live = LiveSet(time.time(), (SlotView(0, "running", UUIDS[1]), SlotView(1, "adopting", None),
+                                 SlotView(2, "idle", None)))
     runtime = DockerRuntime(timeout=30)
     try:
         finished, removed = reaper.sweep(runtime, factory_label, tmp_state_dir, live, slots=3,
@@ -100,13 +100,59 @@ def test_young_orphans_wait_for_the_grace_period(docker_client, busybox_image, f
     run_container(docker_client, busybox_image, factory_label, 5, UUIDS[0])
     runtime = DockerRuntime(timeout=30)
     try:
-        finished, _ = reaper.sweep(runtime, factory_label, tmp_state_dir, [], slots=2,
-                                   grace_seconds=600)
+        finished, _ = reaper.sweep(runtime, factory_label, tmp_state_dir, LiveSet(time.time(), ()),
+                                   slots=2, grace_seconds=600)
     finally:
         runtime.close()
     assert finished == []
     assert len(docker_client.containers.list(
         filters={"label": f"vac.factory={factory_label}"})) == 1
+
+
+@pytest.mark.docker
+def test_a_container_started_after_the_live_set_was_made_stays(docker_client, busybox_image,
+                                                               factory_label, tmp_state_dir):
+    made_at = time.time()
+    # The slot is idle in that live set: it started the machine just after the root looked.
+    container = run_container(docker_client, busybox_image, factory_label, 0, UUIDS[0])
+    live = LiveSet(made_at, (SlotView(0, "idle", None),))
+
+    def left():
+        return [c.id for c in docker_client.containers.list(
+            all=True, filters={"label": f"vac.factory={factory_label}"})]
+
+    runtime = DockerRuntime(timeout=30)
+    try:
+        reaper.sweep(runtime, factory_label, tmp_state_dir, live, slots=1, grace_seconds=0)
+        assert left() == [container.id]
+        # A live set made after its start that still shows the slot idle does condemn it.
+        reaper.sweep(runtime, factory_label, tmp_state_dir,
+                     LiveSet(time.time(), (SlotView(0, "idle", None),)), slots=1, grace_seconds=0)
+        assert left() == []
+    finally:
+        runtime.close()
+
+
+@pytest.mark.docker
+def test_without_a_fresh_live_set_directories_expire_and_orphans_wait(
+        docker_client, busybox_image, factory_label, tmp_state_dir):
+    now = time.time()
+    old = make_machine(tmp_state_dir, factory_label, 0, UUIDS[0], now - 10 * 86400, days=3)
+    mark_finished(old, now - 5 * 86400)
+    os.utime(old.finished_marker, (now - 5 * 86400, now - 5 * 86400))
+    run_container(docker_client, busybox_image, factory_label, 7, UUIDS[1])
+    stale = LiveSet(now - 3600, ())
+    runtime = DockerRuntime(timeout=30)
+    try:
+        for live in (None, stale):
+            finished, removed = reaper.sweep(runtime, factory_label, tmp_state_dir, live, slots=1,
+                                             grace_seconds=0)
+            assert finished is None, "no container is judged without a fresh live set"
+    finally:
+        runtime.close()
+    assert not old.root.exists(), "the expired directory went all the same"
+    assert len(docker_client.containers.list(
+        all=True, filters={"label": f"vac.factory={factory_label}"})) == 1
 
 
 def test_expired_machine_directories_are_removed(tmp_state_dir):

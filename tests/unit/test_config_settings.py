@@ -90,7 +90,7 @@ def test_our_own_defaults(tmp_path):
     ("factory_name = F1.Example.com", "factory_name", "f1.example.com"),
     ("reaper_interval_seconds = 5", "reaper_interval_seconds", 5),
     ("cvmfs_keepalive_seconds = 120", "cvmfs_keepalive_seconds", 120),
-    ("orphan_grace_seconds = 0", "orphan_grace_seconds", 0),
+    ("orphan_grace_seconds = 40", "orphan_grace_seconds", 40),
     ("metrics_listen = 127.0.0.1:9712", "metrics_listen", "127.0.0.1:9712"),
     ("metrics_listen = 127.0.0.2:80", "metrics_listen", "127.0.0.2:80"),
     ("metrics_listen = [::1]:9712", "metrics_listen", "[::1]:9712"),
@@ -170,6 +170,9 @@ def test_lvm_backend_uses_vacs_volume_group_name_unless_set(tmp_path):
     ("docker_timeout_seconds = 0", "docker_timeout_seconds = '0': must be at least 1"),
     ("pids_limit = 0", "pids_limit = '0': must be at least 1"),
     ("cvmfs_keepalive_seconds = 1", "cvmfs_keepalive_seconds = '1': must be at least 5"),
+    ("orphan_grace_seconds = 39", "orphan_grace_seconds = '39': must be at least 40: the reaper "
+     "acts on the root's record of the slots for up to 30 s, and a younger container may be one "
+     "that record does not show yet"),
     ("heartbeat_timeout_seconds = 1.5", "heartbeat_timeout_seconds = '1.5': not an integer (a whole number is needed here)"),
     ("user_data_option_bad-name = 1", "user_data_option_bad-name = '1': the part after the prefix may contain only a-z, 0-9 and _"),
     ("user_data_file_cert = ../cert.pem", "user_data_file_cert = '../cert.pem': must not contain \"..\" components"),

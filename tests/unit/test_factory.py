@@ -223,22 +223,44 @@ def test_a_refused_placement_frees_the_slot_and_a_repeated_finish_counts_once(tm
     assert factory.histories[finished.machinetype] == history
 
 
-def test_the_reaper_gets_the_live_set_only_once_every_slot_has_settled(tmp_path, clock):
-    factory = make_factory(config_file(tmp_path, processors=2), clock)
+def live_sets(factory, may_start=False):
+    return [m for c, m in factory.tick(may_start) if c == "reaper"]
+
+
+def test_the_reaper_gets_the_live_set_whatever_the_slots_do_with_the_unsettled_marked(
+        tmp_path, clock):
+    factory = make_factory(config_file(tmp_path, processors=3), clock)
     factory.on_message("slot-00", messages.StateReport(
         child_id="slot-00", state="adopting", detail={"slot": 0, "machine": None}))
     report_idle(factory, [1])
-    assert [c for c, _ in factory.tick(False) if c == "reaper"] == [], "slot 0 still adopting"
-    report_idle(factory, [0])
-    sent = [m for c, m in factory.tick(False) if c == "reaper"]
-    assert sent == [messages.LiveSet(slots=[{"slot": 0, "state": "idle", "uuid": None},
-                                            {"slot": 1, "state": "idle", "uuid": None}])]
-    assert [c for c, _ in factory.tick(False) if c == "reaper"] == [], "not again at once"
+    sent = live_sets(factory)
+    assert sent == [messages.LiveSet(made_at=clock.now, slots=[
+        {"slot": 0, "state": "adopting", "uuid": None, "settled": False},
+        {"slot": 1, "state": "idle", "uuid": None, "settled": True},
+        {"slot": 2, "state": "unknown", "uuid": None, "settled": False}])], \
+        "sent although slot 0 adopts and slot 2 never reported"
+    assert live_sets(factory) == [], "not again at once"
     clock.now += 10
+    report_idle(factory, [0, 2])
     sent = factory.tick(True)
     places = [m.machine["uuid"] for c, m in sent if c != "reaper"]
     live, = [m for c, m in sent if c == "reaper"]
+    assert live.made_at == clock.now
     assert [s["uuid"] for s in live.slots] == places, "placements in flight count as held"
+    assert all(s["settled"] for s in live.slots)
+
+
+def test_a_slot_whose_worker_died_is_unsettled_in_the_live_set_but_keeps_its_machine(
+        tmp_path, clock):
+    factory = make_factory(config_file(tmp_path, processors=2), clock)
+    report_idle(factory, [0, 1])
+    (_, place), _ = tick(factory)
+    report_running(factory, 0, summary(place))
+    factory.on_child_exit("slot-00")
+    clock.now += 10
+    live, = live_sets(factory)
+    assert live.slots[0] == {"slot": 0, "state": "running", "uuid": place.machine["uuid"],
+                             "settled": False}
 
 
 def keeper_reports(factory, checks):

@@ -14,6 +14,7 @@ from vac.config.machinetypes import check_user_data_file
 from vac.config.model import SCRATCH_BACKENDS, Settings, frozen_mapping
 from vac.config.problems import ConfigProblem
 from vac.config.values import BadValue
+from vac.workers.reaper_rules import LIVE_SET_MAX_AGE_SECONDS, ORPHAN_GRACE_FLOOR_SECONDS
 
 SECTION = "settings"
 _DNS_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
@@ -179,6 +180,17 @@ def _metrics_textfile(text):
     return text
 
 
+def _orphan_grace(text):
+    # Below the floor a container might be younger than the live set the reaper
+    # judges it on, were the engine's clock behind this host's.
+    number = values.ini_int(text)
+    if number < ORPHAN_GRACE_FLOOR_SECONDS:
+        raise BadValue(f"must be at least {ORPHAN_GRACE_FLOOR_SECONDS}: the reaper acts on the "
+                       f"root's record of the slots for up to {LIVE_SET_MAX_AGE_SECONDS} s, and a "
+                       "younger container may be one that record does not show yet")
+    return number
+
+
 def _draining(text):
     # Vac drains only on "yes"; any other value means not draining.
     return text.lower() == "yes"
@@ -201,7 +213,7 @@ CONVERTERS = {
     "readonly_group": _account, "slots": _int(1), "scratch_backend": _scratch_backend,
     "docker_url": _docker_url, "docker_timeout_seconds": _int(1), "pids_limit": _int(1),
     "heartbeat_timeout_seconds": _int(1), "factory_name": _dns_name,
-    "reaper_interval_seconds": _int(1), "orphan_grace_seconds": _int(0),
+    "reaper_interval_seconds": _int(1), "orphan_grace_seconds": _orphan_grace,
     "cvmfs_keepalive_seconds": _int(MIN_CVMFS_KEEPALIVE_SECONDS),
     "metrics_listen": _metrics_listen, "metrics_textfile": _metrics_textfile,
     "vacquery_listen": _vacquery_listen,

@@ -201,7 +201,9 @@ class PipeDocument:
 
 @message("live_set")
 class LiveSet:
-    """Root to reaper: every slot's state and machine, [{slot, state, uuid}]."""
+    """Root to reaper: every slot's state and machine, [{slot, state, uuid, settled}], as the
+    root knew them at wall-clock time `made_at` (reaper_rules: nothing younger is judged on it)."""
+    made_at: float
     slots: list
 
 

@@ -266,16 +266,20 @@ class Factory:
                 "hs06": self.space_hs06()}
 
     def _live_set(self, now):
-        """What every slot holds, for the reaper, once every slot has settled."""
+        """What every slot holds, for the reaper, every LIVE_SET_SECONDS whatever the slots do.
+
+        A slot whose worker is gone or not in a settled state is marked so: the
+        reaper leaves its containers alone. Stamped with `now`, so the reaper
+        judges no container started after the root looked.
+        """
         if self._live_set_sent_at is not None and now - self._live_set_sent_at < LIVE_SET_SECONDS:
             return None
-        entries = self.table.entries.values()
-        if not all(e.worker_alive and e.state in SETTLED_STATES for e in entries):
-            return None
         self._live_set_sent_at = now
-        return messages.LiveSet(slots=[
+        return messages.LiveSet(made_at=now, slots=[
             {"slot": e.slot, "state": e.state,
-             "uuid": (e.machine or e.pending or {}).get("uuid")} for e in entries])
+             "uuid": (e.machine or e.pending or {}).get("uuid"),
+             "settled": e.worker_alive and e.state in SETTLED_STATES}
+            for e in self.table.entries.values()])
 
     def _due(self, now):
         if self._changed or now >= self._reconsider_at:

@@ -1,9 +1,12 @@
 """The reaper: removes what no live slot owns, and machine directories past their time.
 
 Every sweep runs in a thread (Docker calls and directory removal can take
-long) while the main loop keeps heartbeating. It acts only on a recent live
-set from the root, so it never races a slot worker adopting its machine.
-(Orphaned processes are reaped by the root itself, the tree's subreaper.)
+long) while the main loop keeps heartbeating. Expired directories and the
+history are pruned at every sweep, whatever the slots are doing; containers
+are removed only on a fresh live set from the root that is newer than their
+start (reaper_rules), so the reaper never races a slot worker starting or
+adopting its machine. (Orphaned processes are reaped by the root itself, the
+tree's subreaper.)
 """
 
 import logging
@@ -31,8 +34,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MACHINES_DIR_DAYS = 3.0
 HISTORY_DAYS = 400
 ORPHAN_STOP_GRACE_SECONDS = 10.0
-# A live set older than this may predate a slot's adoption: do not act on it.
-LIVE_SET_MAX_AGE = 60.0
+# The first sweep comes soon after start, to expire directories left meanwhile.
+FIRST_SWEEP_SECONDS = 10.0
 
 
 def run(channel, spec):
@@ -45,26 +48,22 @@ def run(channel, spec):
     grace = float(spec.get("grace_seconds", 120.0))
     runtime = DockerRuntime(spec.get("docker_url"), float(spec.get("docker_timeout_seconds", 30)))
     jobs = Jobs()
-    live, live_at = None, None
-    next_sweep = time.monotonic() + min(interval, 10.0)
-    loop.title("reaper [waiting for the live set]")
+    live = None
+    next_sweep = time.monotonic() + min(interval, FIRST_SWEEP_SECONDS)
+    loop.title("reaper [no sweep yet]")
     loop.ready()
     loop.report("waiting")
     while not loop.stopping:
         now = time.monotonic()
         for msg in loop.wait(max(next_sweep - now, 0), fds=(jobs,)):
             if isinstance(msg, messages.LiveSet):
-                live = [reaper_rules.SlotView(s["slot"], s["state"], s["uuid"]) for s in msg.slots]
-                live_at = time.monotonic()
+                live = reaper_rules.live_set_from_message(msg.made_at, msg.slots)
         for result in jobs.take_done():
             _sweep_done(loop, result)
         now = time.monotonic()
         if now < next_sweep or jobs.running("sweep"):
             continue
-        if live is None or now - live_at > LIVE_SET_MAX_AGE:
-            # The root sends it once every slot has settled; until then, wait.
-            next_sweep = now + 5.0
-            continue
+        # Directories and history whatever the live set; sweep() decides on containers.
         jobs.submit("sweep", sweep, runtime, factory, state_dir, live, slots, grace)
         next_sweep = now + interval
     runtime.close()
@@ -79,16 +78,40 @@ def _sweep_done(loop, result):
             return
         raise result.error
     finished, removed_dirs = result.value
-    for outcome in finished:
+    for outcome in finished or ():
         loop.channel.send(outcome)
-    loop.title(f"reaper [last sweep: {len(finished)} orphans, {removed_dirs} old directories]")
+    orphans = f"{len(finished)} orphans" if finished is not None else "no fresh live set"
+    loop.title(f"reaper [last sweep: {orphans}, {removed_dirs} old directories]")
 
 
 def sweep(runtime, factory, state_dir, live, slots, grace_seconds, now=None):
-    """One pass: finalise and remove orphaned containers, then expired directories."""
-    now = time.time() if now is None else now
+    """One pass: expired directories and history; orphaned containers on a fresh live set.
+
+    Returns (MachineFinished of each orphan finalised, or None when the live
+    set was not fresh enough to look; the number of directories removed).
+    """
+    clock = time.time if now is None else (lambda: now)
+    # Expiry first: neither a failing engine nor a stale live set holds it up.
+    try:
+        removed = remove_expired(state_dir, clock())
+    except OSError as error:
+        log.warning("reaper: cannot remove an expired machine directory: %s; "
+                    "trying again at the next sweep", error)
+        removed = 0
+    _prune_history(state_dir, clock())
+    # Expiry may have taken a while: the live set's age is judged now.
+    now = clock()
+    if not reaper_rules.is_fresh(live, now):
+        log.info("reaper: no live set from the root newer than %d s; orphaned containers wait",
+                 reaper_rules.LIVE_SET_MAX_AGE_SECONDS)
+        return None, removed
+    return reap_orphans(runtime, factory, state_dir, live, slots, grace_seconds, now), removed
+
+
+def reap_orphans(runtime, factory, state_dir, live, slots, grace_seconds, now):
+    """Finalise and remove the containers no slot owns; their MachineFinished messages."""
     handles = runtime.find(factory)
-    found = [(h.slot, h.machine_uuid, h.created_at) for h in handles]
+    found = [(h.slot, h.machine_uuid, _latest_start(h)) for h in handles]
     orphans = {(slot, uuid) for slot, uuid, _ in
                reaper_rules.orphaned(found, live, slots, now, grace_seconds)}
     finished = []
@@ -97,13 +120,21 @@ def sweep(runtime, factory, state_dir, live, slots, grace_seconds, now=None):
             outcome = reap_container(runtime, factory, state_dir, handle, now)
             if outcome is not None:
                 finished.append(outcome)
-    removed = remove_expired(state_dir, now)
+    return finished
+
+
+def _latest_start(handle):
+    """When the engine last created or started the container, or None if it says neither."""
+    known = [t for t in (handle.created_at, handle.started_at) if t is not None]
+    return max(known) if known else None
+
+
+def _prune_history(state_dir, now):
     # The occupancy history is kept far longer than machine directories.
     try:
         history.forget_ended_before(state_dir, now - HISTORY_DAYS * reaper_rules.SECONDS_PER_DAY)
     except sqlite3.Error as error:
         log.warning("reaper: cannot prune the machine history: %s; trying at the next sweep", error)
-    return finished, removed
 
 
 def reap_container(runtime, factory, state_dir, handle, now):
