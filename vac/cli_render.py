@@ -104,6 +104,8 @@ def status(result, now):
     problems = result.get("config_problems") or []
     pairs.append(("config", f"{len(problems)} problem(s), running configuration kept"
                   if problems else "ok"))
+    if result.get("restart_needed"):
+        pairs.append(("restart needed for", ", ".join(result["restart_needed"])))
     return "\n".join([block(pairs)] + [f"  {problem}" for problem in problems])
 
 

@@ -144,6 +144,12 @@ def test_the_status_block_says_what_needs_attention():
                          "  vac.conf [settings] total_processors = many: not a number")
 
 
+def test_the_status_block_names_the_settings_a_reload_could_not_apply():
+    text = cli_render.status(status_result(restart_needed=["state_dir", "docker_url"]), NOW)
+    assert text.splitlines()[-1] == "restart needed for:  state_dir, docker_url"
+    assert "restart needed" not in cli_render.status(status_result(restart_needed=[]), NOW)
+
+
 def test_replies_of_the_changing_commands():
     assert cli_render.reply("drain", {"draining": True, "deadline": 3600}) == \
         "draining: no new machines start; running machines end in 1:00:00"

@@ -1,8 +1,12 @@
 """[settings]: every option, its default, and every way it can be wrong."""
 
+import dataclasses
+
 import pytest
 
 from vac.config import ConfigError, apply_overrides, load_configuration, try_load_configuration
+from vac.config.model import Settings
+from vac.config.settings import RESTART_ONLY, changed_restart_only, keep_restart_only
 
 
 def load(tmp_path, text, cpu_count=8):
@@ -271,3 +275,24 @@ def test_configuration_is_frozen(tmp_path):
         config.settings.total_processors = 3
     with pytest.raises(TypeError):
         config.settings.user_data_options["x"] = "y"
+
+
+def test_a_reload_names_the_restart_only_settings_it_changes_and_keeps_their_running_values(
+        tmp_path):
+    running = load(tmp_path, "total_processors = 2\n").settings
+    loaded = load(tmp_path, "total_processors = 4\nstate_dir = /srv/vac\nadmin_group = vacadmin\n"
+                  "metrics_listen = 127.0.0.1:9712\nscratch_backend = loop\n"
+                  "overload_per_processor = 3\n").settings
+    assert changed_restart_only(running, loaded) == (
+        "state_dir", "admin_group", "slots", "metrics_listen")
+    kept = keep_restart_only(running, loaded)
+    assert (kept.state_dir, kept.admin_group, kept.slots, kept.metrics_listen) == (
+        "/var/lib/vac", None, 2, None)
+    # The scheduler reads these at each pass; each machine's terms carry its scratch backend.
+    assert (kept.total_processors, kept.scratch_backend, kept.overload_per_processor) == (
+        4, "loop", 3.0)
+    assert changed_restart_only(running, kept) == ()
+
+
+def test_every_restart_only_name_is_a_setting():
+    assert set(RESTART_ONLY) <= {field.name for field in dataclasses.fields(Settings)}

@@ -189,6 +189,34 @@ target_share = 0
     assert sorted(m["uuid"] for _, m in factory.table.machines()) == running_before
 
 
+def test_a_reload_keeps_restart_only_settings_and_names_them_until_restored(tmp_path, clock):
+    factory = make_factory(config_file(tmp_path, processors=2), clock)
+    report_idle(factory, [0, 1])
+    moved = config_file(tmp_path, processors=2, extra="state_dir = /srv/elsewhere\n"
+                                                      "docker_url = tcp://127.0.0.1:2375\n"
+                                                      "mb_per_processor = 1024")
+    factory.apply_config(moved)
+    assert factory.restart_needed == ["state_dir", "docker_url"]
+    assert factory.config.settings.state_dir == "/var/lib/vac", "the running state_dir stays"
+    assert factory.config.settings.mb_per_processor == 1024, "what can change at reload does"
+    placed = [m.machine for _, m in tick(factory) if isinstance(m, messages.Place)]
+    assert [m["factory"]["state_dir"] for m in placed] == ["/var/lib/vac"] * 2, \
+        "placements are for the state directory the slots use"
+    assert [m["factory"]["mb_per_processor"] for m in placed] == [1024] * 2
+
+    factory.apply_config(config_file(tmp_path, processors=2))
+    assert factory.restart_needed == [], "a reload that restores them clears the list"
+
+
+def test_slots_following_total_processors_need_a_restart_but_total_processors_does_not(
+        tmp_path, clock):
+    factory = make_factory(config_file(tmp_path, processors=2), clock)
+    factory.apply_config(config_file(tmp_path, processors=4))
+    assert factory.restart_needed == ["slots"]
+    assert (factory.config.settings.slots, factory.config.settings.total_processors) == (2, 4)
+    assert len(factory.table.entries) == 2
+
+
 def test_an_idle_report_crossing_a_placement_does_not_free_the_slot_but_a_rejection_does(
         tmp_path, clock):
     factory = make_factory(config_file(tmp_path, processors=1), clock)

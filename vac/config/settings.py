@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import pwd
@@ -282,3 +283,27 @@ def _prefixed(prefix: str, name: str, text: str) -> str:
         values.check_text(text, multiline=True)
     return text
 
+
+# Settings read once, when vacd starts: the supervision tree and its children's
+# specs (slots, the engine, the helpers' timings, what vacquery answers as),
+# the state directory's lock and the control socket. A reload keeps their
+# running values, so everything agrees until a restart, and names them.
+# The rest take effect at reload: the scheduler reads them at each pass, and
+# each new machine's terms carry them (scratch_backend and volume_group too:
+# every machine's scratch is removed with the backend its terms name).
+RESTART_ONLY = (
+    "state_dir", "control_socket", "admin_group", "readonly_group", "slots", "factory_name",
+    "docker_url", "docker_timeout_seconds", "heartbeat_timeout_seconds",
+    "reaper_interval_seconds", "orphan_grace_seconds", "cvmfs_keepalive_seconds",
+    "metrics_listen", "metrics_textfile", "vacquery_listen", "vac_space", "factories",
+    "udp_timeout_seconds", "gocdb_sitename")
+
+
+def changed_restart_only(running: Settings, loaded: Settings) -> tuple[str, ...]:
+    """The restart-only settings `loaded` gives another value than `running` has."""
+    return tuple(name for name in RESTART_ONLY if getattr(loaded, name) != getattr(running, name))
+
+
+def keep_restart_only(running: Settings, loaded: Settings) -> Settings:
+    """`loaded`, with every restart-only setting at its `running` value."""
+    return dataclasses.replace(loaded, **{name: getattr(running, name) for name in RESTART_ONLY})

@@ -71,6 +71,7 @@ def status(ctx, args):
         "helpers": {leaf.id: _child(leaf) for leaf in root.tree.leaves.values()
                     if leaf.spec.role != "slot"},
         "config_problems": list(factory.config_problems),
+        "restart_needed": list(factory.restart_needed),
         "pipes": factory.pipe_status(),
         "space": factory.space_status(),
         "last_refusal": factory.last_refusal.text if factory.last_refusal else None,

@@ -14,6 +14,7 @@ import time
 import uuid as uuidlib
 
 from vac.config import pipes
+from vac.config.settings import changed_restart_only, keep_restart_only
 from vac.ipc import messages
 from vac.machine.joboutputs import EXCEEDED_WALLCLOCK
 from vac.machine.layout import machine_name
@@ -65,6 +66,8 @@ class Factory:
         self.last_refusal = None
         # Problems of the last refused reload, shown in status until one succeeds.
         self.config_problems = []
+        # Settings a reload changed that take effect only when vacd restarts.
+        self.restart_needed = []
         self._retry_at = None
         self._reconsider_at = 0.0
         self._changed = True
@@ -422,12 +425,18 @@ class Factory:
     # Configuration.
 
     def apply_config(self, config):
-        """Adopt a re-read configuration; running machines are left as they are."""
-        if config.settings.slots != self.config.settings.slots:
-            log.warning("slots changed from %d to %d: that takes a restart of vacd; "
-                        "keeping %d until then", self.config.settings.slots,
-                        config.settings.slots, self.config.settings.slots)
-            config = _keep_slots(config, self.config.settings.slots)
+        """Adopt a re-read configuration; running machines are left as they are.
+
+        Settings that take effect only at a restart keep their running values
+        (a slot refuses a machine for another state_dir, for one) and are named
+        in `restart_needed` until a restart or a reload that restores them.
+        """
+        running = self.config.settings
+        self.restart_needed = list(changed_restart_only(running, config.settings))
+        if self.restart_needed:
+            log.warning("restart needed for: %s; the running value(s) stay in use until vacd "
+                        "restarts", ", ".join(self.restart_needed))
+        config = dataclasses.replace(config, settings=keep_restart_only(running, config.settings))
         old = self.machinetypes
         self.config = config
         # Local options override pipe entries, so every pipe is expanded again.
@@ -454,6 +463,3 @@ class Factory:
             [terms.machinetype_terms(mt) for mt in self.machinetypes.values()],
             self.histories, running, now)
 
-
-def _keep_slots(config, slots):
-    return dataclasses.replace(config, settings=dataclasses.replace(config.settings, slots=slots))
