@@ -10,14 +10,15 @@ import pytest
 
 
 class Daemon:
-    def __init__(self, tmp_path, config, extra_args=(), log_name="vacd.log"):
+    def __init__(self, tmp_path, config, extra_args=(), log_name="vacd.log", state_dir_option=True):
         # A daemon started again on the same state directory logs to its own file.
         self.log_path = tmp_path / log_name
         self.log = open(self.log_path, "w")
+        # Without --state-dir, the configuration's state_dir is used (and may change at reload).
+        state_dir = ("--state-dir", str(tmp_path / "state")) if state_dir_option else ()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vac.daemon", "--config", str(config),
-             "--state-dir", str(tmp_path / "state"), "--socket", str(tmp_path / "control.sock"),
-             *extra_args],
+             *state_dir, "--socket", str(tmp_path / "control.sock"), *extra_args],
             stdout=self.log, stderr=subprocess.STDOUT)
 
     def text(self):
@@ -47,8 +48,8 @@ class Daemon:
 def daemon_factory(tmp_path):
     daemons = []
 
-    def start(config, extra_args=(), log_name="vacd.log"):
-        daemon = Daemon(tmp_path, config, extra_args, log_name)
+    def start(config, extra_args=(), log_name="vacd.log", state_dir_option=True):
+        daemon = Daemon(tmp_path, config, extra_args, log_name, state_dir_option)
         daemons.append(daemon)
         return daemon
 

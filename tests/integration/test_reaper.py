@@ -1,10 +1,15 @@
 """The reaper's sweep against the real engine and a real state directory."""
 
 import os
+import threading
 import time
 
+import docker
+import psutil
 import pytest
 
+from daemon_client import daemon_factory  # noqa: F401 (a fixture)
+from docker_daemon import Machinetype, Site, titles
 from vac.config.load import load_configuration
 from vac.machine.layout import create_machine_directory
 from vac.machine.prepare import MachineTerms, write_terms
@@ -13,7 +18,7 @@ from vac.runtimes.docker import DockerRuntime
 from vac.supervisor.scheduler import Placement
 from vac.supervisor.terms import machine_spec
 from vac.workers import reaper
-from vac.workers.reaper_rules import LiveSet, SlotView
+from vac.workers.reaper_rules import ORPHAN_GRACE_FLOOR_SECONDS, LiveSet, SlotView
 
 UUIDS = ["0000000%d-1111-4222-8333-444444444444" % n for n in range(4)]
 
@@ -166,3 +171,116 @@ def test_expired_machine_directories_are_removed(tmp_state_dir):
     assert reaper.remove_expired(tmp_state_dir, now) == 1
     assert not old.root.exists()
     assert recent.root.exists() and running.root.exists()
+
+
+class SlotKiller(threading.Thread):
+    """SIGKILLs every worker of one slot as soon as its title shows, until the root parks it FATAL.
+
+    Killed before it can report being idle, the slot never settles from the first kill on:
+    the root's record of it stays 'worker gone' (or 'adopting') for good.
+    """
+
+    def __init__(self, daemon, slot):
+        super().__init__(daemon=True)
+        self.daemon_under_test, self.slot = daemon, slot
+        self.kills = []            # (wall-clock time, pid)
+        self.fatal = threading.Event()
+
+    def run(self):
+        prefix = f"vacd: slot {self.slot:02d} "
+        fatal_line = f"slot-{self.slot:02d} failed to start"
+        deadline = time.monotonic() + FATAL_WITHIN_SECONDS
+        killed = set()
+        while time.monotonic() < deadline and self.daemon_under_test.proc.poll() is None:
+            for child in psutil.Process(self.daemon_under_test.proc.pid).children():
+                try:
+                    if child.pid not in killed and " ".join(child.cmdline()).startswith(prefix):
+                        child.kill()
+                        killed.add(child.pid)
+                        self.kills.append((time.time(), child.pid))
+                except psutil.NoSuchProcess:
+                    pass
+            if fatal_line in self.daemon_under_test.text():
+                self.fatal.set()
+                return
+            time.sleep(0.01)
+
+
+# Six failed starts make a slot FATAL; the backoffs between them add up to 31 s.
+FATAL_WITHIN_SECONDS = 60
+REAPER_CONF = """[settings]
+slots = 2
+reaper_interval_seconds = 1
+orphan_grace_seconds = {grace}
+"""
+
+
+def reaper_title(daemon):
+    return next((t for t in titles(daemon.proc.pid) if t.startswith("vacd: reaper")), None)
+
+
+@pytest.mark.docker
+def test_with_a_slot_fatal_a_young_machine_stays_and_old_directories_expire(
+        tmp_path, daemon_factory, docker_client, busybox_image, factory_label):  # noqa: F811
+    """Issue 9: one slot never settles (here: every worker killed at once, then FATAL) while
+    another starts a machine. The reaper, with the shortest orphan_grace_seconds allowed and a
+    sweep every second, must not remove that healthy machine once it is older than the grace;
+    and machine directories must still expire long after the slot went bad."""
+    grace = ORPHAN_GRACE_FLOOR_SECONDS
+    # One processor, two slots: slot 00 gets the machine, slot 01 is the one that goes bad.
+    site = Site(tmp_path, factory_label, busybox_image, [Machinetype("gate")], processors=1)
+    site.write_config(draining=True)
+    extra = tmp_path / "reaper.conf"
+    extra.write_text(REAPER_CONF.format(grace=grace))
+    daemon = daemon_factory(site.config, extra_args=("--config", str(extra)))
+    daemon.wait_log("supervisor running")
+    wait_for(lambda: "last sweep: 0 orphans" in (reaper_title(daemon) or ""),
+             "a sweep on a live set of settled slots", daemon)
+
+    killer = SlotKiller(daemon, 1)
+    killer.start()
+    wait_for(lambda: killer.kills, "slot 01's worker killed", daemon)
+    unsettled_since = killer.kills[0][0]
+    applied = daemon.text().count("configuration applied")
+    site.write_config(draining=False)
+    daemon.wait_log("configuration applied", count=applied + 1)
+    machine, = site.wait_running(1, daemon)
+    assert machine.slot == 0
+
+    assert killer.fatal.wait(FATAL_WITHIN_SECONDS), daemon.text()[-4000:]
+    # Past the grace, with a few sweeps to spare: the machine is old enough to be judged.
+    time.sleep(max(0.0, machine.started + grace + 5 - time.time()))
+    assert container_status(docker_client, machine.container_id) == "running", \
+        "the reaper must leave the healthy machine alone"
+    assert not site.machine(machine.uuid).finished
+    assert "belongs to no slot" not in daemon.text()
+    assert "last sweep: 0 orphans" in reaper_title(daemon), "it did judge the containers"
+
+    # The slot has been bad for a minute: directories expire all the same.
+    time.sleep(max(0.0, unsettled_since + 61 - time.time()))
+    now = time.time()
+    old = make_machine(site.state_dir, factory_label, 1, UUIDS[0], now - 10 * 86400, days=3)
+    mark_finished(old, now - 5 * 86400)
+    os.utime(old.finished_marker, (now - 5 * 86400, now - 5 * 86400))
+    wait_for(lambda: not old.root.exists(), "the expired directory removed", daemon)
+    assert f"reaper: removed machine directory {old.root}" in daemon.text()
+    assert container_status(docker_client, machine.container_id) == "running"
+
+    site.release(machine.uuid)
+    site.wait_finished(machine.uuid, daemon)
+    daemon.stop()
+    assert daemon.proc.returncode == 0
+
+
+def container_status(docker_client, container_id):
+    try:
+        return docker_client.containers.get(container_id).status
+    except docker.errors.NotFound:
+        return "removed"
+
+
+def wait_for(predicate, what, daemon, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}\n{daemon.text()[-4000:]}"
+        time.sleep(0.1)

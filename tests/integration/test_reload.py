@@ -1,11 +1,16 @@
 """Reloading the configuration of a real vacd: file edits, SIGHUP, a broken file."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
+
+import pytest
 
 from daemon_client import daemon_factory  # noqa: F401 (a fixture)
+from docker_daemon import Machinetype, Site
 
 CONFIG = """
 [settings]
@@ -104,3 +109,53 @@ def test_a_reload_changes_the_repositories_the_keeper_watches(tmp_path, daemon_f
     assert keeper_title(daemon) == "vacd: cvmfs-keeper [0 of 0 repos ok]"
     daemon.stop()
     assert daemon.proc.returncode == 0
+
+
+@pytest.mark.docker
+def test_a_state_dir_reload_is_named_for_a_restart_and_placements_do_not_loop(
+        tmp_path, daemon_factory, docker_client, busybox_image, factory_label):  # noqa: F811
+    site = Site(tmp_path, factory_label, busybox_image, [Machinetype("gate")], processors=1)
+    site.write_config(draining=True)
+    # The state directory comes from a file here, not from --state-dir, so a reload can change it.
+    where = tmp_path / "where.conf"
+    where.write_text(f"[settings]\nstate_dir = {site.state_dir}\n")
+    daemon = daemon_factory(site.config, extra_args=("--config", str(where)),
+                            state_dir_option=False)
+    daemon.wait_log("supervisor running")
+    elsewhere = tmp_path / "elsewhere"
+
+    where.write_text(f"[settings]\nstate_dir = {elsewhere}\n")
+    daemon.wait_log("restart needed for: state_dir;")
+    status = json.loads(vac(daemon, "status", "--json").stdout)
+    assert status["restart_needed"] == ["state_dir"]
+    assert "restart needed for:  state_dir" in vac(daemon, "status").stdout
+
+    applied = daemon.text().count("configuration applied")
+    site.write_config(draining=False)
+    daemon.wait_log("configuration applied", count=applied + 1)
+    machine, = site.wait_running(1, daemon)
+    # Long enough for a refused placement to come round many times (it took milliseconds).
+    time.sleep(2)
+    log = daemon.text()
+    assert log.count("slot 00: placing gate machine") == 1, log[-4000:]
+    assert "placement refused" not in log
+    assert not elsewhere.exists(), "nothing uses the new state_dir before a restart"
+    assert json.loads(vac(daemon, "status", "--json").stdout)["restart_needed"] == ["state_dir"]
+
+    # Put back, it needs no restart any more.
+    where.write_text(f"[settings]\nstate_dir = {site.state_dir}\n")
+    daemon.wait_log("configuration applied", count=applied + 2)
+    assert json.loads(vac(daemon, "status", "--json").stdout)["restart_needed"] == []
+    site.release(machine.uuid)
+    site.wait_finished(machine.uuid, daemon)
+    daemon.stop()
+    assert daemon.proc.returncode == 0
+
+
+def vac(daemon, *argv):
+    """The `vac` command against this daemon's control socket."""
+    socket_path = daemon.log_path.parent / "control.sock"
+    result = subprocess.run([sys.executable, "-m", "vac.cli", "--socket", str(socket_path), *argv],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return result
