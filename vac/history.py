@@ -23,7 +23,8 @@ HISTORY_FILE_NAME = "history.sqlite"
 WRITE_TIMEOUT_SECONDS = 2.0
 WRITE_ATTEMPTS = 3
 READ_TIMEOUT_SECONDS = 5.0
-SCHEMA_VERSION = 1
+# 2: end_estimated, set where nobody saw the machine end (accounting/end_time.py).
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS machines (
@@ -37,7 +38,8 @@ CREATE TABLE IF NOT EXISTS machines (
     ended_at      REAL,
     shutdown_code INTEGER,
     shutdown_text TEXT,
-    cpu_seconds   REAL
+    cpu_seconds   REAL,
+    end_estimated INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS machines_by_start ON machines (started_at);
 CREATE INDEX IF NOT EXISTS machines_by_end ON machines (ended_at);
@@ -58,20 +60,21 @@ ON CONFLICT (uuid) DO UPDATE SET
 # The whole row, so a machine whose start was never recorded is still complete.
 UPSERT_FINISHED = """
 INSERT INTO machines (uuid, factory, slot, machinetype, processors, started_at, shutdown_at,
-                      ended_at, shutdown_code, shutdown_text, cpu_seconds)
+                      ended_at, shutdown_code, shutdown_text, cpu_seconds, end_estimated)
 VALUES (:uuid, :factory, :slot, :machinetype, :processors, :started_at, :shutdown_at,
-        :ended_at, :shutdown_code, :shutdown_text, :cpu_seconds)
+        :ended_at, :shutdown_code, :shutdown_text, :cpu_seconds, :end_estimated)
 ON CONFLICT (uuid) DO UPDATE SET
     factory = COALESCE(excluded.factory, machines.factory),
     slot = excluded.slot, machinetype = excluded.machinetype, processors = excluded.processors,
     started_at = excluded.started_at,
     shutdown_at = COALESCE(excluded.shutdown_at, machines.shutdown_at),
     ended_at = excluded.ended_at, shutdown_code = excluded.shutdown_code,
-    shutdown_text = excluded.shutdown_text, cpu_seconds = excluded.cpu_seconds
+    shutdown_text = excluded.shutdown_text, cpu_seconds = excluded.cpu_seconds,
+    end_estimated = excluded.end_estimated
 """
 
 COLUMNS = ("uuid", "factory", "slot", "machinetype", "processors", "started_at", "shutdown_at",
-           "ended_at", "shutdown_code", "shutdown_text", "cpu_seconds")
+           "ended_at", "shutdown_code", "shutdown_text", "cpu_seconds", "end_estimated")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,7 @@ class MachineSpan:
     shutdown_code: int | None = None
     shutdown_text: str | None = None
     cpu_seconds: float | None = None
+    end_estimated: bool = False   # nobody saw it end: `ended_at` is its last evidence of life
 
 
 def history_path(state_dir: str | os.PathLike) -> Path:
@@ -103,12 +107,35 @@ def open_for_writing(state_dir: str | os.PathLike, timeout: float = WRITE_TIMEOU
         # A lost last commit after a power cut costs a history row, not consistency.
         connection.execute("PRAGMA synchronous = NORMAL")
         if connection.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-            # Several workers may create it at once: IF NOT EXISTS makes that harmless.
-            connection.executescript(f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            # Several workers may create or upgrade it at once: the immediate
+            # transaction makes them take turns, and each step checks first.
+            connection.executescript(f"BEGIN IMMEDIATE; {SCHEMA}")
+            try:
+                if "end_estimated" not in _column_names(connection):
+                    connection.execute("ALTER TABLE machines ADD COLUMN end_estimated INTEGER NOT NULL DEFAULT 0")
+                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
     except BaseException:
         connection.close()
         raise
     return connection
+
+
+def _column_names(connection: sqlite3.Connection) -> set[str]:
+    return {row[1] for row in connection.execute("PRAGMA table_info(machines)")}
+
+
+def _selected_columns(connection: sqlite3.Connection) -> str:
+    """COLUMNS for a SELECT; a column the file's older schema lacks reads as its default."""
+    present = _column_names(connection)
+    return ", ".join(name if name in present else f"0 AS {name}" for name in COLUMNS)
+
+
+def _span(row) -> MachineSpan:
+    return MachineSpan(*row[:-1], end_estimated=bool(row[-1]))
 
 
 def _write(state_dir, statement: str, values: dict, what: str) -> bool:
@@ -146,14 +173,19 @@ def record_started(state_dir, *, uuid: str, factory: str | None, slot: int, mach
 
 def record_finished(state_dir, *, uuid: str, factory: str | None, slot: int, machinetype: str, processors: int,
                     started_at: float, ended_at: float, shutdown_code: int | None, shutdown_text: str | None,
-                    cpu_seconds: float | None, shutdown_at: float | None = None) -> bool:
-    """Record how the machine ended (repeatable); False (logged) if the history cannot be written."""
+                    cpu_seconds: float | None, shutdown_at: float | None = None,
+                    end_estimated: bool = False) -> bool:
+    """Record how the machine ended (repeatable); False (logged) if the history cannot be written.
+
+    `end_estimated`: nobody saw it end, and `ended_at` is its last evidence of life.
+    """
     return _write(state_dir, UPSERT_FINISHED, {
         "uuid": uuid, "factory": factory, "slot": int(slot), "machinetype": machinetype,
         "processors": int(processors), "started_at": float(started_at),
         "shutdown_at": None if shutdown_at is None else float(shutdown_at), "ended_at": float(ended_at),
         "shutdown_code": shutdown_code, "shutdown_text": shutdown_text,
-        "cpu_seconds": None if cpu_seconds is None else float(cpu_seconds)}, "end")
+        "cpu_seconds": None if cpu_seconds is None else float(cpu_seconds),
+        "end_estimated": int(bool(end_estimated))}, "end")
 
 
 def _open_for_reading(path: Path) -> sqlite3.Connection:
@@ -186,12 +218,35 @@ def machines_between(state_dir, start: float, end: float) -> list[MachineSpan]:
                                   ).fetchall():
             return []
         rows = connection.execute(
-            f"SELECT {', '.join(COLUMNS)} FROM machines"
+            f"SELECT {_selected_columns(connection)} FROM machines"
             " WHERE started_at < ? AND (ended_at IS NULL OR ended_at > ?) ORDER BY started_at, uuid",
             (float(end), float(start))).fetchall()
     finally:
         connection.close()
-    return [MachineSpan(*row) for row in rows]
+    return [_span(row) for row in rows]
+
+
+def ended_since(state_dir, since: float, limit: int) -> list[MachineSpan]:
+    """The newest `limit` machines that ended at or after `since`, oldest end first.
+
+    What a restarted root needs to rebuild each machinetype's backoff; bounded
+    so that it costs the same whatever the file holds. An absent history is
+    empty; sqlite3.Error if the file cannot be read as one.
+    """
+    path = history_path(state_dir)
+    if not path.is_file():
+        return []
+    connection = _open_for_reading(path)
+    try:
+        if not connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'machines'"
+                                  ).fetchall():
+            return []
+        rows = connection.execute(
+            f"SELECT {_selected_columns(connection)} FROM machines"
+            " WHERE ended_at >= ? ORDER BY ended_at DESC, uuid LIMIT ?", (float(since), int(limit))).fetchall()
+    finally:
+        connection.close()
+    return [_span(row) for row in reversed(rows)]
 
 
 def forget_ended_before(state_dir, before: float) -> int:
