@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import sys
+import time
 
 from vac import __version__, logs
 from vac.config.load import load_configuration, try_load_configuration
@@ -17,6 +18,7 @@ from vac.supervisor.build import TreeSettings, build_tree
 from vac.supervisor.config_watch import ConfigWatcher
 from vac.supervisor.factory import Factory
 from vac.supervisor.metrics_snapshot import MetricsFeed
+from vac.supervisor.recall import recall
 from vac.supervisor.root import Root
 from vac.supervisor.terms import needed_repositories
 
@@ -142,6 +144,8 @@ def main(argv=None):
     log.info("vacd %s starting: space %s, %d slots, state in %s",
              __version__, settings.vac_space, settings.slots, settings.state_dir)
     factory = Factory(config, factory_name=factory_name(settings))
+    # Before the loop, once: the loop itself never waits on the disk.
+    recall(factory, settings.state_dir, time.time())
     root = Root(build_tree(tree_settings(config)), app=factory,
                 on_reload=make_reload(args, factory))
     root.add_service(MetricsFeed(root, factory))

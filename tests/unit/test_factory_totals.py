@@ -88,6 +88,7 @@ def test_scheduler_decisions_count_placements_by_machinetype_and_refusals_by_rea
     assert factory.refusals_total == {}
 
     loaded = make_factory(tmp_path, load_average=100.0)
+    report(loaded, 1, "running", machine("m1"))
     for _ in range(2):
         report(loaded, 0, "idle")
         assert [child for child, _ in loaded.tick(True) if child != "reaper"] == []

@@ -96,6 +96,7 @@ def test_slots_children_machinetypes_and_decisions_as_plain_data(tmp_path, clock
     # slot-02's worker crashes: it waits in backoff, then restarts.
     monotonic.now += 1
     root.tree.exited("slot-02", ExitStatus(code=1), monotonic.now)
+    factory.on_child_exit("slot-02")
     # The reaper crashes once and is restarted at once.
     root.tree.exited("reaper", ExitStatus(code=1), monotonic.now)
     root.tree.started("reaper", 200)
@@ -138,7 +139,8 @@ def test_refusals_are_counted_and_the_current_one_named(tmp_path, clocks):
     root = make_root(tmp_path, clocks)
     factory = root.app
     factory.paused.update({"work", "other"})
-    report(root, "slot-00", "idle", slot=0, machine=None)
+    for slot in range(3):
+        report(root, f"slot-{slot:02d}", "idle", slot=slot, machine=None)
     factory.tick(True)
     snapshot = build_snapshot(root, factory, wall.now)
     assert snapshot["refusing"] == "paused"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Mapping
 
 # shutdown_message codes from 300 up mean the machine found nothing useful to do
 # or could not work here (INTERFACES.md §6); 100 and 200 are normal endings.
@@ -71,3 +71,36 @@ def backoff_until(last_abort_at: float | None, backoff_seconds: float, fizzle_se
         return None
     last_young_ages_at = max(young) + fizzle_seconds
     return min(extended_end, max(plain_end, last_young_ages_at))
+
+
+# What a restarted root reads back from the history to rebuild backoff: the
+# outcomes of the last backoff_seconds + fizzle_seconds of the configured
+# machinetypes, at least BACKOFF_MEMORY_FLOOR_SECONDS (machinetypes from
+# pipes are not known before the loop starts), at most the ceiling, and no
+# more than BACKOFF_MEMORY_ROWS machines (the newest, which hold the last aborts).
+BACKOFF_MEMORY_FLOOR_SECONDS = 2 * 3600
+BACKOFF_MEMORY_CEILING_SECONDS = 7 * 86400
+BACKOFF_MEMORY_ROWS = 10000
+# fizzle_seconds of a machinetype the configuration no longer (or not yet) has.
+DEFAULT_FIZZLE_SECONDS = 600
+
+
+def backoff_memory_seconds(machinetypes: Iterable[tuple[float, float]]) -> float:
+    """How far back outcomes can still matter, given (backoff_seconds, fizzle_seconds) of each machinetype."""
+    longest = max((backoff + fizzle for backoff, fizzle in machinetypes), default=0.0)
+    return min(BACKOFF_MEMORY_CEILING_SECONDS, max(BACKOFF_MEMORY_FLOOR_SECONDS, float(longest)))
+
+
+def rebuilt_histories(outcomes: Iterable[tuple[str, Outcome]],
+                      fizzle_seconds: Mapping[str, float]) -> dict[str, OutcomeHistory]:
+    """Each machinetype's history from remembered (machinetype, outcome) pairs, as if reported again.
+
+    A machinetype missing from `fizzle_seconds` uses DEFAULT_FIZZLE_SECONDS,
+    as an outcome reported for it would.
+    """
+    histories: dict[str, OutcomeHistory] = {}
+    for machinetype, outcome in sorted(outcomes, key=lambda pair: pair[1].ended_at):
+        histories[machinetype] = record_outcome(
+            histories.get(machinetype, OutcomeHistory()), outcome.started_at, outcome.ended_at, outcome.code,
+            fizzle_seconds.get(machinetype, DEFAULT_FIZZLE_SECONDS))
+    return histories

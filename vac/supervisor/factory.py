@@ -69,6 +69,7 @@ class Factory:
         # Settings a reload changed that take effect only when vacd restarts.
         self.restart_needed = []
         self._retry_at = None
+        self._waited_for_adoption = False
         self._reconsider_at = 0.0
         self._changed = True
         self._lowered = {}        # uuid -> shutdown time we asked its slot to lower to
@@ -221,12 +222,21 @@ class Factory:
                 {"prefix": p.prefix, "url": p.url} for p in self.config.vacuum_pipes.values()])))
         out.extend(self._repositories_to_watch())
         out.extend(self._local_status())
-        if may_start and self.table.free_slots() and self._due(now):
+        if may_start and self.table.free_slots() and self._due(now) and self._adoption_over():
             out.extend(self._place(now))
         live_set = self._live_set(now)
         if live_set is not None:
             out.append((REAPER, live_set))
         return out
+
+    def _adoption_over(self):
+        """True once every slot has said what it holds: until then a placement could promise its processors twice."""
+        adopting = self.table.still_adopting()
+        if adopting and not self._waited_for_adoption:
+            self._waited_for_adoption = True
+            log.info("free slots wait until every slot has reported what it holds (%d still adopting)",
+                     len(adopting))
+        return not adopting
 
     def _repositories_to_watch(self):
         """Tell the keeper the repositories the machinetypes need, when its report shows others.

@@ -3,6 +3,14 @@
 A machine stays in the table while its worker is down or restarting: the
 container keeps running under dockerd and the next worker adopts it, so its
 processors stay taken.
+
+After the root starts, a slot holds what its machine directories said at
+that moment (`remembered`, read before the loop) until its worker has
+reported what it really holds, which it does once its adoption is over.
+Nothing is placed before every slot has done so, so no processor is
+promised twice; a slot whose worker exits before that (crash-looping,
+FATAL) stops holding placements back, and what its directories said keeps
+counting for it until a worker of it reports.
 """
 
 import dataclasses
@@ -10,6 +18,11 @@ import dataclasses
 from vac.supervisor.scheduler import RunningMachine
 
 IDLE = "idle"
+# A worker in one of these states has finished adopting what its predecessor
+# left: the machine it reports (or none) is what the slot holds. The states
+# of ending a machine (stopping, finishing, cleaning) may belong to an older
+# machine taken over first, with the live one still to come.
+ADOPTED_STATES = frozenset({IDLE, "preparing", "starting", "running"})
 # How a slot worker's error begins when it refuses a Place.
 PLACEMENT_REFUSED = "placement refused"
 
@@ -23,6 +36,9 @@ class SlotEntry:
     pending: dict | None = None  # a placement sent and not yet acknowledged
     error: str | None = None
     worker_alive: bool = False
+    adopted: bool = False          # its worker has reported what it holds since the root started
+    gave_up: bool = False          # its worker exited before that: it holds no placement back
+    remembered: dict | None = None  # what its machine directories said at start, until adopted
 
 
 class SlotTable:
@@ -41,6 +57,9 @@ class SlotTable:
         entry = self.entries[slot]
         entry.state = state
         entry.machine = machine
+        if state in ADOPTED_STATES and not entry.adopted:
+            entry.adopted = True
+            entry.remembered = None
         entry.error = error
         entry.worker_alive = True
         refused = rejected == (entry.pending or {}).get("uuid") or (
@@ -48,6 +67,16 @@ class SlotTable:
         if entry.pending is not None and (state != IDLE or machine is not None or refused):
             entry.pending = None
         return entry
+
+    def remember(self, slot, machine):
+        """What slot `slot` held when the root started, by its machine directories (before any report)."""
+        entry = self.entries[slot]
+        if not entry.adopted:
+            entry.remembered = machine
+
+    def still_adopting(self):
+        """Slots that have not yet reported what they hold and whose worker is still at it."""
+        return [e.slot for e in self.entries.values() if not e.adopted and not e.gave_up]
 
     def placed(self, slot, machine):
         self.entries[slot].pending = machine
@@ -57,18 +86,24 @@ class SlotTable:
         entry = self.entries[slot]
         entry.worker_alive = False
         entry.pending = None
+        if not entry.adopted:
+            entry.gave_up = True
         if entry.machine is None:
             entry.state = "unknown"
 
     def free_slots(self):
         """Slots whose worker is alive, idle and has nothing on its way."""
         return [e.slot for e in self.entries.values()
-                if e.worker_alive and e.state == IDLE and e.machine is None and e.pending is None]
+                if e.worker_alive and e.adopted and e.state == IDLE and e.machine is None and e.pending is None]
 
     def machines(self):
         """Every machine the factory holds: reported ones and placements in flight."""
         for entry in self.entries.values():
             machine = entry.machine or entry.pending
+            remembered = None if entry.adopted else entry.remembered
+            if remembered is not None and (machine is None or remembered["processors"] > machine["processors"]):
+                # Still adopting: it may be ending an older machine before it takes over this one.
+                machine = remembered
             if machine is not None:
                 yield entry.slot, machine
 
