@@ -227,7 +227,7 @@ class FakeRuntime:
         if container.handle.state != ContainerState.RUNNING:
             return self.last_usage.get(handle.id, Usage(0.0, 0))
         usage = Usage(container.behaviour.cpu_per_second * (self.clock() - container.started_monotonic),
-                      container.behaviour.memory_bytes)
+                      container.behaviour.memory_bytes, self.clock.wall())
         self.last_usage[handle.id] = usage
         return usage
 

@@ -147,7 +147,9 @@ class FakeRuntime:
 
     def stats(self, handle):
         self._call("stats", handle.id)
-        return Usage(self.cpu.get(handle.id, 0.0), 0)
+        # Sampled now while it runs; after its exit, as Docker, no new sample.
+        running = self._get(handle.id).state is ContainerState.RUNNING
+        return Usage(self.cpu.get(handle.id, 0.0), 0, self.clock() if running else None)
 
     def close(self):
         pass

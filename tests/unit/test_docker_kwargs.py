@@ -1,5 +1,6 @@
 """The arguments vac sends to Docker and what it reads back, as plain dicts."""
 
+import calendar
 from pathlib import Path
 
 import pytest
@@ -217,8 +218,9 @@ def test_usage_from_a_live_sample_and_from_an_exited_container():
                  "memory_stats": {"usage": 3_000_000}}
     exited = {"read": "0001-01-01T00:00:00Z", "cpu_stats": {"cpu_usage": {"total_usage": 0}}, "memory_stats": {}}
 
-    assert usage_from_stats(live) == Usage(cpu_seconds=2.5, memory_bytes=4_000_000)
-    assert usage_from_stats(cgroup_v2) == Usage(cpu_seconds=0.001, memory_bytes=3_000_000)
+    read_at = calendar.timegm((2024, 3, 1, 12, 0, 0))
+    assert usage_from_stats(live) == Usage(cpu_seconds=2.5, memory_bytes=4_000_000, sampled_at=read_at)
+    assert usage_from_stats(cgroup_v2) == Usage(cpu_seconds=0.001, memory_bytes=3_000_000, sampled_at=read_at)
     assert usage_from_stats(exited) is None
 
 

@@ -107,10 +107,12 @@ def test_usage_after_exit_is_only_what_was_sampled_before(fake):
     sampled = started(fake, request(slot=0))
     unsampled = started(fake, request(slot=1, uuid_tail=2))
     fake.clock.advance(40)
-    assert fake.stats(sampled) == Usage(20.0, 100 * 1024 ** 2)
+    sampled_at = fake.clock.wall()
+    assert fake.stats(sampled) == Usage(20.0, 100 * 1024 ** 2, sampled_at)
 
     fake.clock.advance(100)
-    assert fake.stats(sampled) == Usage(20.0, 100 * 1024 ** 2)
+    # The last sample, with the time it was taken: nothing newer is known.
+    assert fake.stats(sampled) == Usage(20.0, 100 * 1024 ** 2, sampled_at)
     assert fake.stats(unsampled) == Usage(0.0, 0)
 
 

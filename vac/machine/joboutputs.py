@@ -20,6 +20,8 @@ from pathlib import Path
 SHUTDOWN_MESSAGE_NAME = "shutdown_message"
 MAX_MESSAGE_BYTES = 4096
 MESSAGE_FILE_MODE = 0o644
+# How many joboutputs entries are looked at for the payload's last sign of life.
+MAX_ENTRIES_LOOKED_AT = 1000
 
 _MESSAGE_LINE = re.compile(r"([1-9][0-9]{2})(?:[ \t]+(.*))?")
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -190,6 +192,29 @@ class JoboutputsDirectory:
             raise
         # A symlink's own time says nothing about whether the payload is alive.
         return info.st_mtime if stat.S_ISREG(info.st_mode) else None
+
+    def latest_payload_change(self, max_entries: int = MAX_ENTRIES_LOOKED_AT) -> float | None:
+        """The latest modification time of the regular files the payload left here (None if none).
+
+        Evidence that the machine was alive then. The shutdown_message is left
+        out, since the factory writes one itself when it ends a machine; only
+        the first `max_entries` entries are looked at, as the container
+        decides how many there are.
+        """
+        latest = None
+        with os.scandir(self.fd) as entries:
+            for count, entry in enumerate(entries):
+                if count >= max_entries:
+                    break
+                if entry.name == SHUTDOWN_MESSAGE_NAME:
+                    continue
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # removed meanwhile
+                if stat.S_ISREG(info.st_mode) and (latest is None or info.st_mtime > latest):
+                    latest = info.st_mtime
+        return latest
 
     def heartbeat_age(self, name: str, now: float) -> float | None:
         """Seconds since heartbeat file `name` was last modified; None if it is missing."""

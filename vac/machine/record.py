@@ -42,6 +42,11 @@ class MachineRecord:
     cpu_seconds: float | None = None
     shutdown_code: int | None = None
     shutdown_text: str | None = None
+    # The engine's time of the last CPU sample taken while it ran: evidence
+    # of life if its end is never seen.
+    last_seen: float | None = None
+    # True if nobody saw the machine end and `ended` is its last evidence of life.
+    end_estimated: bool = False
 
     def to_json(self) -> bytes:
         """The record as JSON text."""

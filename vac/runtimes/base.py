@@ -167,9 +167,14 @@ class ExitInfo:
 
 
 class Usage(NamedTuple):
-    """CPU time and peak memory of a container."""
+    """CPU time and peak memory of a container, and when the engine last sampled it running.
+
+    `sampled_at` (Unix time, None if never) is evidence that the container
+    was alive then: accounting falls back on it when the end is not seen.
+    """
     cpu_seconds: float
     memory_bytes: int
+    sampled_at: float | None = None
 
 
 def request_labels(request: ContainerRequest) -> dict[str, str]:

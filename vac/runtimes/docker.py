@@ -337,7 +337,8 @@ class DockerRuntime:
         previous = self._last_usage.get(handle.id, Usage(0.0, 0))
         if sample is None:
             return previous
-        usage = Usage(max(sample.cpu_seconds, previous.cpu_seconds), max(sample.memory_bytes, previous.memory_bytes))
+        usage = Usage(max(sample.cpu_seconds, previous.cpu_seconds), max(sample.memory_bytes, previous.memory_bytes),
+                      sample.sampled_at)
         self._last_usage[handle.id] = usage
         return usage
 

@@ -161,4 +161,5 @@ def usage_from_stats(stats: dict) -> Usage | None:
     # cgroup v1 keeps the peak (max_usage, page cache included); v2 only the
     # current usage, so the peak is then the largest sample taken.
     memory_bytes = max(memory.get("max_usage", 0), memory.get("usage", 0))
-    return Usage(cpu_seconds=cpu_nanoseconds / 1e9, memory_bytes=int(memory_bytes))
+    return Usage(cpu_seconds=cpu_nanoseconds / 1e9, memory_bytes=int(memory_bytes),
+                 sampled_at=parse_docker_time(stats.get("read")))

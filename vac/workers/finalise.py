@@ -11,13 +11,14 @@ import dataclasses
 import logging
 
 from vac import history
-from vac.accounting import apel
+from vac.accounting import apel, end_time
 from vac.machine.joboutputs import JoboutputsDirectory, MessageReading, ShutdownMessage
 from vac.machine.layout import MachinePaths
 from vac.machine.prepare import MachineTerms, finished_machine, scratch_backend
 from vac.machine.record import MachineRecord, mark_finished, write_record
 from vac.machine.scratch import DirectoryScratch
 from vac.runtimes.base import ContainerRuntime, ExitInfo
+from vac.workers.slot_rules import WALLCLOCK_GRACE_SECONDS
 from vac.workers.slot_states import MachineState, check_transition, machine_state
 
 log = logging.getLogger(__name__)
@@ -53,20 +54,39 @@ def transition(paths: MachinePaths, record: MachineRecord, new_state: MachineSta
     return record
 
 
+def evidence_of_life(paths: MachinePaths, record: MachineRecord) -> list[float | None]:
+    """Times the machine was seen alive: its last CPU sample and the files its payload left in joboutputs."""
+    evidence = [record.last_seen]
+    try:
+        with JoboutputsDirectory(paths.joboutputs) as joboutputs:
+            evidence.append(joboutputs.latest_payload_change())
+    except OSError as error:
+        log.info("machine %s: cannot look at joboutputs for signs of life: %s", paths.machine_uuid, error)
+    return evidence
+
+
 def fix_outcome(paths: MachinePaths, record: MachineRecord, exit_info: ExitInfo | None, cpu_seconds: float,
                 now: float, fallback: ShutdownMessage | None = None) -> MachineRecord:
     """Record how the machine ended (once: a record already FINISHING keeps what it holds).
 
     `fallback` is the message when the machine has none that can be read
-    (a machine that failed before its joboutputs directory existed).
+    (a machine that failed before its joboutputs directory existed). An end
+    nobody saw is the last evidence of the machine's life (end_time.py).
     """
     if machine_state(record.state) in (MachineState.FINISHING, MachineState.CLEANING) and record.ended is not None:
         return record
     reading = read_message(paths)
     message = reading.message or fallback
-    ended = exit_info.finished_at if exit_info is not None and exit_info.finished_at else now
+    end = end_time.decide_end(
+        started=record.started, exit_info=exit_info,
+        evidence=evidence_of_life(paths, record) if record.started is not None else (),
+        shutdown_time=record.shutdown_time, stop_grace=WALLCLOCK_GRACE_SECONDS, now=now)
+    if end.estimated:
+        log.warning("machine %s: its end was not observed (%s); recording the last evidence of its life, "
+                    "%.0f s after its start, as its end", record.machine_uuid, end.why, end.ended - record.started)
+    ended = end.ended
     return transition(
-        paths, record, MachineState.FINISHING, ended=float(ended),
+        paths, record, MachineState.FINISHING, ended=float(ended), end_estimated=end.estimated,
         exit_code=exit_info.exit_code if exit_info is not None else None,
         cpu_seconds=max(float(cpu_seconds), record.cpu_seconds or 0.0),
         shutdown_code=message.code if message else None,
@@ -96,8 +116,9 @@ def finish_machine(paths: MachinePaths, record: MachineRecord, terms: MachineTer
         # Before the marker: a finalisation repeated after a crash records the end again.
         record_history(paths, record, terms)
     if mark_finished(paths, record.ended):
-        log.info("machine %s finalised: %s %s, exit code %s, %.0f s CPU", record.machine_uuid,
-                 record.shutdown_code, record.shutdown_text, record.exit_code, record.cpu_seconds or 0.0)
+        log.info("machine %s finalised: %s %s, exit code %s, %.0f s CPU%s", record.machine_uuid,
+                 record.shutdown_code, record.shutdown_text, record.exit_code, record.cpu_seconds or 0.0,
+                 ", end estimated" if record.end_estimated else "")
     return record
 
 
@@ -109,7 +130,8 @@ def record_history(paths: MachinePaths, record: MachineRecord, terms: MachineTer
         state_dir, uuid=record.machine_uuid, factory=terms.factory["factory_name"] if terms is not None else None,
         slot=record.slot, machinetype=record.machinetype, processors=record.processors,
         started_at=record.started, ended_at=record.ended, shutdown_code=record.shutdown_code,
-        shutdown_text=record.shutdown_text, cpu_seconds=record.cpu_seconds, shutdown_at=record.shutdown_time)
+        shutdown_text=record.shutdown_text, cpu_seconds=record.cpu_seconds, shutdown_at=record.shutdown_time,
+        end_estimated=record.end_estimated)
 
 
 def clean_machine(runtime: ContainerRuntime, factory: str, slot: int, paths: MachinePaths,

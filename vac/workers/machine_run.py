@@ -445,6 +445,9 @@ class SlotMachine:
         # chunk: a CPU sample is what tells a running slot the engine is back.
         self._succeeded()
         m.cpu_seconds = max(m.cpu_seconds, result.value.cpu_seconds)
+        if result.value.sampled_at is not None and (m.record.last_seen or 0.0) < result.value.sampled_at:
+            # Evidence of life, should its end never be seen; stored with the CPU figure.
+            m.record = dataclasses.replace(m.record, last_seen=result.value.sampled_at)
         now = self.clock()
         if now - m.cpu_saved_at >= RECORD_CPU_INTERVAL_SECONDS:
             m.cpu_saved_at = now

@@ -7,6 +7,7 @@ outcome is fixed in the record once, removing what is gone is fine.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -92,7 +93,11 @@ def finish(runtime: ContainerRuntime, paths: MachinePaths, record: MachineRecord
            fallback: ShutdownMessage | None) -> MachineRecord:
     """FINISHING: the outcome, the APEL record and the `finished` marker; the final record."""
     # The stored record wins: after a crash or a retry it may hold the outcome already.
-    record = read_record(paths) or record
+    stored = read_record(paths)
+    if stored is not None and record.last_seen is not None and (stored.last_seen or 0.0) < record.last_seen:
+        # The slot keeps its newest CPU sample in memory; the disk's may be a minute old.
+        stored = dataclasses.replace(stored, last_seen=record.last_seen)
+    record = stored or record
     if exit_info is None and handle is not None:
         try:
             exit_info = runtime.exit_status(handle)
