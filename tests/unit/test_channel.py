@@ -7,8 +7,18 @@ import pytest
 
 from vac.ipc import channel as channel_module
 from vac.ipc.channel import RootChannel, WorkerChannel, channel_pair
-from vac.ipc.framing import HEADER, ChannelClosed, FrameTooLarge, IpcError, MalformedFrame, encode_frame
-from vac.ipc.messages import Heartbeat, MalformedMessage, Ready, StateReport, Stop, UnknownMessage
+from vac.ipc.framing import (
+    HEADER, ChannelClosed, FrameTooLarge, IpcError, MalformedFrame, PeerNotReading, Unencodable,
+    encode_frame,
+)
+from vac.ipc.messages import (
+    Heartbeat, MalformedMessage, Ready, Repositories, StateReport, Stop, UnknownMessage,
+)
+
+
+def big_message(size):
+    """A message of about `size` bytes, within every bound of its type."""
+    return Repositories(names=["r" * 50_000] * (size // 50_000))
 
 
 @pytest.fixture
@@ -154,9 +164,9 @@ def test_root_sending_to_a_closed_worker_is_channel_closed(pair):
 
 def test_a_worker_that_never_reads_cannot_block_or_bloat_the_root(pair):
     root, _ = pair
-    big = Stop(reason="x" * 200_000)
+    big = big_message(200_000)
     started = time.monotonic()
-    with pytest.raises(FrameTooLarge):
+    with pytest.raises(PeerNotReading):
         for _ in range(channel_module.MAX_PENDING_OUTPUT // 200_000 + 10):
             root.send(big)
     assert time.monotonic() - started < 2.0
@@ -168,7 +178,7 @@ def test_a_worker_that_never_reads_cannot_block_or_bloat_the_root(pair):
 
 def test_queued_output_drains_once_the_worker_reads(pair):
     root, worker = pair
-    big = Stop(reason="y" * 100_000)
+    big = big_message(100_000)
     for _ in range(10):
         root.send(big)
     assert root.wants_write
@@ -221,3 +231,46 @@ def test_root_closing_with_unread_input_is_channel_closed_at_the_worker(pair):
     root.close()
     with pytest.raises(ChannelClosed):
         worker.receive(timeout=1.0)
+
+
+@pytest.mark.parametrize("msg", [
+    Stop(reason="lone \ud800 surrogate"),
+    StateReport(child_id="slot-00", state="s", detail={"fqan": "\udfff"}),
+    StateReport(child_id="slot-00", state="s", detail={"big": 2**64}),
+    StateReport(child_id="slot-00", state="s", detail={"obj": object()}),
+    Repositories(names=["r" * 70_000]),
+], ids=["surrogate", "nested surrogate", "int beyond 64 bits", "not plain data", "over its bounds"])
+def test_a_message_that_cannot_be_encoded_is_refused_in_the_sender_and_nothing_is_queued(pair, msg):
+    root, worker = pair
+    with pytest.raises(Unencodable):
+        root.send(msg)
+    assert not root.wants_write
+    with pytest.raises(Unencodable):
+        worker.send(msg)
+    # Both ends go on as if it had never been tried.
+    root.send(Stop(reason="after"))
+    worker.send(Heartbeat(child_id="slot-00", seq=2))
+    assert worker.receive(timeout=1.0) == Stop(reason="after")
+    assert receive_until(root, 1) == [Heartbeat(child_id="slot-00", seq=2)]
+    assert root.failure is None
+
+
+def test_output_the_socket_did_not_take_is_written_by_flush_alone(pair):
+    # The root's loop calls flush() when the socket turns writable: no further send is needed.
+    root, worker = pair
+    big = big_message(550_000)
+    root.send(big)
+    assert root.wants_write, "a socketpair's buffer holds less than 550 kB"
+    got = None
+    deadline = time.monotonic() + 5.0
+    while got is None and time.monotonic() < deadline:
+        root.flush()
+        got = worker.receive(timeout=0.05)
+    assert got == big and not root.wants_write
+
+
+def test_discarded_output_is_no_longer_wanted_written(pair):
+    root, _ = pair
+    root.send(big_message(550_000))
+    root.discard_output()
+    assert not root.wants_write and root.flush() is True

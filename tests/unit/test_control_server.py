@@ -5,7 +5,9 @@ pass by pass by a small stand-in for the root's loop with a fake clock, so
 deadlines are tested without waiting for them.
 """
 
+import collections
 import os
+import re
 import selectors
 import socket
 
@@ -13,8 +15,9 @@ import pytest
 
 from vac.control import commands, protocol
 from vac.control.commands import COMMANDS, Command, CommandFailed
-from vac.control.server import (ADMIN, ANSWERS_PER_PASS, MAX_QUEUED_REQUESTS, READ, ControlServer,
-                                access_level, group_id, peer_groups, proc_groups)
+from vac.control.server import (ADMIN, ANSWERS_PER_PASS, LAST_WORDS_SECONDS, MAX_EVENT_BYTES,
+                                MAX_QUEUED_REQUESTS, READ, ControlServer, access_level, group_id,
+                                peer_groups, proc_groups, refusal)
 from vac.ipc.framing import FrameDecoder
 
 ADMIN_GID, READONLY_GID = 1500, 1600
@@ -137,6 +140,10 @@ TEST_COMMANDS = {
     "big": Command("big", lambda ctx, args: "x" * 50_000, {}, mutating=False),
     "poke": Command("poke", poke, {"fail": ((bool,), False, False)}, mutating=True),
     "watch": Command("watch", lambda ctx, args: {"watching": True}, {}, mutating=False, streams=True),
+    # A reply over the frame cap, one msgpack cannot encode, a handler with a bug.
+    "huge": Command("huge", lambda ctx, args: "x" * protocol.MAX_REPLY_BYTES, {}, mutating=False),
+    "surrogate": Command("surrogate", lambda ctx, args: {"fqan": "\ud800"}, {}, mutating=False),
+    "broken": Command("broken", lambda ctx, args: {}["missing"], {}, mutating=False),
 }
 
 
@@ -363,3 +370,164 @@ def test_a_client_that_reads_no_replies_is_dropped_at_the_output_cap(served):
             break
     assert not server.clients, "a client that never reads was kept"
     assert request_id < 20
+
+
+# The fault barrier and what cannot be sent.
+
+def test_a_reply_too_large_for_a_frame_is_an_error_and_the_connection_goes_on(served):
+    loop, _, _ = served
+    peer = Peer(served)
+    peer.ask(1, "huge")
+    peer.ask(2, "echo", n=2)
+    loop.turn()
+    frames = peer.frames()
+    assert frames[0]["ok"] is False and frames[0]["code"] == protocol.TOO_LARGE
+    size = int(re.match(r"reply too large: (\d+) bytes \(at most (\d+)\)", frames[0]["error"]).group(1))
+    assert protocol.MAX_REPLY_BYTES < size < protocol.MAX_REPLY_BYTES + 100
+    assert "use a narrower command" in frames[0]["error"]
+    assert frames[1] == {"v": 1, "id": 2, "ok": True, "result": {"n": 2}}
+    assert not peer.closed
+
+
+def test_a_reply_that_cannot_be_encoded_is_an_error_and_the_connection_goes_on(served):
+    loop, _, _ = served
+    peer = Peer(served)
+    peer.ask(1, "surrogate")
+    peer.ask(2, "echo")
+    loop.turn()
+    failed, echoed = peer.frames()
+    assert (failed["code"], failed["error"][:25]) == (protocol.FAILED, "reply cannot be encoded (")
+    assert echoed["ok"] and not peer.closed
+
+
+def test_a_fault_while_serving_one_client_drops_that_client_only(served, caplog):
+    loop, server, _ = served
+    victim, other = Peer(served), Peer(served)
+    victim.ask(1, "broken")
+    other.ask(1, "echo", n=7)
+    loop.turn()
+    assert other.frames() == [{"v": 1, "id": 1, "ok": True, "result": {"n": 7}}]
+    victim.frames()
+    assert victim.closed and len(server.clients) == 1
+    [fault] = [r for r in caplog.records if "fault while serving" in r.getMessage()]
+    assert f"a request for uid {os.getuid()} pid {os.getpid()}" in fault.getMessage()
+    assert "KeyError" in fault.getMessage() and fault.exc_info is not None, "logged with its traceback"
+    # The server goes on: a new client is served.
+    again = Peer(served)
+    again.ask(1, "echo")
+    loop.turn()
+    assert again.frames()[0]["ok"]
+
+
+# Watchers that fall behind.
+
+def watching(served):
+    peer = Peer(served)
+    peer.ask(1, "watch")
+    served[0].turn()
+    assert peer.frames() == [{"v": 1, "id": 1, "ok": True, "result": {"watching": True}}]
+    return peer
+
+
+def test_a_watcher_that_falls_behind_is_dropped_and_told_why(served):
+    loop, server, _ = served
+    server.max_watch_backlog = 64 * 1024
+    watcher, other = watching(served), Peer(served)
+    emitted = 0
+    client = next(iter(server.clients.values()))
+    while not client.closing:
+        loop.emit("tick", n=emitted, pad="p" * 1000)
+        emitted += 1
+        assert emitted < 10_000, "the watcher was never dropped"
+    # Meanwhile the others are served as ever.
+    other.ask(1, "echo", n=1)
+    loop.turn()
+    assert other.frames()[0]["result"] == {"n": 1}
+    # Reading now, it gets whole events in order, then the line saying why, then the end.
+    frames = []
+    for _ in range(1000):
+        frames += watcher.frames()
+        loop.turn()
+        if watcher.closed:
+            break
+    *events, last = frames
+    assert [f["event"]["n"] for f in events] == list(range(len(events)))
+    assert 0 < len(events) < emitted
+    assert last["ok"] is False and last["code"] == protocol.FELL_BEHIND
+    assert last["error"].startswith("watch dropped:") and "reconnect" in last["error"]
+    assert watcher.closed and len(server.clients) == 1
+
+
+def test_a_watcher_that_never_reads_again_is_closed_after_its_last_words(served):
+    loop, server, _ = served
+    server.max_watch_backlog = 64 * 1024
+    watcher = watching(served)
+    [client] = server.clients.values()
+    for _ in range(10_000):
+        if client.closing:
+            break
+        loop.emit("tick", pad="p" * 1000)
+    assert client.closing and not watcher.closed
+    loop.now += LAST_WORDS_SECONDS - 0.01
+    loop.turn()
+    assert not client.closed
+    assert server.next_deadline() == pytest.approx(loop.now + 0.01)
+    loop.now += 0.01
+    loop.turn()
+    assert client.closed and not server.clients
+
+
+def test_an_event_too_large_to_stream_is_sent_as_its_name_and_size(served):
+    loop, _, _ = served
+    watcher = watching(served)
+    loop.emit("pipe", child="pipe-fetcher", document="d" * MAX_EVENT_BYTES)
+    loop.emit("small", child="slot-00", text="\ud800")
+    [big, bad] = [f["event"] for f in watcher.frames()]
+    assert big["event"] == "pipe" and big["child"] == "pipe-fetcher" and "document" not in big
+    assert re.fullmatch(rf"\d+ bytes, more than the {MAX_EVENT_BYTES} an event may have", big["omitted"])
+    assert bad == {"event": "small", "child": "slot-00", "omitted": bad["omitted"]}
+    assert bad["omitted"].startswith("not encodable")
+    assert not watcher.closed
+
+
+# Places for root, admins and readers.
+
+LIMITS = (64, 8, 8)   # max clients, per uid, reserved for root and admins
+
+
+@pytest.mark.parametrize("access, uid, connections, of_uid, refused", [
+    (None, 1000, 0, 0, "permission denied: uid 1000 is not root"),
+    (READ, 1000, 0, 0, None),
+    (READ, 1000, 10, 7, None),
+    (READ, 1000, 10, 8, "too many control connections from uid 1000 (at most 8)"),
+    (READ, 1001, 10, 0, None),                      # another reader has its own count
+    (READ, 1001, 56, 0, "too many control connections from readers"),
+    (ADMIN, 1002, 56, 0, None),                     # admins may take the reserved places
+    (ADMIN, 1002, 60, 8, "too many control connections from uid 1002"),
+    (ADMIN, 0, 63, 40, None),                       # root has no per-uid bound
+    (ADMIN, 0, 64, 40, "too many control connections; try again"),
+])
+def test_who_gets_a_place(access, uid, connections, of_uid, refused):
+    got = refusal(access, uid, connections, of_uid, LIMITS)
+    assert (got is None) if refused is None else got.startswith(refused)
+
+
+def test_a_reader_holding_every_place_it_may_does_not_lock_out_root(served):
+    loop, server, _ = served
+    server.limits = (4, 2, 2)
+    # Peers here connect as root: play readers by marking their connections so.
+    readers = [Peer(served) for _ in range(2)]
+    for client in server.clients.values():
+        client.access, client.uid = READ, 4242
+    server.per_uid = collections.Counter({4242: 2})
+    root_peer = Peer(served)
+    root_peer.ask(1, "echo")
+    loop.turn()
+    assert root_peer.frames()[0]["ok"] and len(server.clients) == 3
+    for reader in readers:
+        assert not reader.closed
+    # Dropping the readers gives their places back.
+    for reader in readers:
+        reader.sock.close()
+    loop.turn()
+    assert server.per_uid == collections.Counter({0: 1})

@@ -166,3 +166,81 @@ def test_valid_fields_always_round_trip(child_id, pid, seq, detail):
 def test_field_type_rules(value, kind, fits):
     # Optional fields (`X | None`) follow the same rules as plain ones.
     assert messages._conforms(value, kind) is fits
+
+
+# Bounds: lengths, counts, nesting and plain data, checked on decode and on encode.
+
+from vac.ipc.framing import Unencodable  # noqa: E402
+from vac.ipc.messages import (  # noqa: E402
+    MAX_DEPTH, MAX_ID_CHARS, MAX_ITEMS, MAX_TEXT_CHARS, Bounds, Repositories, message,
+)
+
+
+def nested(depth):
+    value = "leaf"
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+OUT_OF_BOUNDS = {
+    "child id too long": Ready(child_id="s" * (MAX_ID_CHARS + 1), pid=1),
+    "state name too long": StateReport(child_id="slot-00", state="x" * (MAX_ID_CHARS + 1), detail={}),
+    "a string too long": Stop(reason="x" * (MAX_TEXT_CHARS + 1)),
+    "a nested string too long": StateReport(child_id="slot-00", state="s",
+                                            detail={"a": ["x" * (MAX_TEXT_CHARS + 1)]}),
+    "a map key too long": StateReport(child_id="slot-00", state="s",
+                                      detail={"k" * (MAX_TEXT_CHARS + 1): 1}),
+    "a list too long": Repositories(names=["r"] * (MAX_ITEMS + 1)),
+    "a nested map too large": StateReport(child_id="slot-00", state="s",
+                                          detail={"m": dict.fromkeys(map(str, range(MAX_ITEMS + 1)), 0)}),
+    "nested too deep": StateReport(child_id="slot-00", state="s", detail=nested(MAX_DEPTH + 1)),
+}
+
+
+@pytest.mark.parametrize("msg", OUT_OF_BOUNDS.values(), ids=OUT_OF_BOUNDS.keys())
+def test_a_message_out_of_its_bounds_is_refused_both_ways(msg):
+    with pytest.raises(Unencodable):
+        encode(msg)
+    # A peer that sends it anyway (msgpack carries it) is a malformed peer.
+    wire = [PROTOCOL_VERSION, msg.TAG, {name: getattr(msg, name) for name in type(msg)._FIELD_TYPES}]
+    (wire,) = FrameDecoder(max_bytes=16 * 1024 * 1024).feed(encode_frame(wire, 16 * 1024 * 1024))
+    with pytest.raises(MalformedMessage) as refused:
+        decode(wire)
+    assert refused.value.args[0].startswith(f"{msg.TAG}."), "the error names the message and field"
+
+
+def test_values_at_their_bounds_pass():
+    for msg in (Ready(child_id="s" * MAX_ID_CHARS, pid=1), Stop(reason="x" * MAX_TEXT_CHARS),
+                Repositories(names=["r"] * MAX_ITEMS),
+                StateReport(child_id="slot-00", state="s", detail=nested(MAX_DEPTH))):
+        assert decode(encode(msg)) == msg
+
+
+@pytest.mark.parametrize("detail, why", [
+    ({"fqan": "\ud800"}, "not valid Unicode"),
+    ({"n": 2**64}, "beyond 64 bits"),
+    ({"n": -2**63 - 1}, "beyond 64 bits"),
+    ({1: "int key"}, "map key of type int"),
+    ({"s": {1, 2}}, "set, which is not plain data"),
+    ({"o": object()}, "not plain data"),
+])
+def test_what_msgpack_could_not_carry_or_the_peer_could_not_decode_is_refused_in_the_sender(detail, why):
+    with pytest.raises(Unencodable, match=why):
+        encode(StateReport(child_id="slot-00", state="s", detail=detail))
+
+
+def test_a_message_declares_its_bounds_per_field_and_only_for_its_fields():
+    assert Ready._FIELD_BOUNDS["child_id"].max_chars == MAX_ID_CHARS
+    assert Stop._FIELD_BOUNDS["reason"] == Bounds()
+    with pytest.raises(ValueError, match="unknown fields"):
+        @message("bounds-for-nothing", nothing=Bounds(max_chars=1))
+        class Nothing:
+            something: str
+    assert "bounds-for-nothing" not in messages._REGISTRY
+
+
+def test_an_error_about_a_huge_value_shows_only_its_start():
+    with pytest.raises(MalformedMessage) as refused:
+        decode([PROTOCOL_VERSION, "ready", {"child_id": "x", "pid": "9" * 100_000}])
+    assert len(str(refused.value)) < 300

@@ -97,8 +97,10 @@ def test_slots_children_machinetypes_and_decisions_as_plain_data(tmp_path, clock
     monotonic.now += 1
     root.tree.exited("slot-02", ExitStatus(code=1), monotonic.now)
     factory.on_child_exit("slot-02")
-    # The reaper crashes once and is restarted at once.
+    # The reaper crashes once and is restarted after its short delay.
     root.tree.exited("reaper", ExitStatus(code=1), monotonic.now)
+    monotonic.now += 0.5
+    root.tree.due(monotonic.now)
     root.tree.started("reaper", 200)
     # An earlier machine of "work" hit its wall-clock limit: an abort, so "work" backs off.
     factory.on_message("slot-00", messages.MachineFinished(
@@ -118,7 +120,7 @@ def test_slots_children_machinetypes_and_decisions_as_plain_data(tmp_path, clock
     assert snapshot["slots"]["fatal"] == 0 and snapshot["slots"]["preparing"] == 0
     children = {c["child"]: c for c in snapshot["children"]}
     assert children["reaper"] == {"child": "reaper", "role": "helper", "state": "starting",
-                                  "pid": 200, "restarts": 1, "failed_starts": 0}
+                                  "pid": 200, "restarts": 1, "failed_starts": 1}
     assert children["slot-02"]["state"] == "backoff" and children["slot-02"]["pid"] is None
     assert children["slot-00"]["role"] == "slot" and children["slot-00"]["pid"] is not None
     mts = {m["machinetype"]: m for m in snapshot["machinetypes"]}

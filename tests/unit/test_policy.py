@@ -5,8 +5,9 @@ import signal
 import pytest
 
 from vac.supervisor.policy import (
-    Breaker, BreakerPolicy, ExitStatus, Intensity, SlotRestart, SlotRestartPolicy,
-    breaker_after_crash, record_restart, restart_time, slot_restart, wants_restart,
+    Breaker, BreakerPolicy, ExitStatus, HelperRestart, HelperRestartPolicy, Intensity, SlotRestart,
+    SlotRestartPolicy, breaker_after_crash, helper_restart, record_restart, restart_time,
+    slot_restart, wants_restart,
 )
 from vac.supervisor.states import EXIT_BAD_SPEC, Restart
 
@@ -228,3 +229,35 @@ def test_restart_time_defers_to_an_open_breaker(wanted_offset, now_offset, expec
 
 def test_restart_time_with_a_closed_breaker_is_the_wanted_time():
     assert restart_time(T0 + 4, Breaker(), T0) == T0 + 4
+
+
+# Helpers: permanent, a short growing delay before each restart.
+
+def test_a_helper_failing_at_once_waits_longer_each_time_up_to_a_few_seconds():
+    policy = HelperRestartPolicy()
+    now, failed, delays = T0, 0, []
+    for _ in range(7):
+        decision = helper_restart(failed, None, now, policy)
+        delays.append(decision.at - now)
+        failed, now = decision.failed_starts, decision.at + 0.1
+    assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0]
+    assert failed == 7
+
+
+def test_a_helper_that_ran_well_starts_its_count_again():
+    policy = HelperRestartPolicy(healthy_after=10.0)
+    assert helper_restart(5, T0, T0 + 10.0, policy) == HelperRestart(failed_starts=1, at=T0 + 10.5)
+    # Ready, but not up long enough: still a quick failure.
+    assert helper_restart(5, T0, T0 + 9.9, policy).at == T0 + 9.9 + 4.0
+
+
+def test_helper_delays_stay_short_of_the_intensity_period_so_escalation_still_happens():
+    # A helper failing at once is restarted more than max_restarts times within the
+    # period while it waits: escalation (and DEGRADED) are not postponed by the delay.
+    policy, intensity = HelperRestartPolicy(), Intensity()
+    now, failed, history, exceeded = T0, 0, (), False
+    while not exceeded:
+        history, exceeded = record_restart(history, now, intensity)
+        decision = helper_restart(failed, None, now, policy)
+        failed, now = decision.failed_starts, decision.at + 0.01
+    assert now - T0 < 2 * intensity.period

@@ -8,7 +8,9 @@ import signal
 
 import pytest
 
-from vac.supervisor.policy import BreakerPolicy, ExitStatus, Intensity, SlotRestartPolicy
+from vac.supervisor.policy import (
+    BreakerPolicy, ExitStatus, HelperRestartPolicy, Intensity, SlotRestartPolicy,
+)
 from vac.supervisor.states import EXIT_BAD_SPEC, ChildState, Restart, Strategy
 from vac.supervisor.tree import (
     BRUTAL_KILL, ChildSpec, PoolPolicy, Start, Stop, SupervisorSpec, Tree, TreeSpecError,
@@ -34,7 +36,13 @@ def child(child_id, restart=Restart.PERMANENT, **fields):
     return ChildSpec(id=child_id, target=run_child, restart=restart, **fields)
 
 
+# Most tests here are about strategies and intensity: their helpers restart at
+# once. The delay itself is tested with the default policy below.
+AT_ONCE = HelperRestartPolicy(first_delay=0.0, max_delay=0.0)
+
+
 def group(group_id, *children, **fields):
+    fields.setdefault("helper_restart", AT_ONCE)
     return SupervisorSpec(id=group_id, children=children, **fields)
 
 
@@ -532,3 +540,40 @@ def test_a_second_restart_in_a_node_does_not_lose_the_first_one():
     # z joins the pending restart of top, which waits for b's exit.
     assert script.exit("z") == []
     assert script.exit("b", TERMINATED) == starts("a", "b", "z")
+
+
+# Helpers wait a short, growing delay before they run again.
+
+def test_a_crashed_helper_restarts_after_a_growing_delay_not_at_once():
+    script = Script(SupervisorSpec(id="top", intensity=Intensity(10, 60.0), children=(
+        child("keeper"), pool("slots", 1))))
+    script.start()
+    assert script.exit("keeper") == []
+    assert script.state("keeper") is STOPPED
+    assert script.tree.next_deadline() == T0 + 0.5
+    assert script.at(0.49) == []
+    assert script.at(0.5) == starts("keeper")
+    # It fails again before it was ever ready: twice as long now.
+    assert script.exit("keeper") == []
+    assert script.tree.next_deadline() == T0 + 0.5 + 1.0
+    assert script.at(1.5) == starts("keeper")
+    assert script.tree.leaves["keeper"].failed_starts == 2
+    # Ready and up for a while: the next crash waits the first delay again.
+    script.ready("keeper")
+    script.at(100)
+    assert script.exit("keeper") == []
+    assert script.tree.next_deadline() == T0 + 100.5
+    assert script.state("s0") is RUNNING, "a helper's delay never touches the slots"
+
+
+def test_a_delayed_helper_still_escalates_to_degraded():
+    services = SupervisorSpec(id="services", intensity=Intensity(1, 10.0), children=(child("a"),))
+    script = Script(SupervisorSpec(id="top", intensity=Intensity(0, 100.0), degraded_retry=30.0,
+                                   children=(services, pool("slots", 1))))
+    script.start()
+    script.exit("a")
+    assert script.at(0.5) == starts("a")
+    script.exit("a")
+    # The second restart within 10 s is too many for services; top has none to give.
+    assert script.tree.degraded
+    assert script.tree.next_deadline() == T0 + 0.5 + 30.0

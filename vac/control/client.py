@@ -73,6 +73,9 @@ class ControlClient:
                 raise
             if "event" in frame:
                 yield frame["event"]
+            elif isinstance(frame, dict) and frame.get("ok") is False:
+                # The daemon's last line before it drops the watch (it fell behind).
+                _result(frame)
 
     def _send(self, frame):
         try:

@@ -18,6 +18,8 @@ DENIED = "denied"
 BAD_REQUEST = "bad_request"
 UNKNOWN_COMMAND = "unknown_command"
 FAILED = "failed"
+TOO_LARGE = "too_large"        # the reply would exceed MAX_REPLY_BYTES
+FELL_BEHIND = "fell_behind"    # a watcher that left too many events unread, dropped
 
 
 class BadRequest(ValueError):

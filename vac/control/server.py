@@ -4,9 +4,11 @@ Every connection is authenticated with SO_PEERCRED: root and members of the
 admin group may change things, members of the read-only group may read,
 everyone else is refused. Each request must arrive whole within the read
 deadline of its first byte; frames, output, requests sent ahead of their
-replies and connections are all bounded, and each pass of the loop answers
-at most a few requests in turn, so a slow or hostile client costs the loop
-nothing but a few non-blocking calls.
+replies and connections are all bounded (in total, per uid, and with places
+only root and admins may take), and each pass of the loop answers at most a
+few requests in turn, so a slow or hostile client costs the loop nothing but
+a few non-blocking calls. A reply too large for a frame is answered with an
+error; a watcher that falls behind is dropped with a last line saying why.
 """
 
 import collections
@@ -20,7 +22,8 @@ import struct
 import time
 
 from vac.control import protocol
-from vac.ipc.framing import FrameDecoder, IpcError
+from vac.ipc.framing import FrameDecoder, IpcError, OversizeFrame, Unencodable
+from vac.supervisor.barrier import FaultBarrier
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,19 @@ MAX_QUEUED_REQUESTS = 256
 # Requests answered per pass of the loop, taken from the clients in turn: a
 # client that sends thousands at once cannot hold the loop (or the others).
 ANSWERS_PER_PASS = 16
+# Connections: root and admins always find a place, and no uid but root holds
+# more than a few, so readers (a runaway monitoring script, a hostile account)
+# cannot lock out root, the admins or NRPE.
+MAX_CLIENTS = 64
+MAX_CLIENTS_PER_UID = 8
+RESERVED_FOR_ADMIN = 8          # of MAX_CLIENTS, places readers never take
+# A watcher with this much output unread has stopped reading: it is dropped
+# with a last line saying why. Events are small; this holds thousands.
+MAX_WATCH_BACKLOG_BYTES = 1024 * 1024
+# An event frame larger than this goes to watchers as its name, child and size.
+MAX_EVENT_BYTES = 64 * 1024
+# How long a dropped watcher has to read its last line before it is closed.
+LAST_WORDS_SECONDS = 5.0
 
 
 def access_level(uid, groups, admin_gid, readonly_gid):
@@ -91,27 +107,59 @@ class Client:
 
     def __init__(self, sock, pid, uid, access, now, read_timeout):
         self.sock = sock
+        self.fd = sock.fileno()
         self.pid = pid
         self.uid = uid
         self.access = access
         self.decoder = FrameDecoder(protocol.MAX_REQUEST_BYTES)
-        self.output = bytearray()
+        self.output = collections.deque()     # frames to write; the first perhaps partly written
+        self.output_bytes = 0                 # bytes of them not written yet
+        self.head_sent = 0                    # bytes of the first frame already written
+        self.writing = False                  # the loop watches the socket for writability
         self.read_timeout = read_timeout
         self.deadline = now + read_timeout
         self.requests = collections.deque()   # decoded, waiting for their turn
         self.bad_frame = None                 # closes the connection once those are answered
         self.watch_id = None
+        self.closing = False                  # told why it is dropped: only that line is written
         self.closed = False
 
     def describe(self):
         return f"uid {self.uid} pid {self.pid}"
 
 
+def refusal(access, uid, connections, uid_connections, limits):
+    """Why a new connection is refused, or None to serve it (pure).
+
+    `connections` are open now, `uid_connections` of them from `uid`;
+    `limits` is (max_clients, max_per_uid, reserved_for_admin).
+    """
+    max_clients, max_per_uid, reserved_for_admin = limits
+    if access is None:
+        return (f"permission denied: uid {uid} is not root and not in the admin or "
+                "read-only group of this factory")
+    if connections >= max_clients:
+        return "too many control connections; try again"
+    # Readers stop short of the cap: root and admins always find a place.
+    if access != ADMIN and connections >= max_clients - reserved_for_admin:
+        return "too many control connections from readers; try again"
+    if uid != 0 and uid_connections >= max_per_uid:
+        return (f"too many control connections from uid {uid} (at most {max_per_uid}); "
+                "close some and try again")
+    return None
+
+
 class ControlServer:
-    """Accepts, authenticates and answers control connections inside the root's loop."""
+    """Accepts, authenticates and answers control connections inside the root's loop.
+
+    Each client is served behind the fault barrier: an exception while
+    reading, answering or writing for one client drops that client only.
+    """
 
     def __init__(self, root, path, commands, context, *, admin_group=None, readonly_group=None,
-                 max_clients=64, read_timeout=10.0, max_output_bytes=8 * 1024 * 1024,
+                 max_clients=MAX_CLIENTS, max_clients_per_uid=MAX_CLIENTS_PER_UID,
+                 reserved_for_admin=RESERVED_FOR_ADMIN, read_timeout=10.0,
+                 max_output_bytes=8 * 1024 * 1024, max_watch_backlog=MAX_WATCH_BACKLOG_BYTES,
                  clock=time.monotonic):
         self.root = root
         self.path = path
@@ -120,10 +168,13 @@ class ControlServer:
         self.admin_gid = group_id(admin_group)
         self.readonly_gid = group_id(readonly_group)
         self.max_clients = max_clients
+        self.limits = (max_clients, max_clients_per_uid, reserved_for_admin)
         self.read_timeout = read_timeout
         self.max_output_bytes = max_output_bytes
+        self.max_watch_backlog = max_watch_backlog
         self.clock = clock
         self.clients = {}
+        self.per_uid = collections.Counter()   # uid -> its open connections
         self.waiting = collections.deque()   # clients with requests to answer, in turn
         self.listener = None
         self._observing = False
@@ -188,14 +239,25 @@ class ControlServer:
     def next_deadline(self):
         if self.waiting:
             return self.clock()   # requests wait: the next pass answers them at once
-        deadlines = [c.deadline for c in self.clients.values() if c.watch_id is None]
+        deadlines = [c.deadline for c in self.clients.values() if c.watch_id is None or c.closing]
         return min(deadlines) if deadlines else None
 
     def on_pass(self, now):
         for client in list(self.clients.values()):
-            if client.watch_id is None and now >= client.deadline:
+            if now < client.deadline:
+                continue
+            if client.closing:
+                self._drop(client, None)   # its last line had its time to be read
+            elif client.watch_id is None:
                 self._drop(client, "read deadline passed")
         self._answer_waiting()
+
+    def _serve(self, client, what, action, *args):
+        """action(*args) for `client` behind the fault barrier; a fault drops the client."""
+        with FaultBarrier("control server", "%s for %s", what, client.describe()) as barrier:
+            action(*args)
+        if barrier.fault is not None:
+            self._drop(client, f"internal error while serving it: {type(barrier.fault).__name__}")
 
     def _accept(self):
         for _ in range(self.max_clients):
@@ -208,7 +270,10 @@ class ControlServer:
                     log.error("control socket: cannot accept: %s", error)
                     return
                 raise
-            self._welcome(sock)
+            with FaultBarrier("control server", "a new connection on fd %d", sock.fileno()) as barrier:
+                self._welcome(sock)
+            if barrier.fault is not None and sock.fileno() not in self.clients:
+                sock.close()
 
     def _welcome(self, sock):
         sock.setblocking(False)
@@ -217,16 +282,14 @@ class ControlServer:
         access = access_level(uid, peer_groups(sock, pid, uid, gid), self.admin_gid,
                               self.readonly_gid)
         client = Client(sock, pid, uid, access, self.clock(), self.read_timeout)
-        if len(self.clients) >= self.max_clients:
-            self._refuse(client, protocol.DENIED, "too many control connections; try again")
+        refused = refusal(access, uid, len(self.clients), self.per_uid[uid], self.limits)
+        if refused is not None:
+            # Told to the client, not logged: a client looping on connect must not flood the log.
+            self._refuse(client, protocol.DENIED, refused)
             return
-        if access is None:
-            self._refuse(client, protocol.DENIED,
-                         f"permission denied: uid {uid} is not root and not in the admin or "
-                         "read-only group of this factory")
-            return
-        self.clients[sock.fileno()] = client
-        self.root.add_reader(sock.fileno(), lambda: self._readable(client))
+        self.clients[client.fd] = client
+        self.per_uid[uid] += 1
+        self.root.add_reader(client.fd, lambda: self._serve(client, "a read", self._readable, client))
 
     def _refuse(self, client, code, text):
         try:
@@ -247,8 +310,8 @@ class ControlServer:
         if not data:
             self._drop(client, None)
             return
-        if client.bad_frame is not None:
-            return  # it is closed once its earlier requests are answered
+        if client.bad_frame is not None or client.closing:
+            return  # it is closed once what it is owed is written
         # The deadline runs from a request's first byte: trickling buys no time.
         starts_request = client.decoder.buffered == 0
         try:
@@ -276,10 +339,10 @@ class ControlServer:
             if not self.waiting:
                 return
             client = self.waiting.popleft()
-            if client.closed:
+            if client.closed or client.closing:
                 continue
-            self._answer(client, client.requests.popleft())
-            if client.closed:
+            self._serve(client, "a request", self._answer, client, client.requests.popleft())
+            if client.closed or client.closing:
                 continue
             if client.requests:
                 self.waiting.append(client)
@@ -322,47 +385,97 @@ class ControlServer:
         except command.errors as error:
             self._send(client, protocol.error_frame(request_id, protocol.FAILED, str(error)))
             return
-        self._send(client, protocol.reply_frame(request_id, result))
+        self._send(client, self._reply_frame(client, name, request_id, result))
         if command.mutating:
             # Watchers see operators' changes (drain, pause, reload ...) and who made them.
             self.root.emit("command", command=name, args=args, uid=client.uid, pid=client.pid)
 
+    def _reply_frame(self, client, name, request_id, result):
+        """The reply carrying `result`, or an error reply saying why it cannot be sent."""
+        try:
+            return protocol.reply_frame(request_id, result)
+        except OversizeFrame as error:
+            log.warning("control: the %s reply to %s is %d bytes, more than %d: answered with an "
+                        "error", name, client.describe(), error.size, error.max_bytes)
+            return protocol.error_frame(
+                request_id, protocol.TOO_LARGE,
+                f"reply too large: {error.size} bytes (at most {error.max_bytes}); use a narrower "
+                "command (vac help lists them) or vacd's log")
+        except Unencodable as error:
+            log.error("control: the %s reply to %s cannot be encoded: %s", name,
+                      client.describe(), error)
+            return protocol.error_frame(request_id, protocol.FAILED,
+                                        f"reply cannot be encoded ({error}); see vacd's log")
+
     def _send(self, client, frame):
-        if client.closed:
+        if client.closed or client.closing:
             return
-        client.output += frame
-        if len(client.output) > self.max_output_bytes:
+        self._queue(client, frame)
+        if client.output_bytes > self.max_output_bytes:
             self._drop(client, "not reading its replies")
             return
         self._flush(client)
 
+    def _queue(self, client, frame):
+        client.output.append(frame)
+        client.output_bytes += len(frame)
+
     def _flush(self, client):
         while client.output:
+            head = client.output[0]
             try:
-                sent = client.sock.send(client.output)
+                sent = client.sock.send(memoryview(head)[client.head_sent:])
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 self._drop(client, None)
                 return
-            del client.output[:sent]
+            client.head_sent += sent
+            client.output_bytes -= sent
+            if client.head_sent < len(head):
+                break   # the socket took what it could
+            client.output.popleft()
+            client.head_sent = 0
+        if client.closing and not client.output:
+            self._drop(client, None)   # its last line is written
+            return
         # Ask the loop for writability only while something waits.
-        self.root.want_write(client.sock.fileno(),
-                             (lambda: self._flush(client)) if client.output else None)
+        wanted = bool(client.output)
+        if wanted != client.writing:
+            client.writing = wanted
+            self.root.want_write(client.fd, (lambda: self._serve(client, "a write", self._flush, client))
+                                 if wanted else None)
+
+    def _last_line(self, client, code, text, reason):
+        """Drop `client` after telling it why: what waits unwritten goes (but a frame
+        already begun), one error line is queued, and the connection closes once that
+        is written or after LAST_WORDS_SECONDS."""
+        log.warning("control: closing the connection of %s: %s", client.describe(), reason)
+        begun = client.output[0] if client.output and client.head_sent else None
+        client.output = collections.deque([begun] if begun is not None else [])
+        client.output_bytes = len(begun) - client.head_sent if begun is not None else 0
+        client.requests.clear()
+        client.closing = True
+        client.deadline = self.clock() + LAST_WORDS_SECONDS
+        self._queue(client, protocol.error_frame(client.watch_id or 0, code, text))
+        self._flush(client)
 
     def _drop(self, client, reason, flush=False):
         if client.closed:
             return
         if flush and client.output:
             try:
-                client.sock.send(client.output)
+                client.sock.send(b"".join(client.output)[client.head_sent:])
             except OSError:
                 pass
         client.closed = True
         if reason:
             log.warning("control: closing the connection of %s: %s", client.describe(), reason)
-        self.clients.pop(client.sock.fileno(), None)
-        self.root.remove_reader(client.sock.fileno())
+        if self.clients.pop(client.fd, None) is not None:
+            self.per_uid[client.uid] -= 1
+            if not self.per_uid[client.uid]:
+                del self.per_uid[client.uid]
+            self.root.remove_reader(client.fd)
         client.sock.close()
 
     # Watching.
@@ -373,9 +486,38 @@ class ControlServer:
             self._observing = True
 
     def _on_event(self, event):
+        frames = {}    # watch id -> the frame (nearly always one id for all watchers)
         for client in list(self.clients.values()):
-            if client.watch_id is not None:
-                self._send(client, protocol.event_frame(client.watch_id, event))
+            if client.watch_id is None or client.closing:
+                continue
+            if client.watch_id not in frames:
+                frames[client.watch_id] = event_frame(client.watch_id, event)
+            self._serve(client, "an event", self._send_event, client, frames[client.watch_id])
+
+    def _send_event(self, client, frame):
+        """Queue an event; a watcher that leaves too many unread is dropped, told why."""
+        if client.output_bytes + len(frame) > self.max_watch_backlog:
+            self._last_line(
+                client, protocol.FELL_BEHIND,
+                f"watch dropped: {client.output_bytes} bytes of events were left unread "
+                f"(at most {self.max_watch_backlog}); reconnect to watch again",
+                "a watcher fell behind")
+            return
+        self._send(client, frame)
+
+
+def event_frame(watch_id, event):
+    """The frame of `event`; one too large or not encodable goes as its name, child and why."""
+    try:
+        frame = protocol.event_frame(watch_id, event)
+    except Unencodable as error:
+        omitted = f"not encodable: {error}"
+    else:
+        if len(frame) <= MAX_EVENT_BYTES:
+            return frame
+        omitted = f"{len(frame)} bytes, more than the {MAX_EVENT_BYTES} an event may have"
+    brief = {key: event[key] for key in ("event", "child", "pid", "t") if key in event}
+    return protocol.event_frame(watch_id, dict(brief, omitted=omitted))
 
 
 def _id_of(obj):

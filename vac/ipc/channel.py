@@ -64,9 +64,15 @@ class RootChannel:
         return received
 
     def send(self, msg):
-        """Queue `msg` and write as much as the socket takes now."""
+        """Queue `msg` and write as much as the socket takes now.
+
+        Unencodable: `msg` cannot be sent (nothing is queued); PeerNotReading:
+        the peer has left too much unread; ChannelClosed: it closed. What stays
+        queued is written by flush() once the socket is writable (wants_write).
+        """
         if len(self._output) > MAX_PENDING_OUTPUT:
-            raise framing.FrameTooLarge("peer is not reading; output buffer full")
+            raise framing.PeerNotReading(
+                f"peer is not reading: {len(self._output)} bytes of output wait for it")
         self._output += framing.encode_frame(messages.encode(msg), self.max_frame_bytes)
         self.flush()
 
@@ -86,7 +92,12 @@ class RootChannel:
 
     @property
     def wants_write(self):
+        """True while output waits: the loop should call flush() when the socket is writable."""
         return bool(self._output)
+
+    def discard_output(self):
+        """Forget queued output (the peer is gone; nothing will read it)."""
+        self._output.clear()
 
     def close(self):
         self.sock.close()

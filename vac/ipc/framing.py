@@ -25,6 +25,24 @@ class FrameTooLarge(IpcError):
     """A frame announced or built larger than the maximum frame size."""
 
 
+class Unencodable(IpcError):
+    """What was to be sent cannot go in a frame: not plain data, not valid Unicode,
+    out of its message's bounds or too large. The sender's fault, not the peer's."""
+
+
+class OversizeFrame(FrameTooLarge, Unencodable):
+    """A frame that would be larger than the maximum frame size (refused before sending)."""
+
+    def __init__(self, size, max_bytes):
+        super().__init__(f"frame of {size} bytes exceeds the {max_bytes}-byte limit")
+        self.size = size
+        self.max_bytes = max_bytes
+
+
+class PeerNotReading(IpcError):
+    """The peer has left so much output unread that no more is queued for it."""
+
+
 class MalformedFrame(IpcError):
     """A frame whose payload is not one complete msgpack object."""
 
@@ -38,10 +56,15 @@ class ChannelClosed(IpcError):
 
 
 def encode_frame(obj, max_bytes=MAX_FRAME_BYTES):
-    """Return the frame carrying `obj` (msgpack with binary types)."""
-    payload = msgpack.packb(obj, use_bin_type=True)
+    """Return the frame carrying `obj` (msgpack with binary types), or raise Unencodable."""
+    try:
+        payload = msgpack.packb(obj, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as error:
+        # A lone surrogate (UnicodeEncodeError is a ValueError), an integer beyond
+        # 64 bits, an object msgpack does not know: refused here, in the sender.
+        raise Unencodable(f"cannot encode a frame: {error}") from error
     if len(payload) > max_bytes:
-        raise FrameTooLarge(f"frame of {len(payload)} bytes exceeds the {max_bytes}-byte limit")
+        raise OversizeFrame(len(payload), max_bytes)
     return HEADER.pack(len(payload)) + payload
 
 

@@ -1,17 +1,42 @@
 """Typed messages between the root and its children.
 
 On the wire a message is the msgpack array ``[version, tag, {field: value}]``.
-encode() and decode() are pure and check the version, the tag and every
-field's type, so a confused or hostile peer yields an error, never a crash.
+encode() and decode() are pure and check the version, the tag, every field's
+type and its bounds (string lengths, list and map sizes, nesting, plain data
+only), so a confused or hostile peer yields an error, never a crash, and a
+sender learns of a message it cannot send before anything is written.
 """
 
 import dataclasses
 import types
 import typing
 
-from vac.ipc.framing import IpcError
+from vac.ipc.framing import MAX_FRAME_BYTES, IpcError, Unencodable
 
 PROTOCOL_VERSION = 1
+# What any field may hold unless its message declares tighter bounds: room for
+# everything vac sends (a configuration value is at most 64 Ki characters),
+# small enough that no message makes the root walk or keep more than that.
+MAX_TEXT_CHARS = 64 * 1024      # characters of one string, bytes of one binary value
+MAX_ITEMS = 64 * 1024           # entries of one list or map
+MAX_DEPTH = 8                   # lists and maps nested inside one field
+MAX_ID_CHARS = 64               # child ids, state names, machine uuids
+# What msgpack carries: anything beyond is refused before it reaches the encoder.
+INT_RANGE = (-2**63, 2**64 - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The limits of one field: longest string or bytes, largest list or map, deepest nesting."""
+    max_chars: int = MAX_TEXT_CHARS
+    max_items: int = MAX_ITEMS
+    max_depth: int = MAX_DEPTH
+
+
+DEFAULT_BOUNDS = Bounds()
+ID = Bounds(max_chars=MAX_ID_CHARS)
+
+
 
 
 class MalformedMessage(IpcError):
@@ -25,8 +50,11 @@ class UnknownMessage(MalformedMessage):
 _REGISTRY = {}
 
 
-def message(tag):
-    """Class decorator: register a frozen dataclass as message `tag`."""
+def message(tag, **bounds):
+    """Class decorator: register a frozen dataclass as message `tag`.
+
+    `bounds` maps field names to Bounds; other fields get DEFAULT_BOUNDS.
+    """
 
     def register(cls):
         cls = dataclasses.dataclass(frozen=True)(cls)
@@ -35,6 +63,10 @@ def message(tag):
         cls.TAG = tag
         hints = typing.get_type_hints(cls)
         cls._FIELD_TYPES = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+        unknown = set(bounds) - set(cls._FIELD_TYPES)
+        if unknown:
+            raise ValueError(f"message {tag!r}: bounds for unknown fields {sorted(unknown)}")
+        cls._FIELD_BOUNDS = {name: bounds.get(name, DEFAULT_BOUNDS) for name in cls._FIELD_TYPES}
         _REGISTRY[tag] = cls
         return cls
 
@@ -42,8 +74,15 @@ def message(tag):
 
 
 def encode(msg):
-    """Return the plain wire object of message `msg`."""
+    """Return the plain wire object of message `msg`, or raise Unencodable.
+
+    The same checks as decode() run here, so a message the peer would refuse
+    (and fail us for) is never sent: the sender gets the error instead.
+    """
     fields = {name: getattr(msg, name) for name in msg._FIELD_TYPES}
+    problem = _fields_problem(type(msg), fields)
+    if problem is not None:
+        raise Unencodable(f"{msg.TAG}.{problem}")
     return [PROTOCOL_VERSION, msg.TAG, fields]
 
 
@@ -64,10 +103,73 @@ def decode(obj):
     if set(fields) != set(expected):
         raise MalformedMessage(
             f"{tag}: fields {sorted(map(str, fields))} do not match {sorted(expected)}")
-    for name, kind in expected.items():
-        if not _conforms(fields[name], kind):
-            raise MalformedMessage(f"{tag}.{name}: {fields[name]!r} is not {kind}")
+    problem = _fields_problem(cls, fields)
+    if problem is not None:
+        raise MalformedMessage(f"{tag}.{problem}")
     return cls(**fields)
+
+
+def _fields_problem(cls, fields):
+    """'field: why' for the first field of `fields` that message `cls` refuses, or None."""
+    for name, kind in cls._FIELD_TYPES.items():
+        value = fields[name]
+        if not _conforms(value, kind):
+            return f"{name}: {_shown(value)} is not {kind}"
+        problem = _plain_problem(value, cls._FIELD_BOUNDS[name], 0)
+        if problem is not None:
+            return f"{name}: {problem}"
+    return None
+
+
+def _plain_problem(value, bounds, depth):
+    """Why `value` is not plain data within `bounds`, or None (pure, bounded recursion)."""
+    if value is None or isinstance(value, (bool, float)):
+        return None
+    if isinstance(value, int):
+        if not INT_RANGE[0] <= value <= INT_RANGE[1]:
+            return f"integer {value} is beyond 64 bits"
+        return None
+    if isinstance(value, str):
+        if len(value) > bounds.max_chars:
+            return f"a string of {len(value)} characters (at most {bounds.max_chars})"
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError as error:
+                # A lone surrogate: no UTF-8 spelling exists for it.
+                return f"a string that is not valid Unicode ({error.reason} at {error.start})"
+        return None
+    if isinstance(value, bytes):
+        if len(value) > bounds.max_chars:
+            return f"{len(value)} bytes (at most {bounds.max_chars})"
+        return None
+    if not isinstance(value, (list, tuple, dict)):
+        return f"a {type(value).__name__}, which is not plain data"
+    if depth >= bounds.max_depth:
+        return f"lists and maps nested deeper than {bounds.max_depth}"
+    if len(value) > bounds.max_items:
+        return f"a {type(value).__name__} of {len(value)} entries (at most {bounds.max_items})"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            # The receiving side decodes with strict map keys: strings (or bytes) only.
+            if not isinstance(key, (str, bytes)):
+                return f"a map key of type {type(key).__name__}"
+            problem = (_plain_problem(key, bounds, depth + 1)
+                       or _plain_problem(item, bounds, depth + 1))
+            if problem is not None:
+                return problem
+        return None
+    for item in value:
+        problem = _plain_problem(item, bounds, depth + 1)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _shown(value):
+    """A short repr for an error message: a hostile value must not flood the log."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:80]}... ({len(text)} characters)"
 
 
 def _conforms(value, kind):
@@ -89,21 +191,21 @@ def _conforms(value, kind):
 
 # Child to root.
 
-@message("ready")
+@message("ready", child_id=ID)
 class Ready:
     """The child finished initialising; counts as its first heartbeat."""
     child_id: str
     pid: int
 
 
-@message("heartbeat")
+@message("heartbeat", child_id=ID)
 class Heartbeat:
     """The child's main loop is alive."""
     child_id: str
     seq: int
 
 
-@message("state")
+@message("state", child_id=ID, state=ID)
 class StateReport:
     """A change in what the child does: state name, free text, details."""
     child_id: str
@@ -127,7 +229,7 @@ class Place:
     machine: dict
 
 
-@message("end_machine")
+@message("end_machine", uuid=ID)
 class EndMachine:
     """Root to slot: end the running machine; `code` and `text` go to shutdown_message."""
     uuid: str
@@ -135,14 +237,14 @@ class EndMachine:
     text: str
 
 
-@message("lower_shutdown")
+@message("lower_shutdown", uuid=ID)
 class LowerShutdown:
     """Root to slot: a global shutdown_time lowers the running machine's shutdown time."""
     uuid: str
     shutdown_at: int
 
 
-@message("machine_finished")
+@message("machine_finished", uuid=ID)
 class MachineFinished:
     """Slot to root: a machine ended; its outcome feeds the scheduler's backoff."""
     uuid: str
@@ -186,7 +288,8 @@ class PipeList:
     pipes: list
 
 
-@message("pipe_document")
+# The document is the fetcher's to bound (its own size cap); here, at most a frame.
+@message("pipe_document", document=Bounds(max_chars=MAX_FRAME_BYTES))
 class PipeDocument:
     """Fetcher to root: the document to use for a pipe (None if there is none)."""
     prefix: str

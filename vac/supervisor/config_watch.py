@@ -10,6 +10,8 @@ import os
 
 import pyinotify
 
+from vac.supervisor.barrier import FaultBarrier
+
 log = logging.getLogger(__name__)
 
 MASK = (pyinotify.IN_CLOSE_WRITE | pyinotify.IN_MOVED_TO | pyinotify.IN_MOVED_FROM
@@ -59,13 +61,17 @@ class ConfigWatcher:
         self.notifier.process_events()
 
     def _event(self, event):
-        directory, name = os.path.split(event.pathname)
-        patterns = self.targets.get(directory, ())
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
-            if name == "vac.d" and event.dir and os.path.isdir(event.pathname):
-                self.manager.add_watch(event.pathname, MASK, quiet=True)
-                self.targets.setdefault(event.pathname, set()).add("*.conf")
-            self.on_change(event.pathname)
+        # One event at a time behind the root's fault barrier: a fault drops
+        # that event, and the events after it are still dispatched.
+        with FaultBarrier("configuration watcher", "event %s on %s", event.maskname,
+                          event.pathname):
+            directory, name = os.path.split(event.pathname)
+            patterns = self.targets.get(directory, ())
+            if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
+                if name == "vac.d" and event.dir and os.path.isdir(event.pathname):
+                    self.manager.add_watch(event.pathname, MASK, quiet=True)
+                    self.targets.setdefault(event.pathname, set()).add("*.conf")
+                self.on_change(event.pathname)
 
     def close(self):
         self.notifier.stop()

@@ -155,9 +155,12 @@ class MetricsFeed:
             return
         if pid == self._sent_to and now < self._next_at:
             return
-        snapshot = build_snapshot(self.root, self.factory, self.wall_clock())
+        # Scheduled before building: a snapshot that fails to build (the root's
+        # fault barrier logs it) or to encode is tried again next interval,
+        # not on every pass.
         self._sent_to = pid
         self._next_at = now + self.interval
+        snapshot = build_snapshot(self.root, self.factory, self.wall_clock())
         self.root.send(self.child_id, messages.MetricsSnapshot(snapshot=snapshot))
 
     def _live_pid(self):

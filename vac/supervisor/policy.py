@@ -73,6 +73,41 @@ def record_restart(history, now, intensity):
 
 
 @dataclasses.dataclass(frozen=True)
+class HelperRestartPolicy:
+    """A short, growing delay before a crashed helper runs again.
+
+    A helper that keeps failing at once (a bad document it reads at start, a
+    resource not there yet) would otherwise be forked in a tight loop until
+    intensity escalates; the delay gives the cause a moment to clear and keeps
+    the log readable, while staying short of the intensity period so that
+    escalation still happens.
+    """
+    first_delay: float = 0.5
+    max_delay: float = 4.0
+    healthy_after: float = 10.0     # ready and up this long: the next crash waits first_delay
+
+
+@dataclasses.dataclass(frozen=True)
+class HelperRestart:
+    """When a helper that exited runs again, and its count of quick failures so far."""
+    failed_starts: int
+    at: float
+
+
+def helper_restart(failed_starts, ready_at, now, policy):
+    """Decide a helper's restart time: first_delay × 2^(n-1) after its n-th quick failure.
+
+    A helper that became ready and ran `healthy_after` seconds starts a new
+    count; its delay never exceeds max_delay.
+    """
+    if ready_at is not None and now - ready_at >= policy.healthy_after:
+        failed_starts = 0
+    failed_starts += 1
+    delay = min(policy.first_delay * 2 ** (failed_starts - 1), policy.max_delay)
+    return HelperRestart(failed_starts=failed_starts, at=now + delay)
+
+
+@dataclasses.dataclass(frozen=True)
 class SlotRestartPolicy:
     """Per-slot backoff for a pool of transient workers."""
     healthy_after: float = 10.0     # ready and up this long = it started well

@@ -17,8 +17,9 @@ import time
 from vac import logs, proctitle
 from vac.ipc import messages
 from vac.ipc.channel import WorkerChannel
-from vac.ipc.framing import ChannelClosed, IpcError
+from vac.ipc.framing import ChannelClosed, IpcError, Unencodable
 from vac.supervisor import notify, tree as treemod
+from vac.supervisor.barrier import FaultBarrier
 from vac.supervisor.policy import ExitStatus
 from vac.supervisor.process import Processes, die_with_parent
 from vac.supervisor.states import ChildState, FactoryState
@@ -38,6 +39,8 @@ class Live:
         self.pidfd = spawned.pidfd
         self.last_seen = now
         self.kill_at = None
+        self.registered = False   # its channel is in the selector
+        self.writing = False      # ... and watched for writability (output waits)
 
 
 class Root:
@@ -117,25 +120,38 @@ class Root:
             self._reload_at = at
 
     def send(self, child_id, msg):
-        """Send a message to a live child; a child that cannot take it has failed."""
+        """Send a message to a live child; a child that cannot take it has failed.
+
+        A message that cannot be encoded (out of its bounds, not valid Unicode,
+        larger than a frame) is the sender's fault, not the child's: it is
+        logged and dropped. What the socket does not take at once is written
+        as the child reads (the loop waits for writability meanwhile).
+        """
         live = self.live.get(child_id)
         if live is None:
             log.warning("%s is not running: dropping its %s message", child_id, msg.TAG)
             return False
         try:
             live.channel.send(msg)
-            return True
-        except IpcError as error:
+        except Unencodable as error:
+            log.error("%s (pid %d): cannot encode a %s message for it: %s; message dropped",
+                      child_id, live.pid, msg.TAG, error)
+            self.emit("dropped", child=child_id, tag=msg.TAG, error=str(error))
+            return False
+        except (IpcError, OSError) as error:
             log.error("%s (pid %d) cannot take messages: %s; treating it as failed",
                       child_id, live.pid, error)
             self._execute(self.tree.fail(child_id, f"channel: {error}"))
             return False
+        self._watch_output(child_id, live)
+        return True
 
     def emit(self, event, **fields):
         if self.observers:
             event = dict(fields, event=event, t=time.time())
             for observer in list(self.observers):
-                observer(event)
+                with FaultBarrier("observer", "%s event %s", observer, event["event"]):
+                    observer(event)
 
     def run(self):
         """Start the tree, loop until SIGTERM/SIGINT, stop it in order; return 0."""
@@ -167,7 +183,10 @@ class Root:
         for key, mask in self.selector.select(timeout):
             kind, ident = key.data
             if kind == "channel":
-                self._on_channel(ident)
+                if mask & selectors.EVENT_WRITE:
+                    self._flush_channel(ident)
+                if mask & selectors.EVENT_READ:
+                    self._on_channel(ident)
                 continue
             self._busy = True
             if kind == "wake":
@@ -177,9 +196,11 @@ class Root:
             elif kind == "reader":
                 # A callback may have closed this fd or another one of this batch.
                 if mask & selectors.EVENT_WRITE and ident in self._writers:
-                    self._writers[ident]()
+                    with FaultBarrier("loop", "writer of fd %d", ident):
+                        self._writers[ident]()
                 if mask & selectors.EVENT_READ and ident in self._readers:
-                    self._readers[ident]()
+                    with FaultBarrier("loop", "reader of fd %d", ident):
+                        self._readers[ident]()
         now = self.clock()
         if not self._busy and self._wake_at is not None and now < self._wake_at:
             # Only heartbeats arrived: they move deadlines later, never earlier,
@@ -187,13 +208,15 @@ class Root:
             return
         self._check_deadlines(now)
         for service in self._services:
-            service.on_pass(now)
+            with FaultBarrier("loop", "a pass of %s", type(service).__name__):
+                service.on_pass(now)
         if not stopping:
             self._execute(self.tree.due(now))
             if self.app is not None:
                 may_start = self.state is FactoryState.RUNNING and not self.tree.degraded
-                for child_id, msg in self.app.tick(may_start):
-                    self.send(child_id, msg)
+                with FaultBarrier("factory", "its tick"):
+                    for child_id, msg in self.app.tick(may_start):
+                        self.send(child_id, msg)
         self._update_title(now)
         if not stopping:
             self.notifier.status(self.summary(), now)
@@ -211,14 +234,20 @@ class Root:
             elif leaf.state is not ChildState.STOPPING:
                 deadlines.append(live.last_seen + leaf.spec.heartbeat_timeout)
         for deadline in (self.tree.next_deadline(), self.notifier.next_watchdog(),
-                         self._reload_at, *(s.next_deadline() for s in self._services)):
+                         self._reload_at):
             if deadline is not None:
                 deadlines.append(deadline)
+        for service in self._services:
+            with FaultBarrier("loop", "the next deadline of %s", type(service).__name__):
+                deadline = service.next_deadline()
+                if deadline is not None:
+                    deadlines.append(deadline)
         if self.app is not None:
-            # The app thinks in wall-clock time (shutdown times are absolute).
-            wall_deadline = self.app.next_deadline()
-            if wall_deadline is not None:
-                deadlines.append(now + wall_deadline - time.time())
+            with FaultBarrier("factory", "its next deadline"):
+                # The app thinks in wall-clock time (shutdown times are absolute).
+                wall_deadline = self.app.next_deadline()
+                if wall_deadline is not None:
+                    deadlines.append(now + wall_deadline - time.time())
         return min(deadlines)
 
     def _install_signals(self):
@@ -250,7 +279,8 @@ class Root:
         self.notifier.reloading()
         log.info("reload requested")
         if self.on_reload is not None:
-            self.on_reload(self)
+            with FaultBarrier("reload", "a reload request"):
+                self.on_reload(self)
         self.notifier.ready(self.summary())
 
     # Children.
@@ -308,6 +338,7 @@ class Root:
         self.live[child_id] = live
         self.by_pid[live.pid] = child_id
         self.selector.register(live.channel, selectors.EVENT_READ, ("channel", child_id))
+        live.registered = True
         if live.pidfd is not None:
             self.selector.register(live.pidfd, selectors.EVENT_READ, ("pidfd", child_id))
         self.tree.started(child_id, live.pid)
@@ -376,7 +407,8 @@ class Root:
                 not isinstance(msg, messages.Heartbeat) for msg in received):
             self._busy = True
         for msg in received:
-            self._on_message(child_id, live, msg, now)
+            with FaultBarrier("factory", "%s (pid %d) message %s", child_id, live.pid, msg.TAG):
+                self._on_message(child_id, live, msg, now)
         error = live.channel.failure
         if error is None:
             return
@@ -408,10 +440,37 @@ class Root:
             log.warning("%s sent an unexpected %s message; ignoring it", child_id, msg.TAG)
 
     def _close_channel(self, live):
+        live.registered = live.writing = False
         try:
             self.selector.unregister(live.channel)
         except (KeyError, ValueError):
             pass
+
+    def _watch_output(self, child_id, live):
+        """Wait for the child's channel to be writable exactly while output waits for it."""
+        wanted = live.channel.wants_write
+        if not live.registered or wanted == live.writing:
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if wanted else 0)
+        self.selector.modify(live.channel, events, ("channel", child_id))
+        live.writing = wanted
+
+    def _flush_channel(self, child_id):
+        """The child's channel is writable: write what waits for it."""
+        live = self.live.get(child_id)
+        if live is None:
+            return
+        try:
+            live.channel.flush()
+        except ChannelClosed:
+            # It closed its end: reading shows the EOF, its exit or silence decides.
+            live.channel.discard_output()
+        except OSError as error:
+            log.error("%s (pid %d): writing to its channel failed: %s; treating it as failed",
+                      child_id, live.pid, error)
+            live.channel.discard_output()
+            self._execute(self.tree.fail(child_id, f"channel: {error}"))
+        self._watch_output(child_id, live)
 
     def _check_deadlines(self, now):
         for child_id, live in list(self.live.items()):

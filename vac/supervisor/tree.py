@@ -51,6 +51,8 @@ class SupervisorSpec:
     children: tuple
     strategy: Strategy = Strategy.ONE_FOR_ONE
     intensity: policy.Intensity = policy.Intensity()
+    # How long a crashed member waits before it runs again (nodes that are not pools).
+    helper_restart: policy.HelperRestartPolicy = policy.HelperRestartPolicy()
     pool: PoolPolicy | None = None
     # At the top, escalation must not kill running machines: the failed group
     # is retried after this delay and the factory shows DEGRADED meanwhile.
@@ -242,8 +244,13 @@ class Tree:
             return []
         if leaf.parent.spec.pool is not None:
             return self._pool_restart(leaf, failed or not exit_status.normal, now)
+        decision = policy.helper_restart(leaf.failed_starts, leaf.ready_at, now,
+                                         leaf.parent.spec.helper_restart)
+        leaf.failed_starts = decision.failed_starts
         leaf.state = ChildState.STOPPED
-        return self._restart_in(leaf.parent, leaf, now)
+        log.warning("%s restarts in %.1fs (quick failures in a row: %d)",
+                    leaf.id, decision.at - now, decision.failed_starts)
+        return self._restart_in(leaf.parent, leaf, now, decision.at)
 
     def due(self, now):
         """Restarts whose time has come (backoff over, breaker closed, group stopped)."""
@@ -342,25 +349,26 @@ class Tree:
                         leaf.id, leaf.restart_at - now, leaf.failed_starts)
         return self.due(now)
 
-    def _restart_in(self, node, member, now):
-        """`member` of `node` failed: restart per strategy, or escalate."""
+    def _restart_in(self, node, member, now, at):
+        """`member` of `node` failed: restart per strategy at `at`, or escalate."""
         node.history, exceeded = policy.record_restart(node.history, now, node.spec.intensity)
         if not exceeded:
-            return self._restart_members(node, self._affected(node, member), now, now)
+            return self._restart_members(node, self._affected(node, member), now, at)
         if node.parent is not None:
             log.error("%s: more than %d restarts in %.0fs, escalating to %s",
                       node.id, node.spec.intensity.max_restarts, node.spec.intensity.period,
                       node.parent.id)
             node.history = ()
             self._clear_groups(node)
-            return self._restart_in(node.parent, node, now)
+            return self._restart_in(node.parent, node, now, at)
         # The top never terminates: that would kill running machines.
         node.history = ()
         if self.degraded_since is None:
             log.error("%s exhausted its restart intensity: DEGRADED, no new machines; "
                       "retrying %s in %.0fs", node.id, member.id, node.spec.degraded_retry)
         self.degraded_since = now
-        return self._restart_members(node, [member], now, now + node.spec.degraded_retry)
+        return self._restart_members(node, [member], now,
+                                     max(at, now + node.spec.degraded_retry))
 
     def _affected(self, node, member):
         index = node.members.index(member)
