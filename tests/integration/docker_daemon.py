@@ -52,9 +52,10 @@ root_image = docker://{image}
 user_data = {name}.user_data
 user_data_option_message = {message}
 target_share = {share}
-max_wallclock_seconds = 300
+max_wallclock_seconds = {wallclock}
 fizzle_seconds = {fizzle}
 backoff_seconds = {backoff}
+{options}
 """
 
 
@@ -65,6 +66,10 @@ class Machinetype:
     message: str = "200 Work completed"
     share: float = 1
     backoff: float = 10
+    wallclock: int = 300
+    user_data: str = GATED_USER_DATA
+    # Further "name = value" lines of its section.
+    options: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,14 +110,15 @@ class Site:
         """Write vac.conf atomically (a running vacd reloads it) and each machinetype's user_data."""
         if machinetypes is not None:
             self.machinetypes = {mt.name: mt for mt in machinetypes}
-        for name in self.machinetypes:
+        for name, machinetype in self.machinetypes.items():
             files = self.state_dir / "machinetypes" / name / "files"
             files.mkdir(parents=True, exist_ok=True)
-            (files / f"{name}.user_data").write_text(GATED_USER_DATA)
+            (files / f"{name}.user_data").write_text(machinetype.user_data)
         text = SETTINGS.format(factory=self.factory, processors=self.processors,
                                draining="yes" if draining else "no")
         text += "".join(MACHINETYPE.format(name=mt.name, image=self.image, message=mt.message,
-                                           share=mt.share, fizzle=FIZZLE_SECONDS, backoff=mt.backoff)
+                                           share=mt.share, fizzle=FIZZLE_SECONDS, backoff=mt.backoff,
+                                           wallclock=mt.wallclock, options="\n".join(mt.options))
                         for mt in self.machinetypes.values())
         tmp = self.config.with_suffix(".tmp")
         tmp.write_text(text)
