@@ -232,3 +232,18 @@ def test_heartbeat_symlink_is_not_followed(joboutputs, tmp_path):
 def test_names_outside_joboutputs_are_refused(joboutputs, name):
     with pytest.raises(ValueError):
         joboutputs.heartbeat_age(name, now=0.0)
+
+
+def test_the_payloads_last_change_is_its_latest_regular_file_not_ours_nor_a_link(joboutputs, secret_file):
+    directory = joboutputs.path
+    assert joboutputs.latest_payload_change() is None
+    for name, when in (("heartbeat", 1000.0), ("log", 2000.0), ("shutdown_message", 9000.0)):
+        (directory / name).write_text(name)
+        os.utime(directory / name, (when, when))
+    os.utime(secret_file, (8000.0, 8000.0))
+    (directory / "link").symlink_to(secret_file)
+    (directory / "sub").mkdir()
+
+    # shutdown_message may be the factory's own; a link's target says nothing of the payload.
+    assert joboutputs.latest_payload_change() == 2000.0
+    assert joboutputs.latest_payload_change(max_entries=0) is None
