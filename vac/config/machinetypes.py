@@ -17,6 +17,10 @@ REQUIRED = ("machine_model", "root_image", "user_data")
 # Bounds far beyond any sensible value, so absurd numbers from a pipe stop here.
 LARGEST_INT = 2**31 - 1
 LARGEST_NUMBER = 1e9
+# Per machinetype. Every repository is watched by the keeper and bound into each
+# container, and every tmp_binds path is a mount: a few are used, never thousands.
+MAX_REPOSITORIES = 64
+MAX_TMP_BINDS = 32
 # Old Vac spellings still found in sites' files, read as their current names.
 DEPRECATED = {"vm_model": "machine_model", "machineoutputs_days": "machines_dir_days",
               "cernvm_signing_dn": "image_signing_dn"}
@@ -30,6 +34,8 @@ class OptionSpec:
     minimum: float | None = None
     # Called with the text (or each word) and whether it came from an untrusted pipe.
     check: Callable[[str, bool], None] | None = None
+    # For "words": how many there may be.
+    max_words: int | None = None
 
 
 def check_machine_model(text: str, untrusted: bool) -> None:
@@ -118,6 +124,13 @@ def check_one_line(text: str, untrusted: bool) -> None:
         raise BadValue("is empty")
 
 
+def check_accounting_text(text: str, untrusted: bool) -> None:
+    """accounting_fqan and machinegroup: one line of printable ASCII that fits APEL's column."""
+    if not text:
+        raise BadValue("is empty")
+    values.check_apel_field(text)
+
+
 def check_option_text(text: str, untrusted: bool) -> None:
     """A user_data template value: any text but NUL and control characters."""
     values.check_text(text, multiline=True)
@@ -128,8 +141,8 @@ OPTIONS: dict[str, OptionSpec] = {
     "root_image": OptionSpec("text", check=check_root_image),
     "user_data": OptionSpec("text", check=check_user_data),
     "container_command": OptionSpec("text", check=check_command),
-    "cvmfs_repositories": OptionSpec("words", check=check_repository),
-    "tmp_binds": OptionSpec("words", check=check_tmp_bind),
+    "cvmfs_repositories": OptionSpec("words", check=check_repository, max_words=MAX_REPOSITORIES),
+    "tmp_binds": OptionSpec("words", check=check_tmp_bind, max_words=MAX_TMP_BINDS),
     "target_share": OptionSpec("number"),
     "min_processors": OptionSpec("int", 1),
     "max_processors": OptionSpec("int", 1),
@@ -139,8 +152,8 @@ OPTIONS: dict[str, OptionSpec] = {
     "fizzle_seconds": OptionSpec("int", 0),
     "heartbeat_file": OptionSpec("text", check=check_file),
     "heartbeat_seconds": OptionSpec("int", 0),
-    "accounting_fqan": OptionSpec("text", check=check_one_line),
-    "machinegroup": OptionSpec("text", check=check_one_line),
+    "accounting_fqan": OptionSpec("text", check=check_accounting_text),
+    "machinegroup": OptionSpec("text", check=check_accounting_text),
     "machines_dir_days": OptionSpec("number", 0),
     "disk_gb_per_processor": OptionSpec("int", 1),
     "image_signing_dn": OptionSpec("text", check=check_one_line),
@@ -173,8 +186,12 @@ def convert_option(spec: OptionSpec, value: object, *, from_json: bool, untruste
     else:
         text = values.json_text(value) if from_json else value
         if spec.kind == "words":
-            values.check_text(text, multiline=True)
             words = tuple(text.split())
+            # The count first: it says what is wrong with a list of thousands.
+            if spec.max_words is not None and len(words) > spec.max_words:
+                raise BadValue(f"lists {len(words)} entries, more than the {spec.max_words} "
+                               "allowed per machinetype")
+            values.check_text(text, multiline=True)
             for word in words:
                 spec.check(word, untrusted)
             return words

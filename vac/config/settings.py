@@ -133,6 +133,13 @@ def _one_word(text):
     return text
 
 
+def _site_name(text):
+    # The Site of every APEL record: printable ASCII within APEL's column.
+    _one_word(text)
+    values.check_apel_field(text)
+    return text
+
+
 def _scratch_backend(text):
     if text not in SCRATCH_BACKENDS:
         raise BadValue("must be one of " + ", ".join(SCRATCH_BACKENDS))
@@ -207,7 +214,7 @@ CONVERTERS = {
     "processors_per_superslot": _int(1), "mb_per_processor": _int(1),
     "hs06_per_processor": _positive_number, "disk_gb_per_processor": _int(1),
     "volume_group": _volume_group, "shutdown_time": _int(0), "draining": _draining,
-    "overload_per_processor": _positive_number, "gocdb_sitename": _one_word,
+    "overload_per_processor": _positive_number, "gocdb_sitename": _site_name,
     "udp_timeout_seconds": _positive_number, "vacmon_hostport": _hostports,
     "singularity_user": _singularity_user,
     "state_dir": _path, "control_socket": _path, "admin_group": _account,

@@ -28,8 +28,16 @@ _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 # Longer numerals than this are refused before conversion: nothing sensible needs them.
 MAX_NUMERAL_CHARS = 32
+# Characters per value: a user_data option may hold a script or a certificate chain.
 MAX_TEXT_CHARS = 65536
 MAX_PATH_CHARS = 1024
+# APEL's columns for text fields such as FQAN hold at most this many characters.
+APEL_FIELD_CHARS = 255
+# C0 and C1 control characters, DEL, and lone surrogates (which no UTF-8 encoder
+# accepts, so a value holding one could not be put in a frame or a record).
+_UNWANTED_RE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_UNWANTED_MULTILINE_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+_PRINTABLE_ASCII_RE = re.compile("[\x20-\x7e]*")
 
 
 class BadValue(ValueError):
@@ -143,16 +151,38 @@ def check_minimum(value: float, minimum: float) -> None:
 
 
 def check_text(text: str, *, multiline: bool = False, limit: int = MAX_TEXT_CHARS) -> None:
-    """Refuse NUL and control characters (newlines and tabs only where multiline)."""
+    """Refuse over-long text, lone surrogates, NUL and control characters.
+
+    Newlines and tabs are allowed only where `multiline` (user_data option values)."""
     if len(text) > limit:
         raise BadValue(f"longer than {limit} characters")
-    for character in text:
-        if character == "\0":
-            raise BadValue("contains a NUL character")
-        if multiline and character in "\n\t":
-            continue
-        if ord(character) < 0x20 or 0x7F <= ord(character) < 0xA0:
-            raise BadValue(f"contains the control character {character!r}")
+    unwanted = (_UNWANTED_MULTILINE_RE if multiline else _UNWANTED_RE).search(text)
+    if unwanted is None:
+        return
+    character = unwanted.group()
+    if character == "\0":
+        raise BadValue("contains a NUL character")
+    if "\ud800" <= character <= "\udfff":
+        raise BadValue(f"contains {character!r}, a lone surrogate, which is not valid Unicode")
+    raise BadValue(f"contains the control character {character!r}")
+
+
+def escaped(text: str) -> str:
+    """The text with control characters and lone surrogates written as escapes (\\x1b, \\ud800).
+
+    For text from outside that is only shown (problems, errors): always encodable,
+    and no escape sequence reaches an operator's terminal."""
+    return _UNWANTED_RE.sub(lambda match: repr(match.group())[1:-1], text)
+
+
+def check_apel_field(text: str, *, limit: int = APEL_FIELD_CHARS) -> None:
+    """Text that goes into APEL records: printable ASCII within APEL's column width.
+
+    One non-ASCII byte in an outgoing record stops ssmsend's whole queue, run after run."""
+    check_text(text, limit=limit)
+    if not _PRINTABLE_ASCII_RE.fullmatch(text):
+        character = next(c for c in text if not " " <= c <= "~")
+        raise BadValue(f"contains {character!r}: APEL records take printable ASCII only")
 
 
 def check_option_suffix(name: str) -> None:
