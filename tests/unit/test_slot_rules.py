@@ -1,5 +1,7 @@
 """The slot's pure decisions: retry backoff, heartbeat verdicts, state transitions and adoption plans."""
 
+import dataclasses
+
 import pytest
 
 from vac.machine.joboutputs import HEARTBEAT_NOT_CREATED, HEARTBEAT_NOT_UPDATED
@@ -7,7 +9,7 @@ from vac.machine.record import MachineRecord
 from vac.runtimes.base import ContainerHandle, ContainerState
 from vac.workers import slot_rules
 from vac.workers.slot_rules import Adopt, adoption_plan
-from vac.workers.slot_states import InvalidTransition, MachineState, check_transition, machine_state
+from vac.workers.slot_states import InvalidTransition, MachineState, SlotState, check_transition, machine_state
 
 UUIDS = [f"00000000-0000-4000-8000-00000000000{n}" for n in range(6)]
 
@@ -104,3 +106,51 @@ def test_one_live_machine_per_slot_the_newest_stays_and_the_live_one_comes_last(
                           container(2, ContainerState.RUNNING)])
     assert [(a.record.machine_uuid, a.action) for a in plan.machines] == [
         (UUIDS[0], Adopt.END_EXTRA), (UUIDS[1], Adopt.FINALISE), (UUIDS[2], Adopt.WATCH)]
+
+
+def test_adoption_of_a_start_asked_for_whose_container_vanished_finalises_it():
+    asked = dataclasses.replace(record(0, "starting"), start_requested=1500.0)
+    assert [a.action for a in adoption_plan([(asked, False)], []).machines] == [Adopt.FINALISE]
+    assert slot_rules.adopted_start(asked, None) == 1500.0
+
+
+@pytest.mark.parametrize("state, container_state, started_at, expected", [
+    ("starting", ContainerState.EXITED, 1601.5, 1601.5),    # killed before recording it: the engine's time
+    ("starting", ContainerState.RUNNING, 1601.5, 1601.5),
+    ("starting", ContainerState.CREATED, None, None),       # never started: no start to account
+    ("finishing", ContainerState.EXITED, 1601.5, None),     # the outcome is fixed: it keeps what it says
+])
+def test_an_adopted_machine_s_start_is_the_engine_s(state, container_state, started_at, expected):
+    handle = dataclasses.replace(container(0, container_state), started_at=started_at)
+    asked = dataclasses.replace(record(0, state), start_requested=1600.0)
+    assert slot_rules.adopted_start(asked, handle) == expected
+    assert slot_rules.adopted_start(dataclasses.replace(asked, started=1700.0), handle) == 1700.0
+
+
+ENGINE_TIMEOUT = 10.0
+STEP = slot_rules.step_seconds(ENGINE_TIMEOUT)
+
+
+def test_a_step_may_take_a_few_engine_calls_each_up_to_the_timeout():
+    assert STEP == slot_rules.ENGINE_CALLS_PER_STEP * ENGINE_TIMEOUT + slot_rules.STEP_SLACK_SECONDS
+    assert slot_rules.step_seconds(30.0) > STEP
+
+
+@pytest.mark.parametrize("state, expected", [
+    (SlotState.IDLE, None),
+    (SlotState.RUNNING, 5000.0),                          # the shutdown time
+    (SlotState.STOPPING, 1000.0 + 10.0 + STEP),           # the grace, then one step
+    (SlotState.FINISHING, 1000.0 + STEP),
+    (SlotState.ADOPTING, 1000.0 + STEP),
+    (SlotState.CLEANING, 1000.0 + STEP + slot_rules.SCRATCH_DESTROY_SECONDS),
+    (SlotState.STARTING, 1000.0 + slot_rules.IMAGE_DEADLINE_SECONDS + STEP),
+    (SlotState.PREPARING, 1000.0 + slot_rules.PREPARING_SECONDS),
+])
+def test_every_state_but_idle_has_a_deadline(state, expected):
+    assert slot_rules.state_deadline(state, 1000.0, ENGINE_TIMEOUT, shutdown_at=5000.0, stop_grace=10.0) == expected
+
+
+def test_a_deadline_is_overdue_from_its_moment_on():
+    assert not slot_rules.is_overdue(None, 10 ** 12)
+    assert not slot_rules.is_overdue(100.0, 99.9)
+    assert slot_rules.is_overdue(100.0, 100.0)

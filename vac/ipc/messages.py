@@ -8,6 +8,7 @@ sender learns of a message it cannot send before anything is written.
 """
 
 import dataclasses
+import math
 import types
 import typing
 
@@ -198,11 +199,22 @@ class Ready:
     pid: int
 
 
-@message("heartbeat", child_id=ID)
+@message("heartbeat", child_id=ID, state=ID)
 class Heartbeat:
-    """The child's main loop is alive."""
+    """The child's main loop is alive; a slot worker adds its state and when that must change.
+
+    deadline is a time.monotonic() value (one clock for every process of the
+    host, unmoved by clock steps); None when nothing is due (idle, or a helper).
+    """
     child_id: str
     seq: int
+    state: str | None = None
+    deadline: float | None = None
+
+    def __post_init__(self):
+        # The root does arithmetic with it: no NaN or infinity may reach its timers.
+        if self.deadline is not None and not math.isfinite(self.deadline):
+            raise MalformedMessage(f"heartbeat.deadline: {self.deadline!r} is not a finite time")
 
 
 @message("state", child_id=ID, state=ID)

@@ -36,6 +36,9 @@ class MachineRecord:
     state: str = "preparing"
     generation: int = 0
     container_id: str | None = None
+    # When the container's start was asked for, written before the call: a
+    # worker killed during it leaves this, and its successor the engine's time.
+    start_requested: float | None = None
     started: float | None = None
     ended: float | None = None
     exit_code: int | None = None

@@ -30,6 +30,9 @@ class WorkerLoop:
         self.stopping = False
         self.stop_reason = None
         self.ready_fds = set()
+        # progress() -> (state, deadline): what each heartbeat says the child
+        # is doing and by when (time.monotonic()) that must change; None: nothing is due.
+        self.progress = None
         self._seq = 0
         self._next_heartbeat = 0.0
         self._wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -62,13 +65,17 @@ class WorkerLoop:
         now = time.monotonic()
         if now >= self._next_heartbeat:
             self._seq += 1
-            self.channel.send(messages.Heartbeat(child_id=self.child_id, seq=self._seq))
+            state, deadline = self.progress() if self.progress is not None else (None, None)
+            self.channel.send(messages.Heartbeat(child_id=self.child_id, seq=self._seq, state=state,
+                                                 deadline=deadline))
             self._next_heartbeat = now + self.heartbeat_interval
 
     def wait(self, timeout, fds=()):
         """Wait up to `timeout` s for the root or one of `fds`; heartbeat meanwhile.
 
         Returns the root's messages; `ready_fds` tells which of `fds` woke it.
+        Even with a timeout of 0 it looks once at the channel and at `fds`: a
+        loop whose timers say "now" still takes what has arrived.
         """
         deadline = time.monotonic() + timeout
         received = []
@@ -78,10 +85,7 @@ class WorkerLoop:
             if self.root_pid is not None and os.getppid() != self.root_pid:
                 self._stop("the root process is gone")
                 break
-            now = time.monotonic()
-            if now >= deadline:
-                break
-            wait_for = min(deadline, self._next_heartbeat) - now
+            wait_for = min(deadline, self._next_heartbeat) - time.monotonic()
             ready, _, _ = select.select([self.channel, self._wake_r, *fds], [], [],
                                         max(wait_for, 0))
             if self._wake_r in ready:
@@ -102,7 +106,7 @@ class WorkerLoop:
                     else:
                         received.append(msg)
                     msg = self.channel.receive(0) if self.channel.has_pending else None
-            if received or self.ready_fds:
+            if received or self.ready_fds or time.monotonic() >= deadline:
                 break
         return received
 

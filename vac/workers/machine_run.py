@@ -32,7 +32,7 @@ from vac.workers import finalise, slot_jobs, slot_rules
 from vac.workers.held_machine import Machine
 from vac.workers.jobs import JobResult
 from vac.workers.slot_rules import Adopt
-from vac.workers.slot_states import MachineState, SlotState, machine_state
+from vac.workers.slot_states import MachineState, SlotState, check_transition, machine_state
 from vac.workers.watch import ANY_NAME, JoboutputsWatch
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ START_DEADLINE_SECONDS = 300.0
 FIRST_GENERATION = 1
 # Expected failures of preparing a machine: each ends it as 700 Failed to start.
 PREPARE_ERRORS = (UserDataError, ScratchError, OSError, ValueError)
+# The engine timeout a slot assumes when it is not told (runtimes/docker.py's default).
+DEFAULT_ENGINE_TIMEOUT_SECONDS = 30.0
 
 
 class SlotMachine:
@@ -53,7 +55,8 @@ class SlotMachine:
 
     def __init__(self, *, slot: int, factory_name: str, state_dir, runtime, jobs,
                  report: Callable[..., None], send: Callable[[Any], None], clock: Callable[[], float] = time.time,
-                 watch_factory=JoboutputsWatch, prepare=prepare_machine) -> None:
+                 watch_factory=JoboutputsWatch, prepare=prepare_machine,
+                 engine_timeout: float = DEFAULT_ENGINE_TIMEOUT_SECONDS) -> None:
         self.slot = slot
         self.factory_name = factory_name
         self.state_dir = state_dir
@@ -64,8 +67,13 @@ class SlotMachine:
         self.clock = clock
         self._watch_factory = watch_factory
         self._prepare = prepare
+        self.engine_timeout = engine_timeout
         self.state = SlotState.ADOPTING
         self.state_since = clock()
+        # The state's deadline counts from here: its start, or its last sign of
+        # progress (a step retried, the engine asked again).
+        self.progress_at = self.state_since
+        self._overdue_noted: float | None = None
         self.machine: Machine | None = None
         self.backlog: list[slot_rules.Adoption] = []
         self.orphans: tuple[ContainerHandle, ...] = ()
@@ -73,6 +81,7 @@ class SlotMachine:
         self.unavailable: str | None = None   # the engine's error while it does not answer
         self.failures = 0                     # consecutive failed attempts, for the backoff
         self.error: str | None = None         # a problem the root should show (refused placement …)
+        self._record_error = False            # self.error says a record could not be written
         self._last_report = None
 
     # ------------------------------------------------------------ what the root and ps see
@@ -104,8 +113,19 @@ class SlotMachine:
     def _set_state(self, state: SlotState) -> None:
         if state is not self.state:
             self.state = state
-            self.state_since = self.clock()
+            self.state_since = self.progress_at = self.clock()
         self._report()
+
+    def deadline(self) -> float | None:
+        """When the slot's state must have changed (on self.clock), or None while nothing is due."""
+        m = self.machine
+        return slot_rules.state_deadline(self.state, self.progress_at, self.engine_timeout,
+                                         shutdown_at=m.shutdown_at if m is not None else None,
+                                         stop_grace=m.stop_grace if m is not None else 0.0)
+
+    def progress(self) -> tuple[str, float | None]:
+        """What heartbeats carry: the reported state and deadline() (on self.clock)."""
+        return self.reported_state().value, self.deadline()
 
     def _log(self, level: int, text: str, *args: Any) -> None:
         uuid = self.machine.uuid if self.machine is not None else "-"
@@ -144,6 +164,8 @@ class SlotMachine:
                 if result.name == "stop" and self.state is SlotState.STOPPING:
                     # The current machine's stop waited for this stale one to end.
                     self._submit_stop()
+                elif result.name == "wait" and self._wants_wait():
+                    self._submit_wait()
                 continue
             getattr(self, f"_on_{result.name}")(result)
 
@@ -171,22 +193,61 @@ class SlotMachine:
         m = self.machine
         if m is not None and m.handle is not None and self.state is SlotState.RUNNING:
             self._check_limits(m, now)
-        if m is not None and m.handle is not None and self.state in (SlotState.RUNNING, SlotState.STOPPING):
+        if self._container_live(m):
             if m.next_stats_at is not None and now >= m.next_stats_at and not self.jobs.running("stats"):
                 m.next_stats_at = now + STATS_INTERVAL_SECONDS
                 self._submit("stats", self.runtime.stats, m.handle)
-        return self._next_wake()
+        if self.state is not SlotState.RUNNING and slot_rules.is_overdue(self.deadline(), now):
+            # RUNNING's deadline is the shutdown time, which _check_limits keeps.
+            self._on_overdue(now)
+        return self._next_wake(now)
 
-    def _next_wake(self) -> float | None:
+    def _container_live(self, m: Machine | None) -> bool:
+        return m is not None and m.handle is not None and self.state in (SlotState.RUNNING, SlotState.STOPPING)
+
+    def _next_wake(self, now: float) -> float | None:
+        """The next moment something can be done; never a past one, or the loop would spin."""
         times = [due for due, _ in self.retries.values()]
         m = self.machine
         if m is not None and m.handle is not None and self.state is SlotState.RUNNING:
             times.append(m.shutdown_at)
             if m.heartbeat_check_at is not None:
                 times.append(m.heartbeat_check_at)
-        if m is not None and m.next_stats_at is not None and self.state in (SlotState.RUNNING, SlotState.STOPPING):
+        # A sample due while one is under way waits for it: its result wakes the loop.
+        if self._container_live(m) and m.next_stats_at is not None and not self.jobs.running("stats"):
             times.append(m.next_stats_at)
+        deadline = self.deadline()
+        if deadline is not None and deadline > now:
+            # Past it, tick() has acted already, or only the supervisor can.
+            times.append(deadline)
         return min(times) if times else None
+
+    def _on_overdue(self, now: float) -> None:
+        """The state's deadline has passed: ask the engine again, or repeat a step that is not under way."""
+        m = self.machine
+        deadline = self.deadline()
+        if self.state is SlotState.STOPPING and not self.jobs.running("recheck"):
+            self._log(logging.WARNING, "still stopping %.0f s after the stop was asked for: asking the engine how "
+                      "the container stands, and killing it if it runs", now - self.state_since)
+            self.progress_at = now
+            self._submit("recheck", slot_jobs.recheck, self.runtime, m.handle)
+            return
+        steps = {SlotState.FINISHING: ("finish", self._submit_finish),
+                 SlotState.CLEANING: ("clean", self._submit_clean)}
+        name, submit = steps.get(self.state, (None, None))
+        if name is not None and not self.jobs.running(name) and name not in self.retries:
+            self._log(logging.WARNING, "still %s after its deadline with no %s under way: doing it again",
+                      self.state.value, name)
+            self.progress_at = now
+            submit()
+            return
+        if self._overdue_noted != deadline:
+            # The step's job does not return (a hung disk, a call stuck in the kernel): a
+            # worker cannot cut it short, so its heartbeats say so and the supervisor restarts it.
+            self._overdue_noted = deadline
+            self._log(logging.ERROR, "still %s %.0f s after it began, past its deadline: a step does not return; "
+                      "the supervisor restarts a worker stuck past its deadline", self.state.value,
+                      now - self.state_since)
 
     # ------------------------------------------------------------ jobs and retries
 
@@ -202,9 +263,38 @@ class SlotMachine:
             self.unavailable = str(error)
         else:
             self.error = f"{name}: {error}"
-        self.retries[name] = (self.clock() + delay, call)
+        due = self.clock() + delay
+        self.retries[name] = (due, call)
+        # A step that failed and waits to be tried again is progress: its deadline counts from the retry.
+        self.progress_at = max(self.progress_at, due)
         self._log(logging.WARNING, "%s failed: %s; trying again in %.0f s", name, error, delay)
         self._report()
+
+    def _write(self, m: Machine) -> OSError | None:
+        """Store the machine's record; the error if the disk refused it (full, failing)."""
+        try:
+            write_record(m.paths, m.record)
+        except OSError as error:
+            return error
+        if self._record_error:
+            self._record_error = False
+            self.error = None
+            self._report()
+        return None
+
+    def _save_record(self, m: Machine) -> None:
+        """Store the machine's record; a refused write is reported and tried again, never a crash."""
+        error = self._write(m)
+        if error is not None:
+            self._record_error = True
+            # Bound to this machine: a retry writes its latest record, even once the slot has moved on.
+            self._retry("record", error, lambda: self._save_record(m))
+
+    def _transition(self, m: Machine, new_state: MachineState, **changes: Any) -> None:
+        """The machine's record in `new_state`, kept in memory and stored (see _save_record)."""
+        check_transition(machine_state(m.record.state), new_state)
+        m.record = dataclasses.replace(m.record, state=new_state.value, **changes)
+        self._save_record(m)
 
     def _succeeded(self) -> None:
         """A step worked: the engine answers and the backoff starts again from 1 s."""
@@ -276,6 +366,13 @@ class SlotMachine:
         if adoption.action is Adopt.CLEAN:
             self._clean()
         elif adoption.action is Adopt.FINALISE:
+            started = slot_rules.adopted_start(record, adoption.container)
+            if started is not None and record.started is None:
+                # Its worker died before it recorded the start: the engine's time (or when the start was
+                # asked for, if the container is gone) makes it accounted like any other.
+                self._log(logging.INFO, "its start was not recorded; it started at %.3f", started)
+                m.record = dataclasses.replace(record, started=float(started))
+                self._save_record(m)
             self._finish(None)
         elif adoption.action is Adopt.FAIL_TO_START:
             self._fail_to_start("its slot worker ended before the container was started")
@@ -355,7 +452,7 @@ class SlotMachine:
         except ValueError as error:
             self._fail_to_start(str(error))
             return
-        m.record = finalise.transition(m.paths, m.record, MachineState.STARTING, generation=FIRST_GENERATION)
+        self._transition(m, MachineState.STARTING, generation=FIRST_GENERATION)
         m.start_deadline = self.clock() + START_DEADLINE_SECONDS
         self._set_state(SlotState.STARTING)
         self._submit_start()
@@ -363,24 +460,48 @@ class SlotMachine:
     # ------------------------------------------------------------ STARTING
 
     def _submit_start(self) -> None:
+        """Create the container if there is none yet, else record that its start is asked for and start it."""
         m = self.machine
-        self._submit("start", slot_jobs.start, self.runtime, m.request, m.handle, self.state_dir, self.factory_name,
-                     m.record)
-
-    def _on_start(self, result: JobResult) -> None:
-        m = self.machine
-        error = result.error
-        if isinstance(error, RuntimeUnavailable) and self.clock() < m.start_deadline:
-            self._retry("start", error, self._submit_start)
+        if m.handle is None:
+            self._submit("create", slot_jobs.create, self.runtime, m.request)
             return
+        # Durably before the call: a worker killed while the engine starts the
+        # container leaves its successor a start to account for.
+        m.record = dataclasses.replace(m.record, start_requested=self.clock())
+        error = self._write(m)
+        if error is not None:
+            if self.clock() < m.start_deadline:
+                self._retry("start", error, self._submit_start)
+            else:
+                self._fail_to_start(f"its start cannot be recorded: {error}")
+            return
+        self._submit("start", slot_jobs.start, self.runtime, m.handle, self.state_dir, self.factory_name, m.record)
+
+    def _start_failed(self, error: Exception | None) -> bool:
+        """Handle a failed create or start (retry or fail the machine); False if it did not fail."""
+        if isinstance(error, RuntimeUnavailable) and self.clock() < self.machine.start_deadline:
+            self._retry("start", error, self._submit_start)
+            return True
         if isinstance(error, ContainerRuntimeError):
             # The image is missing, the engine refused, or it stayed unavailable too long.
             self._fail_to_start(str(error))
-            return
+            return True
         if error is not None:
             raise error
+        return False
+
+    def _on_create(self, result: JobResult) -> None:
+        if self._start_failed(result.error):
+            return
         self._succeeded()
-        m.handle = result.value
+        self.machine.handle = result.value
+        self._submit_start()
+
+    def _on_start(self, result: JobResult) -> None:
+        if self._start_failed(result.error):
+            return
+        self._succeeded()
+        self.machine.handle = result.value
         self._enter_running(adopted=False)
 
     # ------------------------------------------------------------ RUNNING
@@ -391,11 +512,11 @@ class SlotMachine:
         state = machine_state(m.record.state)
         if state is MachineState.PREPARING:
             # A container exists, so the machine got past PREPARING whatever its record says.
-            m.record = finalise.transition(m.paths, m.record, MachineState.STARTING)
+            self._transition(m, MachineState.STARTING)
             state = MachineState.STARTING
         if state is MachineState.STARTING:
-            m.record = finalise.transition(m.paths, m.record, MachineState.RUNNING, container_id=m.handle.id,
-                                           started=float(m.handle.started_at or now))
+            self._transition(m, MachineState.RUNNING, container_id=m.handle.id,
+                             started=float(m.handle.started_at or now))
         try:
             m.watch = self._watch_factory(m.paths.joboutputs)
         except OSError as error:
@@ -411,9 +532,16 @@ class SlotMachine:
             self._stop(m.end_request)
 
     def _submit_wait(self) -> None:
-        self._submit("wait", slot_jobs.wait, self.runtime, self.machine.handle)
+        # A wait left over from the previous machine is let run out; its result submits this one.
+        if not self.jobs.running("wait"):
+            self._submit("wait", slot_jobs.wait, self.runtime, self.machine.handle)
+
+    def _wants_wait(self) -> bool:
+        return (self._container_live(self.machine) and not self.jobs.running("wait") and "wait" not in self.retries)
 
     def _on_wait(self, result: JobResult) -> None:
+        if self.state not in (SlotState.RUNNING, SlotState.STOPPING):
+            return  # a re-check after the stop's deadline found the end first
         error = result.error
         if isinstance(error, (ContainerGone, ContainerNotStarted)):
             self._succeeded()
@@ -452,7 +580,7 @@ class SlotMachine:
         if now - m.cpu_saved_at >= RECORD_CPU_INTERVAL_SECONDS:
             m.cpu_saved_at = now
             m.record = dataclasses.replace(m.record, cpu_seconds=m.cpu_seconds)
-            write_record(m.paths, m.record)
+            self._save_record(m)
 
     def _check_limits(self, m: Machine, now: float) -> None:
         if slot_rules.wall_limit_reached(now, m.shutdown_at):
@@ -515,23 +643,28 @@ class SlotMachine:
         self._report()
 
     def _apply_shutdown_time(self, m: Machine) -> None:
-        mjf.rewrite_shutdown_time(m.paths, m.shutdown_at)
+        # The limit is kept from m.shutdown_at whatever the disk does; the files tell the payload and a successor.
         m.record = dataclasses.replace(m.record, shutdown_time=m.shutdown_at)
-        write_record(m.paths, m.record)
+        self._save_record(m)
+        try:
+            mjf.rewrite_shutdown_time(m.paths, m.shutdown_at)
+        except OSError as error:
+            self._retry("shutdown_time", error, lambda: self._apply_shutdown_time(m) if m is self.machine else None)
 
     # ------------------------------------------------------------ STOPPING
 
     def _stop(self, message: ShutdownMessage | None) -> None:
-        """End the running container: write `message` unless it has one, then SIGTERM, grace, SIGKILL."""
+        """End the running container: SIGTERM, grace, SIGKILL; write `message` unless it has one."""
         m = self.machine
+        m.stop_grace = slot_rules.grace_seconds(message) if message is not None else slot_rules.END_GRACE_SECONDS
+        # The engine first: a full or failing state disk must not hold back the limit.
+        self._submit_stop()
+        self._set_state(SlotState.STOPPING)
         if message is not None:
             finalise.write_message_if_none(m.paths, message)
         if machine_state(m.record.state) is not MachineState.STOPPING:
-            m.record = finalise.transition(m.paths, m.record, MachineState.STOPPING)
+            self._transition(m, MachineState.STOPPING)
         m.next_stats_at = self.clock()   # a last CPU sample while the engine still has one
-        m.stop_grace = slot_rules.grace_seconds(message) if message is not None else slot_rules.END_GRACE_SECONDS
-        self._set_state(SlotState.STOPPING)
-        self._submit_stop()
 
     def _submit_stop(self) -> None:
         m = self.machine
@@ -552,6 +685,28 @@ class SlotMachine:
             # The container has exited: learn it now rather than after the wait's backoff.
             del self.retries["wait"]
             self._submit_wait()
+
+    def _on_recheck(self, result: JobResult) -> None:
+        if self.state is not SlotState.STOPPING:
+            return  # the wait learnt the end first
+        error = result.error
+        if isinstance(error, ContainerGone):
+            self._succeeded()
+            self._log(logging.WARNING, "%s: finishing it", error)
+            self._finish(None)
+        elif isinstance(error, ContainerRuntimeError):
+            self._log(logging.WARNING, "the engine did not say how the container stands (%s): asking again at "
+                      "the next deadline", error)
+        elif error is not None:
+            raise error
+        elif result.value is None:
+            self._succeeded()
+            self._log(logging.ERROR, "the container still runs after SIGKILL: asking again at the next deadline")
+        else:
+            self._succeeded()
+            self._log(logging.INFO, "the engine says the container exited with code %d: finishing it",
+                      result.value.exit_code)
+            self._finish(result.value)
 
     # ------------------------------------------------------------ FINISHING
 
@@ -574,7 +729,7 @@ class SlotMachine:
         if m.watch is not None:
             m.watch.close()
             m.watch = None
-        for name in ("wait", "stop", "start"):
+        for name in ("wait", "stop", "start", "shutdown_time"):
             self.retries.pop(name, None)
         self._set_state(SlotState.FINISHING)
         self._submit_finish()
@@ -596,7 +751,7 @@ class SlotMachine:
         m.record = record = result.value
         self._send_finished(m, record.shutdown_code, record.shutdown_text or "", m.started_at, record.ended,
                             record.cpu_seconds or 0.0)
-        m.record = finalise.transition(m.paths, record, MachineState.CLEANING)
+        self._transition(m, MachineState.CLEANING)
         self._clean()
 
     def _send_finished(self, m: Machine, code: int | None, text: str, started: float, ended: float,
@@ -609,14 +764,17 @@ class SlotMachine:
     # ------------------------------------------------------------ CLEANING
 
     def _clean(self) -> None:
-        m = self.machine
         self._set_state(SlotState.CLEANING)
+        self._submit_clean()
+
+    def _submit_clean(self) -> None:
+        m = self.machine
         self._submit("clean", slot_jobs.clean, self.runtime, self.factory_name, self.slot, m.paths, m.terms)
 
     def _on_clean(self, result: JobResult) -> None:
         m = self.machine
         if isinstance(result.error, ContainerRuntimeError):
-            self._retry("clean", result.error, self._clean)
+            self._retry("clean", result.error, self._submit_clean)
             return
         if isinstance(result.error, (ScratchError, OSError)):
             # Left for the reaper: a busy mount must not keep the slot from new machines.
@@ -626,7 +784,7 @@ class SlotMachine:
         else:
             self._succeeded()
         if machine_state(m.record.state) is MachineState.CLEANING:
-            m.record = finalise.transition(m.paths, m.record, MachineState.DONE)
+            self._transition(m, MachineState.DONE)
         self._log(logging.INFO, "cleaned up; its directory stays")
         self._done()
 

@@ -22,8 +22,7 @@ from vac.workers.slot_states import MachineState, machine_state
 
 # Each wait on the engine is bounded; the slot starts the next one at once.
 WAIT_CHUNK_SECONDS = 60.0
-# How long an image may take to arrive before the machine fails to start.
-IMAGE_DEADLINE_SECONDS = 300.0
+IMAGE_DEADLINE_SECONDS = slot_rules.IMAGE_DEADLINE_SECONDS
 SUPPORTED_MODELS = ("docker",)
 
 
@@ -60,16 +59,22 @@ def prepare(terms: MachineTerms, paths: MachinePaths, record: MachineRecord, now
     return prepare_machine(terms, paths, now)
 
 
-def start(runtime: ContainerRuntime, request: ContainerRequest | None, handle: ContainerHandle | None,
-          state_dir: Path, factory: str, record: MachineRecord) -> ContainerHandle:
-    """STARTING: image, create (unless `handle` exists already), start; the started container's handle.
+def create(runtime: ContainerRuntime, request: ContainerRequest) -> ContainerHandle:
+    """STARTING, first half: the image, then the container (not started yet).
 
-    The start is recorded in the factory's history, which `vac occupancy` draws.
+    Creating again after a failed attempt returns the container made then.
     """
-    if handle is None:
-        runtime.ensure_image(request.image, time.monotonic() + IMAGE_DEADLINE_SECONDS)
-        # Creating again after a failed attempt returns the container made then.
-        handle = runtime.create(request)
+    runtime.ensure_image(request.image, time.monotonic() + IMAGE_DEADLINE_SECONDS)
+    return runtime.create(request)
+
+
+def start(runtime: ContainerRuntime, handle: ContainerHandle, state_dir: Path, factory: str,
+          record: MachineRecord) -> ContainerHandle:
+    """STARTING, second half: start the created container; its handle, with the engine's start time.
+
+    The caller has recorded that the start was asked for. The start is
+    recorded in the factory's history, which `vac occupancy` draws.
+    """
     runtime.start(handle)
     started = runtime.inspect(handle.id)
     history.record_started(state_dir, uuid=record.machine_uuid, factory=factory, slot=record.slot,
@@ -88,12 +93,27 @@ def stop(runtime: ContainerRuntime, handle: ContainerHandle, grace_seconds: floa
     runtime.stop(handle, grace_seconds)
 
 
+def recheck(runtime: ContainerRuntime, handle: ContainerHandle) -> ExitInfo | None:
+    """STOPPING past its deadline: how the container ended, after a SIGKILL if it still runs.
+
+    None if it runs even so; ContainerGone if it no longer exists.
+    """
+    info = runtime.exit_status(handle)
+    if info is None:
+        runtime.kill(handle)
+        info = runtime.exit_status(handle)
+    return info
+
+
 def finish(runtime: ContainerRuntime, paths: MachinePaths, record: MachineRecord, terms: MachineTerms | None,
            handle: ContainerHandle | None, exit_info: ExitInfo | None, cpu_seconds: float, now: float,
            fallback: ShutdownMessage | None) -> MachineRecord:
     """FINISHING: the outcome, the APEL record and the `finished` marker; the final record."""
     # The stored record wins: after a crash or a retry it may hold the outcome already.
     stored = read_record(paths)
+    if stored is not None and stored.started is None and record.started is not None:
+        # An adopted machine's start, taken from the engine, that the disk did not take.
+        stored = dataclasses.replace(stored, started=record.started)
     if stored is not None and record.last_seen is not None and (stored.last_seen or 0.0) < record.last_seen:
         # The slot keeps its newest CPU sample in memory; the disk's may be a minute old.
         stored = dataclasses.replace(stored, last_seen=record.last_seen)

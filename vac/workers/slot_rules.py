@@ -14,7 +14,7 @@ from vac.machine.joboutputs import (EXCEEDED_WALLCLOCK, HEARTBEAT_NOT_CREATED, H
                                     ShutdownMessage)
 from vac.machine.record import MachineRecord
 from vac.runtimes.base import ContainerHandle, ContainerState
-from vac.workers.slot_states import MachineState, machine_state
+from vac.workers.slot_states import MachineState, SlotState, machine_state
 
 RETRY_FIRST_SECONDS = 1.0
 RETRY_MAX_SECONDS = 30.0
@@ -24,6 +24,18 @@ WALLCLOCK_GRACE_SECONDS = 1.0
 # A machine ended by the factory or found hung gets a little longer to tidy up.
 END_GRACE_SECONDS = 10.0
 HEARTBEAT_GRACE_SECONDS = 1.0
+
+# A step of the slot (adopting, finishing, one try at stopping) makes a few
+# engine calls, each bounded by the engine timeout, and writes a few files.
+ENGINE_CALLS_PER_STEP = 3
+STEP_SLACK_SECONDS = 15.0
+# Preparing is bounded by its own commands' timeouts: two user_data fetches,
+# a scratch volume's creation, mkfs and mount (machine/scratch.py).
+PREPARING_SECONDS = 900.0
+# How long an image may take to arrive before the machine fails to start.
+IMAGE_DEADLINE_SECONDS = 300.0
+# Cleaning destroys the scratch space: umount and losetup, or lvremove.
+SCRATCH_DESTROY_SECONDS = 240.0
 
 
 def retry_delay(attempt: int) -> float:
@@ -74,6 +86,58 @@ def grace_seconds(message: ShutdownMessage) -> float:
     return END_GRACE_SECONDS
 
 
+# ---------------------------------------------------------------- progress deadlines
+
+
+def step_seconds(engine_timeout: float) -> float:
+    """How long one step of the slot may take when every engine call it makes runs to its timeout."""
+    return ENGINE_CALLS_PER_STEP * engine_timeout + STEP_SLACK_SECONDS
+
+
+def state_deadline(state: SlotState, since: float, engine_timeout: float, shutdown_at: float | None = None,
+                   stop_grace: float = 0.0) -> float | None:
+    """When a slot in `state` since `since` (or since its last sign of progress) must have moved on.
+
+    None while nothing is due (idle). RUNNING ends at the shutdown time;
+    every other state is one bounded step, retried or asked again after it.
+    """
+    step = step_seconds(engine_timeout)
+    if state is SlotState.IDLE:
+        return None
+    if state is SlotState.RUNNING:
+        return shutdown_at
+    if state is SlotState.PREPARING:
+        return since + PREPARING_SECONDS
+    if state is SlotState.STARTING:
+        return since + IMAGE_DEADLINE_SECONDS + step
+    if state is SlotState.STOPPING:
+        return since + stop_grace + step
+    if state is SlotState.CLEANING:
+        return since + step + SCRATCH_DESTROY_SECONDS
+    # ADOPTING, FINISHING (and UNAVAILABLE, never a slot's own state).
+    return since + step
+
+
+def is_overdue(deadline: float | None, now: float) -> bool:
+    """True once a state deadline has passed."""
+    return deadline is not None and now >= deadline
+
+
+def adopted_start(record: MachineRecord, container: ContainerHandle | None) -> float | None:
+    """When an adopted machine started, if its record does not say: the engine's own start time.
+
+    A container the engine never started has none; a container removed behind
+    our back leaves the time its start was asked for (recorded before the call).
+    A record whose outcome is fixed already keeps what it says.
+    """
+    if record.started is not None or machine_state(record.state) in (
+            MachineState.FINISHING, MachineState.CLEANING, MachineState.DONE):
+        return record.started
+    if container is not None:
+        return container.started_at if container.state is not ContainerState.CREATED else None
+    return record.start_requested
+
+
 # ---------------------------------------------------------------- adoption
 
 
@@ -107,16 +171,18 @@ class AdoptionPlan:
     orphans: tuple[ContainerHandle, ...]
 
 
-def _action(state: MachineState, finished: bool, container: ContainerHandle | None) -> Adopt:
+def _action(record: MachineRecord, finished: bool, container: ContainerHandle | None) -> Adopt:
+    state = machine_state(record.state)
     if state in (MachineState.CLEANING, MachineState.DONE):
         return Adopt.CLEAN
     if finished or state is MachineState.FINISHING:
         # The outcome is fixed on disk: repeating the finalisation is idempotent.
         return Adopt.FINALISE
     if container is None:
-        if state in (MachineState.PREPARING, MachineState.STARTING):
+        if state is MachineState.PREPARING or (state is MachineState.STARTING and record.start_requested is None):
             return Adopt.FAIL_TO_START
-        return Adopt.FINALISE  # removed behind our back while it ran
+        # Removed behind our back while it ran (or after its start was asked for).
+        return Adopt.FINALISE
     if container.state.has_ended or container.state is ContainerState.REMOVING:
         return Adopt.FINALISE
     if container.state is ContainerState.CREATED:
@@ -137,7 +203,7 @@ def adoption_plan(records: Iterable[tuple[MachineRecord, bool]],
         container = by_machine.get(record.machine_uuid)
         if container is not None:
             owned.add(container.id)
-        machines.append(Adoption(record, container, _action(machine_state(record.state), finished, container),
+        machines.append(Adoption(record, container, _action(record, finished, container),
                                  finished))
     live = [adoption for adoption in machines if adoption.action in LIVE_ACTIONS]
     # One slot runs one machine: the newest live one stays, any other is ended.

@@ -4,7 +4,9 @@ run() builds the Docker runtime after the fork, adopts what a predecessor
 left in the slot, then runs machines the root places. Its loop selects on the
 root's channel, a signal wake-up pipe, the results of blocking jobs and the
 machine's joboutputs watch, with a timeout no later than the next deadline,
-so heartbeats and the wall-clock limit never wait for Docker.
+so heartbeats and the wall-clock limit never wait for Docker. Each heartbeat
+carries the slot's state and the deadline by which that state must change:
+a loop that turns without getting anywhere is seen, and restarted, by the root.
 
 On SIGTERM or Stop it exits at once and leaves its container running:
 stopping the daemon is not stopping the payloads; the next worker adopts it.
@@ -30,11 +32,12 @@ def run(channel, spec):
     """Entry point in the forked slot process."""
     slot = int(spec["slot"])
     loop = WorkerLoop(channel, spec, role=f"slot {slot:02d}")
-    runtime = DockerRuntime(base_url=spec.get("docker_url") or DEFAULT_BASE_URL,
-                            timeout=float(spec.get("docker_timeout_seconds") or DEFAULT_TIMEOUT_SECONDS))
+    engine_timeout = float(spec.get("docker_timeout_seconds") or DEFAULT_TIMEOUT_SECONDS)
+    runtime = DockerRuntime(base_url=spec.get("docker_url") or DEFAULT_BASE_URL, timeout=engine_timeout)
     machine = SlotMachine(slot=slot, factory_name=spec.get("factory_name") or socket.getfqdn(),
                           state_dir=spec["state_dir"], runtime=runtime, jobs=Jobs(), report=loop.report,
-                          send=channel.send)
+                          send=channel.send, engine_timeout=engine_timeout)
+    loop.progress = lambda: heartbeat_progress(machine)
     loop.title(machine.title(time.time()))
     loop.ready()
     machine.start()
@@ -44,6 +47,18 @@ def run(channel, spec):
         log.info("slot %02d stopping (%s); a running container is left to the next worker",
                  slot, loop.stop_reason)
         runtime.close()
+
+
+def heartbeat_progress(machine):
+    """(state, deadline) for a heartbeat: the machine's deadline moved onto time.monotonic().
+
+    The root compares it with its own monotonic clock, which a wall-clock step
+    (NTP, an operator's date) does not move.
+    """
+    state, deadline = machine.progress()
+    if deadline is None:
+        return state, None
+    return state, time.monotonic() + (deadline - machine.clock())
 
 
 def serve(loop, machine):
@@ -60,10 +75,11 @@ def serve(loop, machine):
         fds = machine.fds()
         for msg in loop.wait(timeout, fds=fds):
             machine.on_message(msg)
-        if machine.jobs in loop.ready_fds or machine.jobs.forked_pending:
-            done = machine.jobs.take_done()
-            if done:
-                machine.on_jobs(done)
+        # Every pass takes what finished, whatever woke it: a result must never
+        # wait on a timer (taking nothing costs one non-blocking read).
+        done = machine.jobs.take_done()
+        if done:
+            machine.on_jobs(done)
         watch = machine.machine.watch if machine.machine is not None else None
         if watch is not None and watch in loop.ready_fds:
             machine.on_watch()
