@@ -7,11 +7,13 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from vac.config.plain import to_plain
+from vac.config.model import Machinetype
 from vac.ipc import messages
 from vac.ipc.framing import FrameDecoder, IpcError, encode_frame
 from vac.ipc.messages import (
-    PROTOCOL_VERSION, Heartbeat, MalformedMessage, Ready, StateReport, Stop, UnknownMessage,
-    decode, encode,
+    PROTOCOL_VERSION, Heartbeat, MalformedMessage, PipeMachinetypes, Ready, StateReport, Stop,
+    UnknownMessage, decode, encode,
 )
 
 NoneType = type(None)
@@ -27,8 +29,27 @@ def options(kind):
     return typing.get_args(kind) if union else (kind,)
 
 
+# Messages whose fields are checked beyond their types, with valid contents.
+PIPE_MACHINETYPE = to_plain(Machinetype(
+    name="lhcb-prod", machine_model="docker", root_image="docker://lhcb/pilot:1",
+    user_data="https://lhcb.example.org/user_data", machinegroup="lhcb-prod",
+    files_name="lhcb", pipe="lhcb"))
+CHECKED_EXAMPLES = {
+    PipeMachinetypes: [
+        PipeMachinetypes(prefix="lhcb", url="https://lhcb.example.org/p", usable=True,
+                         machinetypes=[PIPE_MACHINETYPE], problems=["one"], problems_total=3,
+                         fetched_at=7985.5, stale=False, error=None),
+        PipeMachinetypes(prefix="lhcb", url="https://lhcb.example.org/p", usable=False,
+                         machinetypes=[], problems=[], problems_total=0,
+                         fetched_at=None, stale=True, error="HTTP status 503"),
+    ],
+}
+
+
 def examples(cls):
     """Instances of message `cls`: one per choice of each optional field's alternatives."""
+    if cls in CHECKED_EXAMPLES:
+        return CHECKED_EXAMPLES[cls]
     choices = {}
     for name, kind in cls._FIELD_TYPES.items():
         # A KeyError here means a message uses an annotation these tests do not know yet.

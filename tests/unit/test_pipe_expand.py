@@ -6,7 +6,7 @@ import pytest
 
 from vac.config import PipeError, Settings, VacuumPipe, effective_machinetypes, expand_pipe
 from vac.config.model import Machinetype, frozen_mapping
-from vac.config.pipes import MAX_DOCUMENT_BYTES, MAX_ENTRIES
+from vac.config.pipes import MAX_DOCUMENT_BYTES, MAX_ENTRIES, SHORTEST_CACHE_SECONDS
 
 SETTINGS = Settings(vac_space="space.example.com", total_processors=8, singularity_user="nobody",
                     user_data_options=frozen_mapping({"proxy": "http://squid:3128"}))
@@ -198,11 +198,20 @@ def test_an_already_parsed_document_is_accepted():
 
 
 @pytest.mark.parametrize("cache_seconds, expected", [
-    (None, 3600), (60, 60), (0, 0), (10**12, 7 * 86400), (-5, 0), ("120", 120)])
+    (None, 3600), (60, 60), (0, 60), (1, 60), (10**12, 7 * 86400), (-5, 60), ("120", 120)])
 def test_cache_seconds_default_and_bounds(cache_seconds, expected):
     top = {} if cache_seconds is None else {"cache_seconds": cache_seconds}
     doc = json.dumps({"machinetypes": [entry("prod")], **top}).encode()
     assert expand(doc).cache_seconds == expected
+
+
+def test_a_cache_seconds_below_the_floor_is_raised_to_it_and_said():
+    expansion = expand(document(entry("prod"), cache_seconds=0))
+    assert expansion.cache_seconds == SHORTEST_CACHE_SECONDS == 60
+    assert list(expansion.machinetypes) == ["lhcb-prod"], "the entries are still used"
+    assert [str(problem) for problem in expansion.problems] == [
+        "https://lhcb.example.org/lhcb.pipe [vacuum_pipe lhcb] cache_seconds = '0': "
+        "less than vac's floor of 60 seconds; the document is fetched again after 60 seconds"]
 
 
 def test_a_bad_cache_seconds_is_reported_and_the_default_used():
@@ -217,6 +226,6 @@ def test_effective_machinetypes_put_pipe_versions_over_local_ones():
     local = {"lhcb-prod": Machinetype("lhcb-prod", "docker", "docker://old", "ud"),
              "atlas": Machinetype("atlas", "docker", "docker://atlas", "ud")}
     expansion = expand(document(entry("prod")))
-    merged = effective_machinetypes(local, [expansion])
+    merged = effective_machinetypes(local, [expansion.machinetypes])
     assert list(merged) == ["atlas", "lhcb-prod"]
     assert merged["lhcb-prod"].root_image == "docker://lhcb/pilot:1"

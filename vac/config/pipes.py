@@ -15,12 +15,15 @@ from vac.config.model import Machinetype, Settings, VacuumPipe, frozen_mapping
 from vac.config.problems import ConfigProblem
 from vac.config.values import BadValue
 
+# Limits on what a pipe publisher can send (README, "Trust boundaries").
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_ENTRIES = 256
-MAX_KEYS_PER_ENTRY = 256
+MAX_OPTIONS_PER_ENTRY = 256
 MAX_NAME_CHARS = 64
 DEFAULT_CACHE_SECONDS = 3600
-# A pipe must not be able to pin its copy for ever, nor ask for no caching at all.
+# A pipe must not be able to pin its copy for ever, nor make the fetcher refetch
+# (and the root take in the whole document again) every second.
+SHORTEST_CACHE_SECONDS = 60
 LONGEST_CACHE_SECONDS = 7 * 86400
 _NO_VALUE = object()
 _PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_.-]{1,40}")
@@ -77,7 +80,7 @@ def cache_seconds_of(document: dict) -> int:
         seconds = values.json_int(document.get("cache_seconds", DEFAULT_CACHE_SECONDS))
     except BadValue:
         return DEFAULT_CACHE_SECONDS
-    return max(0, min(seconds, LONGEST_CACHE_SECONDS))
+    return max(SHORTEST_CACHE_SECONDS, min(seconds, LONGEST_CACHE_SECONDS))
 
 
 def expand_pipe(pipe: VacuumPipe, document, local_machinetypes: Mapping[str, Mapping[str, object]],
@@ -90,12 +93,10 @@ def expand_pipe(pipe: VacuumPipe, document, local_machinetypes: Mapping[str, Map
     problems = []
     section = f"vacuum_pipe {pipe.prefix}"
     if "cache_seconds" in document:
-        try:
-            values.json_int(document["cache_seconds"])
-        except BadValue as error:
+        problem = _cache_seconds_problem(document["cache_seconds"])
+        if problem is not None:
             problems.append(ConfigProblem(pipe.url, section, "cache_seconds",
-                                          _value_text(document["cache_seconds"]),
-                                          f"{error}; using {DEFAULT_CACHE_SECONDS}"))
+                                          _value_text(document["cache_seconds"]), problem))
     entries = document["machinetypes"]
     # Every entry's valid share counts, even a skipped entry's, so skipping one
     # entry never changes the shares of the others.
@@ -120,6 +121,20 @@ def expand_pipe(pipe: VacuumPipe, document, local_machinetypes: Mapping[str, Map
                          tuple(problems), cache_seconds_of(document))
 
 
+def _cache_seconds_problem(value) -> str | None:
+    try:
+        seconds = values.json_int(value)
+    except BadValue as error:
+        return f"{error}; using {DEFAULT_CACHE_SECONDS}"
+    if seconds < SHORTEST_CACHE_SECONDS:
+        return (f"less than vac's floor of {SHORTEST_CACHE_SECONDS} seconds; "
+                f"the document is fetched again after {SHORTEST_CACHE_SECONDS} seconds")
+    if seconds > LONGEST_CACHE_SECONDS:
+        return (f"more than vac's limit of {LONGEST_CACHE_SECONDS} seconds; "
+                f"the document is fetched again after {LONGEST_CACHE_SECONDS} seconds")
+    return None
+
+
 def _expand_entry(pipe, index, entry, share_total, local_machinetypes, settings, seen):
     where = f"vacuum_pipe {pipe.prefix}: machinetypes[{index}]"
 
@@ -131,9 +146,9 @@ def _expand_entry(pipe, index, entry, share_total, local_machinetypes, settings,
     if not isinstance(entry, dict):
         return None, [problem(None, reason=f"entry is {values.json_type(entry)}, "
                                            "not an object; skipped")]
-    if len(entry) > MAX_KEYS_PER_ENTRY:
+    if len(entry) > MAX_OPTIONS_PER_ENTRY:
         return None, [problem(None, reason=f"entry has {len(entry)} keys, more than "
-                                          f"{MAX_KEYS_PER_ENTRY}; skipped")]
+                                          f"{MAX_OPTIONS_PER_ENTRY}; skipped")]
     if "suffix" not in entry:
         return None, [problem("suffix", reason="entry has no suffix; skipped")]
     suffix = entry["suffix"]
@@ -227,12 +242,12 @@ def _value_text(value) -> str:
 
 
 def effective_machinetypes(local: Mapping[str, Machinetype],
-                           expansions) -> Mapping[str, Machinetype]:
-    """Every machinetype in force: the local ones, with each pipe's machinetypes added.
+                           pipe_machinetypes) -> Mapping[str, Machinetype]:
+    """Every machinetype in force: the local ones, with each pipe's ({name: Machinetype}) added.
 
     A pipe machinetype already carries the local section's options on top, so it
     replaces a local machinetype of the same name."""
     merged = dict(local)
-    for expansion in expansions:
-        merged.update(expansion.machinetypes)
+    for machinetypes in pipe_machinetypes:
+        merged.update(machinetypes)
     return frozen_mapping(sorted(merged.items()))

@@ -31,6 +31,8 @@ class Command:
 
 
 COMMANDS = {}
+# Problems listed per pipe and for the configuration in a status reply.
+STATUS_PROBLEMS_SHOWN = 20
 INT, STR, NUMBER = (int,), (str,), (int, float)
 
 
@@ -70,9 +72,11 @@ def status(ctx, args):
         "machinetypes": machinetypes(ctx, args),
         "helpers": {leaf.id: _child(leaf) for leaf in root.tree.leaves.values()
                     if leaf.spec.role != "slot"},
-        "config_problems": list(factory.config_problems),
+        "config_problems": capped(factory.config_problems),
+        "config_problems_total": len(factory.config_problems),
         "restart_needed": list(factory.restart_needed),
-        "pipes": factory.pipe_status(),
+        "pipes": {prefix: dict(pipe, problems=capped(pipe["problems"], pipe["problems_total"]))
+                  for prefix, pipe in factory.pipe_status().items()},
         "space": factory.space_status(),
         "last_refusal": factory.last_refusal.text if factory.last_refusal else None,
         "uptime_seconds": time.monotonic() - root.started_at if root.started_at else 0,
@@ -193,6 +197,17 @@ def help_(ctx, args):
 
 
 # Helpers.
+
+def capped(problems, total=None):
+    """The first STATUS_PROBLEMS_SHOWN problems, then "and M more" if there were more.
+
+    A pipe of ~1 MB can hold tens of thousands of problems; a status reply must fit a frame."""
+    total = len(problems) if total is None else total
+    shown = [str(problem) for problem in problems[:STATUS_PROBLEMS_SHOWN]]
+    if total > len(shown):
+        shown.append(f"and {total - len(shown)} more")
+    return shown
+
 
 def _slot_number(ctx, number):
     if number not in ctx.factory.table.entries:

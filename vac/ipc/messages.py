@@ -12,9 +12,12 @@ import math
 import types
 import typing
 
-from vac.ipc.framing import MAX_FRAME_BYTES, IpcError, Unencodable
+from vac.config import plain
+from vac.config.values import BadValue
+from vac.ipc.framing import IpcError, Unencodable
 
 PROTOCOL_VERSION = 1
+
 # What any field may hold unless its message declares tighter bounds: room for
 # everything vac sends (a configuration value is at most 64 Ki characters),
 # small enough that no message makes the root walk or keep more than that.
@@ -36,8 +39,6 @@ class Bounds:
 
 DEFAULT_BOUNDS = Bounds()
 ID = Bounds(max_chars=MAX_ID_CHARS)
-
-
 
 
 class MalformedMessage(IpcError):
@@ -296,20 +297,46 @@ class SpaceStatus:
 
 @message("pipe_list")
 class PipeList:
-    """Root to fetcher: the Vacuum Pipes to keep fetched, [{prefix, url}]."""
+    """Root to fetcher: the Vacuum Pipes to keep fetched and what expanding them needs.
+
+    pipes: [{"pipe": the [vacuum_pipe] section, "local": {name: options of a local
+    [machinetype PREFIX-*]}}]; settings: the [settings]; all as config.plain.to_plain gives them.
+    """
     pipes: list
+    settings: dict
 
 
-# The document is the fetcher's to bound (its own size cap); here, at most a frame.
-@message("pipe_document", document=Bounds(max_chars=MAX_FRAME_BYTES))
-class PipeDocument:
-    """Fetcher to root: the document to use for a pipe (None if there is none)."""
+@message("pipe_machinetypes")
+class PipeMachinetypes:
+    """Fetcher to root: a pipe's machinetypes, expanded and checked by the fetcher.
+
+    machinetypes: [to_plain(Machinetype)], rebuilt and checked again on decode;
+    problems: the first problems as bounded text, problems_total: how many there were;
+    usable: False when the pipe yields nothing (no document, or none usable as a whole).
+    """
     prefix: str
     url: str
-    document: bytes | None
+    usable: bool
+    machinetypes: list
+    problems: list
+    problems_total: int
     fetched_at: float | None
     stale: bool
     error: str | None
+
+    def __post_init__(self):
+        # The fetcher parsed an untrusted document: the root takes nothing unchecked,
+        # and a report that fails the check fails the fetcher, never the root.
+        try:
+            plain.machinetypes_from_plain(self.machinetypes, self.prefix)
+            if len(self.problems) > plain.MAX_PROBLEMS_SENT:
+                raise BadValue(f"{len(self.problems)} problems, more than {plain.MAX_PROBLEMS_SENT}")
+            for text in (*self.problems, *([self.error] if self.error is not None else [])):
+                plain.check_problem_text(text)
+            if self.problems_total < len(self.problems):
+                raise BadValue("problems_total is less than the problems sent")
+        except BadValue as error:
+            raise MalformedMessage(f"pipe_machinetypes for {self.prefix!r:.80}: {error}") from None
 
 
 # Root and the reaper.

@@ -13,7 +13,7 @@ import random
 import time
 import uuid as uuidlib
 
-from vac.config import pipes
+from vac.config import pipes, plain
 from vac.config.settings import changed_restart_only, keep_restart_only
 from vac.ipc import messages
 from vac.machine.joboutputs import EXCEEDED_WALLCLOCK
@@ -80,8 +80,8 @@ class Factory:
         self._drain_deadline = None
         self._ended_by_drain = set()
         self.last_outcomes = {}   # slot -> the last finished machine's outcome
-        self.pipe_documents = {}  # prefix -> the latest PipeDocument from the fetcher
-        self.pipe_expansions = {}  # prefix -> PipeExpansion of that document
+        self.pipe_reports = {}    # prefix -> the fetcher's latest PipeMachinetypes
+        self.pipe_machinetypes = {}  # prefix -> {name: Machinetype} of a usable pipe
         self._send_pipe_list = False
         self.machinetypes = config.machinetypes
         # Totals since this root started, for the metrics exporter.
@@ -97,7 +97,7 @@ class Factory:
     def _effective_machinetypes(self):
         return pipes.effective_machinetypes(
             self.config.machinetypes,
-            [self.pipe_expansions[prefix] for prefix in sorted(self.pipe_expansions)])
+            [self.pipe_machinetypes[prefix] for prefix in sorted(self.pipe_machinetypes)])
 
     # Reports from the workers.
 
@@ -136,40 +136,30 @@ class Factory:
                                             "ended_at": msg.ended_at,
                                             "machine_name": machine_name(self.factory_name, slot)}
             self._finished(msg)
-        elif isinstance(msg, messages.PipeDocument):
-            self.pipe_documents[msg.prefix] = msg
-            self._expand_pipe(msg.prefix)
-            self.machinetypes = self._effective_machinetypes()
-            self._changed = True
+        elif isinstance(msg, messages.PipeMachinetypes):
+            self._pipe_report(msg)
 
-    def _expand_pipe(self, prefix):
-        """Expand the latest document of a pipe; a pipe that cannot be used adds nothing."""
-        pipe = self.config.vacuum_pipes.get(prefix)
-        msg = self.pipe_documents.get(prefix)
-        if pipe is None or msg is None or msg.url != pipe.url:
-            self.pipe_expansions.pop(prefix, None)
+    def _pipe_report(self, msg):
+        """Take in a pipe's machinetypes, expanded and checked by the fetcher (and on decode)."""
+        pipe = self.config.vacuum_pipes.get(msg.prefix)
+        if pipe is None or msg.url != pipe.url:
+            # Sent before a reload changed the pipes; the fetcher has the new list.
             return
+        previous = self.pipe_reports.get(msg.prefix)
+        self.pipe_reports[msg.prefix] = msg
         if msg.stale:
             log.warning("pipe %s: refresh failed (%s); using the copy fetched at %d",
-                        prefix, msg.error, msg.fetched_at)
-        if msg.document is None:
-            log.error("pipe %s: no document (%s); its machinetypes are not started",
-                      prefix, msg.error)
-            self.pipe_expansions.pop(prefix, None)
-            return
-        try:
-            expansion = pipes.expand_pipe(pipe, msg.document, self.config.machinetype_options,
-                                          self.config.settings)
-        except pipes.PipeError as error:
-            log.error("pipe %s: unusable document: %s; its machinetypes are not started",
-                      prefix, error)
-            self.pipe_expansions.pop(prefix, None)
-            return
-        for problem in expansion.problems:
-            log.warning("pipe %s: %s", prefix, problem)
-        log.info("pipe %s: %d machinetype(s): %s", prefix, len(expansion.machinetypes),
-                 ", ".join(expansion.machinetypes) or "none")
-        self.pipe_expansions[prefix] = expansion
+                        msg.prefix, msg.error, msg.fetched_at)
+        if msg.usable:
+            self.pipe_machinetypes[msg.prefix] = plain.machinetypes_from_plain(
+                msg.machinetypes, msg.prefix)
+        else:
+            self.pipe_machinetypes.pop(msg.prefix, None)
+        # A refetch of the same document says nothing new: only a change is logged.
+        if previous is None or _pipe_outcome(previous) != _pipe_outcome(msg):
+            _log_pipe_report(msg)
+        self.machinetypes = self._effective_machinetypes()
+        self._changed = True
 
     def _finished(self, msg):
         # A worker that dies between its finished marker and its next record
@@ -218,8 +208,7 @@ class Factory:
         out.extend(self._drain_ends(now))
         if self._send_pipe_list:
             self._send_pipe_list = False
-            out.append((PIPE_FETCHER, messages.PipeList(pipes=[
-                {"prefix": p.prefix, "url": p.url} for p in self.config.vacuum_pipes.values()])))
+            out.append((PIPE_FETCHER, pipe_list(self.config)))
         out.extend(self._repositories_to_watch())
         out.extend(self._local_status())
         if may_start and self.table.free_slots() and self._due(now) and self._adoption_over():
@@ -420,15 +409,15 @@ class Factory:
         """Each pipe's freshness and what it yields, for status."""
         status = {}
         for prefix, pipe in self.config.vacuum_pipes.items():
-            doc = self.pipe_documents.get(prefix)
-            expansion = self.pipe_expansions.get(prefix)
+            report = self.pipe_reports.get(prefix)
             status[prefix] = {
                 "url": pipe.url,
-                "fetched_at": doc.fetched_at if doc else None,
-                "stale": doc.stale if doc else None,
-                "error": doc.error if doc else "not fetched yet",
-                "machinetypes": sorted(expansion.machinetypes) if expansion else [],
-                "problems": [str(p) for p in expansion.problems] if expansion else [],
+                "fetched_at": report.fetched_at if report else None,
+                "stale": report.stale if report else None,
+                "error": report.error if report else "not fetched yet",
+                "machinetypes": sorted(self.pipe_machinetypes.get(prefix, {})),
+                "problems": list(report.problems) if report else [],
+                "problems_total": report.problems_total if report else 0,
             }
         return status
 
@@ -449,9 +438,13 @@ class Factory:
         config = dataclasses.replace(config, settings=keep_restart_only(running, config.settings))
         old = self.machinetypes
         self.config = config
-        # Local options override pipe entries, so every pipe is expanded again.
-        for prefix in list(self.pipe_expansions) + list(self.pipe_documents):
-            self._expand_pipe(prefix)
+        # A pipe dropped or moved adds nothing now; the others keep their machinetypes
+        # until the fetcher, sent the new list below, expands them with the new options.
+        for prefix in list(self.pipe_reports):
+            pipe = config.vacuum_pipes.get(prefix)
+            if pipe is None or pipe.url != self.pipe_reports[prefix].url:
+                self.pipe_reports.pop(prefix)
+                self.pipe_machinetypes.pop(prefix, None)
         self.machinetypes = new = self._effective_machinetypes()
         added = sorted(set(new) - set(old))
         removed = sorted(set(old) - set(new))
@@ -473,3 +466,31 @@ class Factory:
             [terms.machinetype_terms(mt) for mt in self.machinetypes.values()],
             self.histories, running, now)
 
+
+def pipe_list(config):
+    """The PipeList for the fetcher: each pipe with the local options that take precedence."""
+    return messages.PipeList(settings=plain.to_plain(config.settings), pipes=[
+        {"pipe": plain.to_plain(pipe),
+         "local": {name: plain.to_plain(options)
+                   for name, options in config.machinetype_options.items()
+                   if name.startswith(prefix + "-")}}
+        for prefix, pipe in config.vacuum_pipes.items()])
+
+
+def _pipe_outcome(msg):
+    return (msg.usable, tuple(msg.problems), msg.problems_total,
+            tuple(machinetype["name"] for machinetype in msg.machinetypes))
+
+
+def _log_pipe_report(msg):
+    if not msg.usable:
+        log.error("pipe %s: %s; its machinetypes are not started", msg.prefix,
+                  msg.problems[0] if msg.problems else f"no document ({msg.error})")
+        return
+    for problem in msg.problems:
+        log.warning("pipe %s: %s", msg.prefix, problem)
+    if msg.problems_total > len(msg.problems):
+        log.warning("pipe %s: and %d more problem(s)", msg.prefix,
+                    msg.problems_total - len(msg.problems))
+    log.info("pipe %s: %d machinetype(s): %s", msg.prefix, len(msg.machinetypes),
+             ", ".join(machinetype["name"] for machinetype in msg.machinetypes) or "none")

@@ -119,11 +119,11 @@ def pipes(factory):
     """Each configured pipe: when its document was fetched, whether stale, whether in use."""
     out = []
     for prefix in sorted(factory.config.vacuum_pipes):
-        document = factory.pipe_documents.get(prefix)
+        report = factory.pipe_reports.get(prefix)
         out.append({"pipe": prefix,
-                    "fetched_at": document.fetched_at if document is not None else None,
-                    "stale": bool(document.stale) if document is not None else False,
-                    "usable": prefix in factory.pipe_expansions})
+                    "fetched_at": report.fetched_at if report is not None else None,
+                    "stale": bool(report.stale) if report is not None else False,
+                    "usable": prefix in factory.pipe_machinetypes})
     return out
 
 
