@@ -196,6 +196,22 @@ def test_hung_garbage_and_oversize_children_fail_alone(host_factory):
     assert host.proc.poll() is None, "the root survived"
 
 
+def test_a_child_heartbeating_past_its_state_deadline_is_restarted_as_hung(host_factory):
+    host = host_factory("stuck")
+    first = host.wait_for(lambda: all_ready(host, ["slot-00", "slot-01"]))
+    host.wait_events("ready", 2, child="slot-01", timeout=15)
+    [hung] = host.events("hung")
+    assert (hung["child"], hung["state"]) == ("slot-01", "stopping")
+    # Its deadline passed as it became ready; the root waited out the margin (heartbeat_timeout,
+    # 1.5 s), less however long its Ready took to arrive.
+    [ready] = host.events("ready", child="slot-01")[:1]
+    assert hung["t"] - ready["t"] > 1.0
+    # It obeyed SIGTERM (no SIGKILL), and the one with a far deadline was left alone.
+    assert host.events("kill") == []
+    assert host.ready_pids()["slot-00"] == first["slot-00"]
+    assert host.proc.poll() is None
+
+
 def test_sigterm_stops_slots_first_then_helpers_in_reverse_order(host_factory):
     host = host_factory("factory")
     pids = host.wait_for(lambda: all_ready(host, FACTORY))

@@ -103,6 +103,28 @@ def leave_orphan(channel, spec):
         loop.wait(1.0)
 
 
+def stuck_in_a_state(channel, spec):
+    """Heartbeats on, but (the first time) its state stays past the deadline its heartbeats carry."""
+    loop = WorkerLoop(channel, spec, role=spec["child_id"])
+    if not os.path.exists(spec["marker"]):
+        open(spec["marker"], "w").close()
+        stuck_since = time.monotonic()
+        loop.progress = lambda: ("stopping", stuck_since)
+    loop.ready()
+    while not loop.stopping:
+        loop.wait(1.0)
+
+
+def busy_with_a_deadline(channel, spec):
+    """Heartbeats carrying a deadline an hour away: nothing to act on."""
+    loop = WorkerLoop(channel, spec, role=spec["child_id"])
+    deadline = time.monotonic() + 3600
+    loop.progress = lambda: ("running", deadline)
+    loop.ready()
+    while not loop.stopping:
+        loop.wait(1.0)
+
+
 def slow_to_stop(channel, spec):
     """Takes `stop_delay` seconds to stop after SIGTERM (a budget test)."""
     loop = WorkerLoop(channel, spec, role=spec["child_id"])
@@ -207,6 +229,16 @@ def misbehaving():
     return SupervisorSpec(id="vacd", children=(pool,))
 
 
+def stuck():
+    marker = os.path.join(STATE_DIR, "stuck-marker")
+    pool = SupervisorSpec(id="slots", pool=PoolPolicy(), children=(
+        ChildSpec(id="slot-00", target=busy_with_a_deadline, restart=Restart.TRANSIENT, role="slot", **FAST),
+        ChildSpec(id="slot-01", target=stuck_in_a_state, args={"marker": marker},
+                  restart=Restart.TRANSIENT, role="slot", **FAST),
+    ))
+    return SupervisorSpec(id="vacd", children=(pool,))
+
+
 def orphans():
     services = SupervisorSpec(id="services", children=(
         ChildSpec(id="orphan-maker", target=leave_orphan, **FAST),))
@@ -259,7 +291,7 @@ def cvmfs_autofs():
 
 SCENARIOS = {f.__name__.replace("_", "-"): f for f in (
     cvmfs, cvmfs_autofs,
-    factory, crashing_slot, fork_fails, crash_storm, helper_storm, rest_for_one, misbehaving, orphans,
+    factory, crashing_slot, fork_fails, crash_storm, helper_storm, rest_for_one, misbehaving, stuck, orphans,
     shutdown_budget)}
 PROCESSES = {"fork-fails": ForkFailsOnce}
 

@@ -55,6 +55,18 @@ def wants_restart(restart, exit_status, failed):
     return False
 
 
+def overdue_by(deadline, now, margin):
+    """Seconds a child's state has outlived `deadline` + `margin` (> 0: hung), or None if it has not.
+
+    `deadline` is what the child's heartbeats carry: when its state must
+    change (None: nothing is due). A child that heartbeats without moving on
+    is as hung as a silent one; the margin allows for its own last try.
+    """
+    if deadline is None or now <= deadline + margin:
+        return None
+    return now - deadline
+
+
 @dataclasses.dataclass(frozen=True)
 class Intensity:
     """At most `max_restarts` restarts within `period` seconds (Erlang's MaxR/MaxT)."""

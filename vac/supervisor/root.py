@@ -20,7 +20,7 @@ from vac.ipc.channel import WorkerChannel
 from vac.ipc.framing import ChannelClosed, IpcError, Unencodable
 from vac.supervisor import notify, tree as treemod
 from vac.supervisor.barrier import FaultBarrier
-from vac.supervisor.policy import ExitStatus
+from vac.supervisor.policy import ExitStatus, overdue_by
 from vac.supervisor.process import Processes, die_with_parent
 from vac.supervisor.states import ChildState, FactoryState
 
@@ -39,6 +39,9 @@ class Live:
         self.pidfd = spawned.pidfd
         self.last_seen = now
         self.kill_at = None
+        # From its latest heartbeat: its state and when that must change (time.monotonic(), None: nothing due).
+        self.state = None
+        self.state_deadline = None
         self.registered = False   # its channel is in the selector
         self.writing = False      # ... and watched for writability (output waits)
 
@@ -233,6 +236,8 @@ class Root:
                 deadlines.append(live.kill_at)
             elif leaf.state is not ChildState.STOPPING:
                 deadlines.append(live.last_seen + leaf.spec.heartbeat_timeout)
+                if live.state_deadline is not None:
+                    deadlines.append(live.state_deadline + leaf.spec.heartbeat_timeout)
         for deadline in (self.tree.next_deadline(), self.notifier.next_watchdog(),
                          self._reload_at):
             if deadline is not None:
@@ -427,7 +432,10 @@ class Root:
             log.info("%s ready, pid %d", child_id, live.pid)
             self.emit("ready", child=child_id, pid=live.pid)
         elif isinstance(msg, messages.Heartbeat):
-            pass
+            if msg.deadline != live.state_deadline:
+                # A new deadline may fall before the wake-up planned without it.
+                self._busy = True
+            live.state, live.state_deadline = msg.state, msg.deadline
         elif isinstance(msg, messages.StateReport):
             self.reports[child_id] = msg
             self.emit("state", child=child_id, state=msg.state, detail=msg.detail)
@@ -483,12 +491,21 @@ class Root:
                     self.emit("kill", child=child_id, pid=live.pid)
                     live.kill_at = now + 3600  # already killed; wait for the reap
                 continue
+            if leaf.state is ChildState.STOPPING:
+                continue
             silent = now - live.last_seen
-            if leaf.state is not ChildState.STOPPING and silent > leaf.spec.heartbeat_timeout:
+            overdue = overdue_by(live.state_deadline, now, leaf.spec.heartbeat_timeout)
+            if silent > leaf.spec.heartbeat_timeout:
                 log.error("%s (pid %d) silent for %.1fs (limit %.1fs): killing it",
                           child_id, live.pid, silent, leaf.spec.heartbeat_timeout)
                 self.emit("hung", child=child_id, pid=live.pid)
                 self._execute(self.tree.fail(child_id, f"no heartbeat for {silent:.1f}s"))
+            elif overdue is not None:
+                # Heartbeats without progress: the loop turns, the state does not move.
+                log.error("%s (pid %d) still %s %.1fs past the deadline its heartbeats carry (margin %.1fs): "
+                          "killing it", child_id, live.pid, live.state, overdue, leaf.spec.heartbeat_timeout)
+                self.emit("hung", child=child_id, pid=live.pid, state=live.state)
+                self._execute(self.tree.fail(child_id, f"{live.state} {overdue:.1f}s past its deadline"))
 
     def _reap(self):
         now = self.clock()
