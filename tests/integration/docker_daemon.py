@@ -40,8 +40,8 @@ total_processors = {processors}
 mb_per_processor = 128
 hs06_per_processor = 10
 overload_per_processor = 1000
-heartbeat_timeout_seconds = 20
-docker_timeout_seconds = 10
+heartbeat_timeout_seconds = {heartbeat_timeout}
+docker_timeout_seconds = {docker_timeout}
 draining = {draining}
 """
 
@@ -96,11 +96,15 @@ class Machine:
 class Site:
     """A factory's configuration and state directory under one test's tmp_path."""
 
-    def __init__(self, tmp_path, factory, image, machinetypes, processors=2):
+    def __init__(self, tmp_path, factory, image, machinetypes, processors=2, docker_url=None, docker_timeout=10,
+                 heartbeat_timeout=20):
         self.tmp_path = tmp_path
         self.factory = factory
         self.image = image
         self.processors = processors
+        self.docker_url = docker_url
+        self.docker_timeout = docker_timeout
+        self.heartbeat_timeout = heartbeat_timeout
         self.config = tmp_path / "vac.conf"
         self.state_dir = tmp_path / "state"
         self.machinetypes = {}
@@ -115,7 +119,10 @@ class Site:
             files.mkdir(parents=True, exist_ok=True)
             (files / f"{name}.user_data").write_text(machinetype.user_data)
         text = SETTINGS.format(factory=self.factory, processors=self.processors,
-                               draining="yes" if draining else "no")
+                               draining="yes" if draining else "no", docker_timeout=self.docker_timeout,
+                               heartbeat_timeout=self.heartbeat_timeout)
+        if self.docker_url is not None:
+            text += f"docker_url = {self.docker_url}\n"
         text += "".join(MACHINETYPE.format(name=mt.name, image=self.image, message=mt.message,
                                            share=mt.share, fizzle=FIZZLE_SECONDS, backoff=mt.backoff,
                                            wallclock=mt.wallclock, options="\n".join(mt.options))

@@ -13,11 +13,16 @@ import stat
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
+from vac import history
 from vac.ipc import messages
 from vac.machine.layout import MachinePaths, machine_name
+from vac.machine.record import read_record
+from vac.runtimes.docker_api import parse_docker_time
 
+from engine_proxy import EngineProxy
 from slot_driver import SlotDriver, place
 
 SLOT = 3
@@ -62,12 +67,21 @@ def template(tmp_path):
 
 
 @pytest.fixture
+def engine_proxy():
+    """A proxy in front of the engine's socket that holds the answers a test names (engine_proxy.py)."""
+    proxy = EngineProxy()
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
 def workers(tmp_state_dir, factory_label, tmp_path):
     """Starts slot workers for the test; any still running at the end is killed."""
     started = []
 
-    def start(idle=True):
-        driver = SlotDriver(tmp_state_dir, factory_label, SLOT, tmp_path / f"slot-{len(started)}.log").start()
+    def start(idle=True, docker_url=None):
+        driver = SlotDriver(tmp_state_dir, factory_label, SLOT, tmp_path / f"slot-{len(started)}.log",
+                            docker_url=docker_url).start()
         started.append(driver)
         if idle:
             # The root places machines only in slots that report idle.
@@ -360,3 +374,92 @@ def test_an_unreachable_engine_is_reported_while_the_worker_keeps_heartbeating(t
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     finally:
         worker.kill()
+
+
+def history_of(state_dir, uuid):
+    [span] = [m for m in history.machines_between(state_dir, 0, time.time() + 3600) if m.uuid == uuid] or [None]
+    return span
+
+
+def cpu_seconds(pid):
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+# An engine slow to answer statistics, as just after a dockerd restart.
+STATS_REQUEST = r"^GET /v[0-9.]+/containers/[0-9a-f]+/stats"
+STATS_HELD_SECONDS = 7.0
+
+
+@pytest.mark.docker
+def test_a_wall_clock_limit_falling_due_while_a_stats_call_hangs_ends_and_accounts_the_machine(
+        busybox_image, docker_client, factory_label, tmp_state_dir, template, workers, engine_proxy):
+    slow_stats = engine_proxy.hold(STATS_REQUEST, seconds=STATS_HELD_SECONDS)
+    worker = workers(docker_url=engine_proxy.url)
+    place_msg = machine_place(tmp_state_dir, factory_label, template, SLEEP)
+    uuid = place_msg.machine["uuid"]
+    worker.send(place_msg)
+    worker.state("running")
+    began, cpu_before = time.monotonic(), cpu_seconds(worker.pid)
+
+    slow_stats.wait_held()          # a CPU sample is under way and the engine sits on it
+    shutdown_at = int(time.time()) + 2
+    worker.send(messages.LowerShutdown(uuid, shutdown_at))
+    finished = worker.finished(uuid, timeout=30)
+
+    assert (finished.code, finished.text) == (700, "Exceeded max_wallclock_seconds")
+    assert shutdown_at <= finished.ended_at <= shutdown_at + 2, finished.ended_at - shutdown_at
+    assert slow_stats.held[0].answered_at is None or slow_stats.held[0].answered_at > shutdown_at, \
+        "the limit fell due while the statistics call hung"
+    finish_cleanly(docker_client, factory_label, worker, finished)
+    assert (joboutputs(tmp_state_dir, uuid).parent / "finished").exists()
+    assert_accounted_once(tmp_state_dir, [finished], fizzle_seconds=1)
+    span = history_of(tmp_state_dir, uuid)
+    assert (span.started_at, span.ended_at, span.shutdown_code) == (finished.started_at, finished.ended_at, 700)
+
+    # The slot goes on: its next machine runs and ends as usual.
+    next_msg = machine_place(tmp_state_dir, factory_label, template, 'echo "200 Next" > $out/shutdown_message')
+    worker.send(next_msg)
+    following = worker.finished(next_msg.machine["uuid"], timeout=30)
+    assert (following.code, following.text) == (200, "Next")
+    finish_cleanly(docker_client, factory_label, worker, following)
+    # A worker that spins burns a whole processor; a waiting one next to nothing.
+    elapsed, used = time.monotonic() - began, cpu_seconds(worker.pid) - cpu_before
+    assert used < 0.25 * elapsed, f"the worker used {used:.1f} s of CPU in {elapsed:.1f} s"
+
+
+START_REQUEST = r"^POST /v[0-9.]+/containers/[0-9a-f]+/start"
+
+
+@pytest.mark.docker
+def test_a_worker_killed_while_its_container_starts_leaves_a_machine_accounted_from_the_engine_s_start(
+        busybox_image, docker_client, factory_label, tmp_state_dir, template, workers, engine_proxy):
+    start_answer = engine_proxy.hold(START_REQUEST, count=1)
+    first = workers(docker_url=engine_proxy.url)
+    place_msg = machine_place(tmp_state_dir, factory_label, template, WAIT_FOR_GO)
+    uuid = place_msg.machine["uuid"]
+    first.send(place_msg)
+
+    held = start_answer.wait_held()   # the engine has been asked to start it; the worker waits for the answer
+    first.kill()
+    start_answer.release()
+    record = read_record(MachinePaths.for_machine(tmp_state_dir, uuid))
+    assert (record.state, record.started) == ("starting", None), "killed before it could record the start"
+    assert record.start_requested is not None and record.start_requested <= held.asked_at
+
+    [container] = labelled(docker_client, factory_label)
+    out = joboutputs(tmp_state_dir, uuid)
+    wait_for_file(out / "ready")
+    engine_started = parse_docker_time(container.attrs["State"]["StartedAt"])
+    time.sleep(max(0.0, engine_started + 1.2 - time.time()))   # live past fizzle_seconds
+    (out / "go").touch()
+    container.wait(timeout=20)      # it ends before any worker adopts it
+
+    second = workers(idle=False)
+    finished = second.finished(uuid)
+    assert (finished.code, finished.text, finished.started_at) == (200, "Done", engine_started)
+    finish_cleanly(docker_client, factory_label, second, finished)
+    assert read_record(MachinePaths.for_machine(tmp_state_dir, uuid)).started == engine_started
+    assert_accounted_once(tmp_state_dir, [finished], fizzle_seconds=1)
+    span = history_of(tmp_state_dir, uuid)
+    assert (span.started_at, span.ended_at, span.shutdown_code) == (engine_started, finished.ended_at, 200)
