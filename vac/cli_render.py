@@ -102,7 +102,8 @@ def status(result, now):
     if result.get("last_refusal") and not counts.get("running"):
         pairs.append(("not starting", result["last_refusal"]))
     problems = result.get("config_problems") or []
-    pairs.append(("config", f"{len(problems)} problem(s), running configuration kept"
+    total = result.get("config_problems_total", len(problems))
+    pairs.append(("config", f"{total} problem(s), running configuration kept"
                   if problems else "ok"))
     if result.get("restart_needed"):
         pairs.append(("restart needed for", ", ".join(result["restart_needed"])))

@@ -66,7 +66,9 @@ def _criticals(status, slots):
         reasons.append("factory DEGRADED: no new machines start")
     problems = status.get("config_problems") or []
     if problems:
-        reasons.append(f"{_count(len(problems), 'configuration problem')}: {problems[0]}")
+        # The reply lists the first problems only, then "and M more".
+        total = status.get("config_problems_total", len(problems))
+        reasons.append(f"{_count(total, 'configuration problem')}: {problems[0]}")
     fatal = status.get("slots", {}).get("fatal", 0)
     if fatal:
         reasons.append(f"{_slots_named(slots, ('fatal',), fatal)} FATAL (vac reset-slot)")

@@ -191,3 +191,10 @@ def test_json_for_tooling_parses_back_even_with_bytes():
     assert "\n" not in line
     assert json.loads(line)["document"] == '{"machinetypes": []}'
     assert json.loads(cli_render.to_json([RUNNING])) == [RUNNING]
+
+
+def test_a_capped_problem_list_is_counted_by_its_total():
+    shown = [f"vac.conf [machinetype m{i}] target_share = x: not a number" for i in range(20)] + ["and 4980 more"]
+    text = cli_render.status(status_result(config_problems=shown, config_problems_total=5000), NOW)
+    assert "config:        5000 problem(s), running configuration kept" in text
+    assert text.endswith("  and 4980 more")

@@ -137,3 +137,10 @@ def test_the_line_is_one_line_and_its_text_holds_no_perfdata_separator():
 def test_unknown_says_why():
     assert nagios.unknown("vacd is not running (/run/vac/control.sock: No such file)") == (
         nagios.UNKNOWN, "VAC UNKNOWN - vacd is not running (/run/vac/control.sock: No such file)")
+
+
+def test_a_capped_problem_list_is_counted_by_its_total():
+    shown = ["vac.conf [settings] total_processors = many: not a number", "and 311 more"]
+    verdict, line = nagios.evaluate(status(config_problems=shown, config_problems_total=312), now=NOW)
+    assert verdict == nagios.CRITICAL
+    assert "312 configuration problems: vac.conf [settings] total_processors" in line
