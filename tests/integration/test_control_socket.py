@@ -25,6 +25,7 @@ from accounts import ACCOUNT_TOOL_DEADLINE, account_tool, run_as
 from daemon_client import daemon_factory  # noqa: F401 (a fixture)
 from vac.control import protocol
 from vac.control.client import ControlClient, ControlError
+from vac.control.server import MAX_CLIENTS_PER_UID
 from vac.ipc.framing import FrameDecoder
 
 READ_DEADLINE = 10.0        # the server's per-request read deadline
@@ -672,3 +673,69 @@ def test_drain_with_a_deadline_ends_the_machines_and_starts_no_more(
     client.request("drain", deadline=0)
     wait_slots(client, lambda slots: all(s["machine"] is None for s in slots), "the last machines ended")
     client.close()
+
+
+# Places per uid: a reader at its limit locks out nobody else.
+
+def ask_raw(sock, command):
+    """One request on a raw connection; the first frame the daemon answers with."""
+    sock.sendall(protocol.request_frame(1, command))
+    decoder = FrameDecoder(protocol.MAX_REPLY_BYTES)
+    frames = []
+    while not frames:
+        chunk = sock.recv(65536)
+        assert chunk, "the daemon closed the connection without a word"
+        frames = decoder.feed(chunk)
+    return frames[0]
+
+
+def test_a_reader_holding_its_most_connections_locks_out_neither_root_nor_an_admin(
+        tmp_path, daemon_factory, socket_dir, accounts):  # noqa: F811
+    site = Site(tmp_path, socket_dir, extra=f"admin_group = {accounts['admin_group']}\n"
+                                            f"readonly_group = {accounts['readonly_group']}\n")
+    daemon = site.start(daemon_factory)
+    path = site.socket
+    entry = pwd.getpwnam(accounts["reader"])
+    handover, received = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+    def hold_every_place():
+        # Connected as the reader, then handed to the test: the daemon keeps seeing the reader.
+        held = [raw_connection(path) for _ in range(MAX_CLIENTS_PER_UID)]
+        answers = [ask_raw(sock, "help")["ok"] for sock in held]
+        one_more = ask_raw(raw_connection(path), "status")
+        socket.send_fds(handover, [b"held"], [sock.fileno() for sock in held])
+        return {"answers": answers, "one_more": one_more}
+
+    outcome = run_as(entry.pw_uid, entry.pw_gid, os.getgrouplist(accounts["reader"], entry.pw_gid),
+                     hold_every_place, what="the reader holding its places")
+    assert "crash" not in outcome, outcome
+    assert outcome["answers"] == [True] * MAX_CLIENTS_PER_UID
+    refusal = outcome["one_more"]
+    assert (refusal["ok"], refusal["code"]) == (False, protocol.DENIED)
+    assert refusal["error"].startswith(
+        f"too many control connections from uid {entry.pw_uid} (at most {MAX_CLIENTS_PER_UID})")
+    _, fds, _, _ = socket.recv_fds(received, 16, MAX_CLIENTS_PER_UID)
+    held = [socket.socket(fileno=fd) for fd in fds]
+    assert len(held) == MAX_CLIENTS_PER_UID
+
+    # Root and an admin are served at once meanwhile; the reader is still refused a ninth.
+    with ControlClient(path) as client:
+        assert timed_status(client) < PROMPT
+    [[admin_reply]] = as_account(accounts["admin"], path, [[("status", {})]])["replies"]
+    assert admin_reply["ok"], admin_reply
+    [[reader_reply]] = as_account(accounts["reader"], path, [[("status", {})]])["replies"]
+    assert reader_reply["code"] == protocol.DENIED and "too many" in reader_reply["error"]
+    # The held places were live all along, and closing them gives them back.
+    assert all(ask_raw(sock, "help")["ok"] for sock in held)
+    for sock in held:
+        sock.close()
+    handover.close()
+    received.close()
+    deadline = time.monotonic() + 5
+    while True:
+        [[reader_reply]] = as_account(accounts["reader"], path, [[("status", {})]])["replies"]
+        if reader_reply["ok"]:
+            break
+        assert time.monotonic() < deadline, reader_reply
+        time.sleep(0.05)
+    assert daemon.proc.poll() is None

@@ -17,6 +17,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from vac import logs  # noqa: E402
+from vac.ipc import messages  # noqa: E402
 from vac.supervisor import policy  # noqa: E402
 from vac.supervisor.build import TreeSettings, build_tree  # noqa: E402
 from vac.supervisor.process import Processes  # noqa: E402
@@ -195,15 +196,18 @@ def crash_storm():
 
 
 def helper_storm():
+    # Escalation is what is tested here: helpers wait only a little before each restart.
+    quick = policy.HelperRestartPolicy(first_delay=0.05, max_delay=0.2)
     services = SupervisorSpec(
-        id="services", intensity=policy.Intensity(max_restarts=2, period=10.0), children=(
+        id="services", intensity=policy.Intensity(max_restarts=2, period=10.0), helper_restart=quick,
+        children=(
             ChildSpec(id="good-helper", target=idle, **FAST),
             ChildSpec(id="bad-helper", target=crash_at_once, **FAST),
         ))
     slots = SupervisorSpec(id="slots", pool=PoolPolicy(), children=(
         ChildSpec(id="slot-00", target=idle, restart=Restart.TRANSIENT, role="slot", **FAST),))
     return SupervisorSpec(id="vacd", intensity=policy.Intensity(max_restarts=1, period=10.0),
-                          degraded_retry=1.0, children=(services, slots))
+                          degraded_retry=1.0, helper_restart=quick, children=(services, slots))
 
 
 def rest_for_one():
@@ -296,6 +300,86 @@ SCENARIOS = {f.__name__.replace("_", "-"): f for f in (
 PROCESSES = {"fork-fails": ForkFailsOnce}
 
 
+# Faults in the root's own services: each must cost only what it was serving.
+
+LARGE_NAMES = 10_000   # ~570 kB of repository names: more than a socket takes at once
+
+
+def talker(channel, spec):
+    """Reports a state the app chokes on, then one it takes; then waits for the app's
+    large message and reports how many names arrived."""
+    loop = WorkerLoop(channel, spec, role=spec["child_id"])
+    loop.ready()
+    loop.report("bug")
+    loop.report("fine")
+    while not loop.stopping:
+        for msg in loop.wait(1.0):
+            if isinstance(msg, messages.Repositories):
+                loop.report("received", names=len(msg.names), last=msg.names[-1])
+
+
+class FaultyApp:
+    """Stands for the factory: a bug on one message and in one tick, and one large message."""
+
+    def __init__(self):
+        self.outbox = []
+        self.ticks = 0
+
+    def on_message(self, child_id, msg):
+        if msg.state == "bug":
+            raise KeyError("a bug in the factory's handling of one message")
+        if msg.state == "fine":
+            names = [f"{n:05d}." + "r" * 50 for n in range(LARGE_NAMES)]
+            self.outbox.append((child_id, messages.Repositories(names=names)))
+
+    def tick(self, may_start):
+        self.ticks += 1
+        if self.ticks == 2:
+            raise ValueError("a bug in one tick")
+        out, self.outbox = self.outbox, []
+        return out
+
+    def next_deadline(self):
+        return None
+
+    def on_child_exit(self, child_id):
+        pass
+
+
+class FaultyService:
+    """A service of the loop whose second pass fails."""
+
+    def __init__(self):
+        self.passes = 0
+
+    def next_deadline(self):
+        return None
+
+    def on_pass(self, now):
+        self.passes += 1
+        if self.passes == 2:
+            raise RuntimeError("a bug in one pass of a service")
+
+
+def faults():
+    services = SupervisorSpec(id="services", children=(ChildSpec(id="talker", target=talker, **FAST),))
+    return SupervisorSpec(id="vacd", children=(services,))
+
+
+def prepare_faults(root):
+    def failing_observer(event):
+        if event["event"] == "ready":
+            raise RuntimeError("a bug in an observer")
+
+    root.app = FaultyApp()
+    root.add_service(FaultyService())
+    root.observers.insert(0, failing_observer)
+
+
+SCENARIOS["faults"] = faults
+PREPARE = {"faults": prepare_faults}
+
+
 def main():
     scenario, events_path = sys.argv[1], sys.argv[2]
     logs.configure("INFO")
@@ -306,6 +390,7 @@ def main():
 
     processes = PROCESSES.get(scenario, Processes)()
     root = Root(SCENARIOS[scenario](), observer=observe, processes=processes)
+    PREPARE.get(scenario, lambda root: None)(root)
 
     def on_command():
         line = sys.stdin.readline()

@@ -233,11 +233,14 @@ def test_restart_time_with_a_closed_breaker_is_the_wanted_time():
 
 # Helpers: permanent, a short growing delay before each restart.
 
+ROOMY = Intensity(max_restarts=5, period=30.0)   # the factory's helper group
+
+
 def test_a_helper_failing_at_once_waits_longer_each_time_up_to_a_few_seconds():
     policy = HelperRestartPolicy()
     now, failed, delays = T0, 0, []
     for _ in range(7):
-        decision = helper_restart(failed, None, now, policy)
+        decision = helper_restart(failed, None, now, policy, ROOMY)
         delays.append(decision.at - now)
         failed, now = decision.failed_starts, decision.at + 0.1
     assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0]
@@ -246,18 +249,21 @@ def test_a_helper_failing_at_once_waits_longer_each_time_up_to_a_few_seconds():
 
 def test_a_helper_that_ran_well_starts_its_count_again():
     policy = HelperRestartPolicy(healthy_after=10.0)
-    assert helper_restart(5, T0, T0 + 10.0, policy) == HelperRestart(failed_starts=1, at=T0 + 10.5)
+    assert helper_restart(5, T0, T0 + 10.0, policy, ROOMY) == HelperRestart(failed_starts=1, at=T0 + 10.5)
     # Ready, but not up long enough: still a quick failure.
-    assert helper_restart(5, T0, T0 + 9.9, policy).at == T0 + 9.9 + 4.0
+    assert helper_restart(5, T0, T0 + 9.9, policy, ROOMY).at == T0 + 9.9 + 4.0
 
 
-def test_helper_delays_stay_short_of_the_intensity_period_so_escalation_still_happens():
-    # A helper failing at once is restarted more than max_restarts times within the
-    # period while it waits: escalation (and DEGRADED) are not postponed by the delay.
-    policy, intensity = HelperRestartPolicy(), Intensity()
-    now, failed, history, exceeded = T0, 0, (), False
-    while not exceeded:
-        history, exceeded = record_restart(history, now, intensity)
-        decision = helper_restart(failed, None, now, policy)
-        failed, now = decision.failed_starts, decision.at + 0.01
-    assert now - T0 < 2 * intensity.period
+@pytest.mark.parametrize("intensity", [Intensity(), Intensity(2, 10.0), ROOMY, Intensity(0, 1.0)])
+def test_a_helper_failing_at_once_exceeds_its_intensity_however_long_it_keeps_failing(intensity):
+    # Its delays never spread its restarts wider than the intensity allows: every
+    # round of max_restarts + 1 quick failures escalates, the first and the tenth alike.
+    policy = HelperRestartPolicy()
+    now, failed = T0, 0
+    for _ in range(10):
+        history, exceeded = (), False
+        while not exceeded:
+            history, exceeded = record_restart(history, now, intensity)
+            decision = helper_restart(failed, None, now, policy, intensity)
+            failed, now = decision.failed_starts, decision.at + 0.001
+    assert failed >= 10

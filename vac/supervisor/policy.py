@@ -106,16 +106,19 @@ class HelperRestart:
     at: float
 
 
-def helper_restart(failed_starts, ready_at, now, policy):
+def helper_restart(failed_starts, ready_at, now, policy, intensity):
     """Decide a helper's restart time: first_delay × 2^(n-1) after its n-th quick failure.
 
     A helper that became ready and ran `healthy_after` seconds starts a new
-    count; its delay never exceeds max_delay.
+    count. The delay never exceeds max_delay, nor period / (max_restarts + 1)
+    of its group's `intensity`: a helper that fails at once must still exceed
+    the intensity and escalate, however long it keeps failing.
     """
     if ready_at is not None and now - ready_at >= policy.healthy_after:
         failed_starts = 0
     failed_starts += 1
-    delay = min(policy.first_delay * 2 ** (failed_starts - 1), policy.max_delay)
+    longest = min(policy.max_delay, intensity.period / (intensity.max_restarts + 1))
+    delay = min(policy.first_delay * 2 ** (failed_starts - 1), longest)
     return HelperRestart(failed_starts=failed_starts, at=now + delay)
 
 

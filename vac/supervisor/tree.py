@@ -245,7 +245,8 @@ class Tree:
         if leaf.parent.spec.pool is not None:
             return self._pool_restart(leaf, failed or not exit_status.normal, now)
         decision = policy.helper_restart(leaf.failed_starts, leaf.ready_at, now,
-                                         leaf.parent.spec.helper_restart)
+                                         leaf.parent.spec.helper_restart,
+                                         leaf.parent.spec.intensity)
         leaf.failed_starts = decision.failed_starts
         leaf.state = ChildState.STOPPED
         log.warning("%s restarts in %.1fs (quick failures in a row: %d)",
