@@ -32,6 +32,27 @@ class Sub:
     render: Callable | None = None              # (result, now) -> text; None: a changing command
 
 
+MAX_SECONDS = 7 * 86400
+
+
+def seconds(text):
+    """A command-line duration: a finite number of seconds from 0 to a week."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and {MAX_SECONDS} seconds")
+    return value
+
+
+def positive_seconds(text):
+    value = seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
+    return value
+
+
 SLOT = (("slot",), {"type": int, "metavar": "SLOT", "help": "slot number, as in vac slots"})
 MACHINETYPE = (("machinetype",), {"metavar": "MACHINETYPE"})
 SUBCOMMANDS = {
@@ -40,7 +61,7 @@ SUBCOMMANDS = {
     "slot": Sub("one slot in detail", (SLOT,), lambda a: {"slot": a.slot}, cli_render.slot),
     "machinetypes": Sub("machinetypes in a table", render=cli_render.machinetypes),
     "drain": Sub("start no new machines", ((("--deadline",), {
-        "type": float, "metavar": "SECONDS",
+        "type": seconds, "metavar": "SECONDS",
         "help": "end running machines after SECONDS (100 shutdown_message)"}),),
         lambda a: {} if a.deadline is None else {"deadline": a.deadline}),
     "undrain": Sub("start machines again after a drain"),
@@ -67,7 +88,7 @@ def build_parser():
     parser.add_argument("--socket", metavar="PATH",
                         default=os.environ.get("VAC_SOCKET") or DEFAULT_SOCKET,
                         help="vacd's control socket (default $VAC_SOCKET or %(default)s)")
-    parser.add_argument("--timeout", metavar="S", type=float, default=10.0,
+    parser.add_argument("--timeout", metavar="S", type=positive_seconds, default=10.0,
                         help="seconds to wait for vacd's answer (default %(default)s)")
     json_flag = argparse.ArgumentParser(add_help=False)
     json_flag.add_argument("--json", action="store_true", help="print JSON for tooling")
@@ -81,7 +102,7 @@ def build_parser():
     check = sub.add_parser("check", help="Nagios/NRPE plugin: OK/WARNING/CRITICAL/UNKNOWN",
                            description=nagios.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    check.add_argument("--idle-warning", metavar="SECONDS", type=float,
+    check.add_argument("--idle-warning", metavar="SECONDS", type=positive_seconds,
                        default=nagios.IDLE_WARNING_SECONDS,
                        help="warn when no machine has run this long (default %(default)s)")
     config = sub.add_parser("check-config", help="print the effective configuration or its errors")

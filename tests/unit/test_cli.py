@@ -12,7 +12,11 @@ from vac.ipc.framing import FrameDecoder
 
 
 def test_usage_errors_exit_2(capsys):
-    for argv in (["slot"], ["slot", "three"], ["no-such-command"], ["drain", "--deadline", "x"]):
+    for argv in (["slot"], ["slot", "three"], ["no-such-command"], ["drain", "--deadline", "x"],
+                 # Out-of-range times once reached the socket layer and ended in a traceback.
+                 ["--timeout", "-5", "status"], ["--timeout", "nan", "status"], ["--timeout", "inf", "slots"],
+                 ["--timeout", "0", "status"], ["drain", "--deadline", "nan"], ["drain", "--deadline", "-1"],
+                 ["check", "--idle-warning", "1e400"]):
         with pytest.raises(SystemExit) as exit_:
             cli.main(argv)
         assert exit_.value.code == cli.EXIT_USAGE
