@@ -27,13 +27,22 @@ log = logging.getLogger("vac.daemon")
 RELOAD_SETTLE_SECONDS = 0.5
 
 
+def _path_argument(text):
+    """A path on the command line, relative to the working directory; an empty one is a mistake."""
+    if not text or "\0" in text:
+        # abspath("") is the working directory: never what an operator meant.
+        raise argparse.ArgumentTypeError(f"{text!r} is not a path")
+    return os.path.abspath(text)
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="vacd", description="vac container factory daemon")
     parser.add_argument("--config", action="append", metavar="FILE",
                         help="configuration file (repeatable; default: /etc/vac.d/*.conf, "
                              "/etc/vac.conf, /var/run/vac.conf)")
-    parser.add_argument("--state-dir", metavar="DIR", help="state directory (default /var/lib/vac)")
-    parser.add_argument("--socket", metavar="PATH",
+    parser.add_argument("--state-dir", metavar="DIR", type=_path_argument,
+                        help="state directory (default /var/lib/vac)")
+    parser.add_argument("--socket", metavar="PATH", type=_path_argument,
                         help="control socket (default /run/vac/control.sock)")
     parser.add_argument("--check-config", action="store_true",
                         help="print the effective configuration or its errors; exit 0 or 1")

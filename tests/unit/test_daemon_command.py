@@ -8,3 +8,21 @@ def test_an_unwritable_log_file_is_one_line_and_exit_1(tmp_path, capsys):
     assert daemon.main(["--log-file", str(missing), "--check-config"]) == 1
     err = capsys.readouterr().err
     assert err == f"vacd: cannot log to {missing}: No such file or directory\n"
+
+
+def test_paths_on_the_command_line_are_made_absolute_and_checked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = daemon.parse_args(["--state-dir", ".vac-demo", "--socket", "run/control.sock"])
+    assert (args.state_dir, args.socket) == (str(tmp_path / ".vac-demo"), str(tmp_path / "run" / "control.sock"))
+
+
+def test_an_empty_path_is_a_usage_error(capsys):
+    for argv in (["--state-dir", ""], ["--socket", ""]):
+        try:
+            daemon.parse_args(argv)
+        except SystemExit as exit_:
+            assert exit_.code == 2
+        else:
+            raise AssertionError(f"{argv} was accepted")
+    err = capsys.readouterr().err
+    assert "argument --state-dir: '' is not a path" in err and "argument --socket: '' is not a path" in err
