@@ -3,13 +3,11 @@
 import http.server
 import json
 import os
-import shutil
-import ssl
-import subprocess
 import threading
 import time
 
 import pytest
+from tls_certificate import serve_tls
 
 import vac
 from vac.config.fetch import cache_path, fetch_pipe, read_cached
@@ -232,24 +230,20 @@ class socket_port:
 @pytest.fixture
 def tls_server(server, tmp_path):
     """The same server behind TLS with a certificate from a CA only the test knows."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed, so no test certificate can be made")
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(str(cert), str(key))
-    server.httpd.socket = context.wrap_socket(server.httpd.socket, server_side=True)
-    # A grid-style CA directory: the certificate under its subject hash.
-    ca_dir = tmp_path / "certificates"
-    ca_dir.mkdir()
-    subject_hash = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", str(cert)],
-                                  check=True, capture_output=True, text=True, timeout=60).stdout.strip()
-    shutil.copy(cert, ca_dir / f"{subject_hash}.0")
+    cert, ca_dir = serve_tls(server.httpd, tmp_path)
     server.routes["/p"] = {"status": 200, "body": GOOD}
     return f"https://127.0.0.1:{server.httpd.server_address[1]}/p", cert, ca_dir
+
+
+@pytest.fixture
+def plain_server():
+    """A second server, plain http, beside the TLS one."""
+    pipe_server = PipeServer()
+    pipe_server.thread.start()
+    yield pipe_server
+    pipe_server.httpd.shutdown()
+    pipe_server.httpd.server_close()
+    pipe_server.thread.join(10)
 
 
 def test_https_is_verified_against_the_system_cas_plus_the_grid_ca_directory(tls_server, tmp_path):
@@ -258,3 +252,19 @@ def test_https_is_verified_against_the_system_cas_plus_the_grid_ca_directory(tls
     assert refused.document is None and "CERTIFICATE_VERIFY_FAILED" in refused.error
     assert fetch(url, tmp_path / "b", 1000.0, ca_paths=(str(ca_dir),)).document == GOOD
     assert fetch(url, tmp_path / "c", 1000.0, ca_paths=(str(cert),)).document == GOOD
+
+
+def test_a_redirect_from_https_down_to_http_is_refused(server, tls_server, plain_server, tmp_path):
+    url, _, ca_dir = tls_server
+    plain_server.routes["/p"] = {"status": 200, "body": GOOD}
+    server.routes["/down"] = {"status": 302, "body": b"", "location": plain_server.url("/p")}
+    result = fetch(url.replace("/p", "/down"), tmp_path, 1000.0, ca_paths=(str(ca_dir),))
+    assert result.document is None
+    assert "refused" in result.error and plain_server.url("/p") in result.error
+    assert plain_server.count("/p") == 0
+
+
+def test_a_redirect_from_http_up_to_https_is_followed(tls_server, plain_server, tmp_path):
+    url, _, ca_dir = tls_server
+    plain_server.routes["/up"] = {"status": 302, "body": b"", "location": url}
+    assert fetch(plain_server.url("/up"), tmp_path, 1000.0, ca_paths=(str(ca_dir),)).document == GOOD

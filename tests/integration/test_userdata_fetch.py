@@ -5,6 +5,7 @@ import threading
 import time
 
 import pytest
+from tls_certificate import serve_tls
 
 from vac.machine.userdata import USER_AGENT, Template, UserDataError, fetch_url, obtain_template
 
@@ -13,6 +14,9 @@ TEMPLATE = b"#!/bin/sh\necho ##user_data_uuid## from ##user_data_url##\n"
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     seen_user_agents: list = []
+    seen_paths: list = []
+    # Where /to-plain and /to-tls send a client: the plain and the TLS server.
+    plain_url = tls_url = ""
 
     def log_message(self, *args):
         pass  # keep pytest output clean
@@ -27,12 +31,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         _Handler.seen_user_agents.append(self.headers.get("User-Agent"))
+        _Handler.seen_paths.append(self.path)
         if self.path == "/template":
             self._send(200, TEMPLATE)
         elif self.path == "/redirect":
             self._send(302, b"", [("Location", "/template")])
         elif self.path == "/to-file":
             self._send(302, b"", [("Location", "file:///etc/shadow")])
+        elif self.path == "/to-plain":
+            self._send(302, b"", [("Location", f"{_Handler.plain_url}/template")])
+        elif self.path == "/to-tls":
+            self._send(302, b"", [("Location", f"{_Handler.tls_url}/template")])
         elif self.path == "/missing":
             self._send(404, b"not here")
         elif self.path == "/broken":
@@ -79,7 +88,21 @@ def server():
     httpd = _QuietServer(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    _Handler.plain_url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield _Handler.plain_url
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    """The same handler behind TLS; yields its URL and a CA directory that trusts it."""
+    httpd = _QuietServer(("127.0.0.1", 0), _Handler)
+    _, ca_dir = serve_tls(httpd, tmp_path)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    _Handler.tls_url = f"https://127.0.0.1:{httpd.server_address[1]}"
+    yield _Handler.tls_url, ca_dir
     httpd.shutdown()
     httpd.server_close()
 
@@ -135,3 +158,16 @@ def test_dripping_server_cannot_outlast_the_deadline(server):
 def test_refused_connection_is_an_error(tmp_path):
     with pytest.raises(UserDataError, match="127.0.0.1:9"):
         fetch_url("http://127.0.0.1:9/template", timeout=2)
+
+
+def test_a_redirect_from_https_down_to_http_is_refused(server, tls_server):
+    tls_url, ca_dir = tls_server
+    _Handler.seen_paths.clear()
+    with pytest.raises(UserDataError, match="refused"):
+        fetch_url(f"{tls_url}/to-plain", timeout=5, ca_paths=(str(ca_dir),))
+    assert _Handler.seen_paths == ["/to-plain"]
+
+
+def test_a_redirect_from_http_up_to_https_is_followed(server, tls_server):
+    _, ca_dir = tls_server
+    assert fetch_url(f"{server}/to-tls", timeout=5, ca_paths=(str(ca_dir),)) == TEMPLATE

@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import json
 import logging
 import os
-import ssl
 import tempfile
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 
 import vac
 from vac.config.pipes import MAX_DOCUMENT_BYTES, PipeError, cache_seconds_of, parse_pipe_document
+from vac.http_fetch import DEFAULT_TIMEOUT_SECONDS, GRID_CA_PATH, FetchFailed, fetch
 
 log = logging.getLogger(__name__)
-
-GRID_CA_PATH = "/etc/grid-security/certificates"
-DEFAULT_TIMEOUT_SECONDS = 30.0
-_CHUNK_BYTES = 65536
 
 
 @dataclass(frozen=True)
@@ -39,10 +30,6 @@ class FetchResult:
     # True when a refresh failed and the last good copy is in use.
     stale: bool = False
     error: str | None = None
-
-
-class FetchFailed(Exception):
-    """A refresh did not produce a usable document; the message says why."""
 
 
 def default_user_agent() -> str:
@@ -90,8 +77,9 @@ def fetch_pipe(url: str, cache_dir: str, now: float, *,
             if fetched_at <= now < fetched_at + lifetime:
                 return FetchResult(url, document, fetched_at, requested=False)
     try:
-        document = download(url, timeout_seconds=timeout_seconds, max_bytes=max_bytes,
-                            user_agent=user_agent or default_user_agent(), ca_paths=ca_paths)
+        document = fetch(url, timeout_seconds=timeout_seconds, max_bytes=max_bytes,
+                         user_agent=user_agent or default_user_agent(), ca_paths=ca_paths,
+                         accept="application/json")
         parse_pipe_document(document)
     except (FetchFailed, PipeError) as error:
         if cached is None:
@@ -103,86 +91,6 @@ def fetch_pipe(url: str, cache_dir: str, now: float, *,
     _save(url, cache_dir, document, now)
     log.info("fetched pipe %s (%d bytes)", url, len(document))
     return FetchResult(url, document, now, requested=True)
-
-
-def download(url: str, *, timeout_seconds: float, max_bytes: int, user_agent: str,
-             ca_paths=(GRID_CA_PATH,)) -> bytes:
-    """The body of a 200 response to GET url, within the time and size bounds, or FetchFailed."""
-    try:
-        scheme = urllib.parse.urlsplit(url).scheme
-    except ValueError as error:
-        raise FetchFailed(f"bad URL: {error}") from None
-    if scheme not in ("http", "https"):
-        raise FetchFailed("only http:// and https:// URLs are fetched")
-    deadline = time.monotonic() + timeout_seconds
-    request = urllib.request.Request(url, headers={"User-Agent": user_agent,
-                                                   "Accept": "application/json"})
-    try:
-        with _opener(ca_paths).open(request, timeout=timeout_seconds) as response:
-            if response.status != 200:
-                raise FetchFailed(f"HTTP status {response.status}, not 200")
-            length = response.headers.get("Content-Length", "")
-            if length.isdigit() and int(length) > max_bytes:
-                raise FetchFailed(
-                    f"document is {length} bytes, more than the {max_bytes} bytes allowed")
-            return _read_bounded(response, max_bytes, deadline, timeout_seconds)
-    except urllib.error.HTTPError as error:
-        error.close()
-        raise FetchFailed(f"HTTP status {error.code} {error.reason}") from None
-    except urllib.error.URLError as error:
-        raise FetchFailed(f"cannot fetch: {error.reason}") from None
-    except TimeoutError:
-        raise FetchFailed(f"no answer within {timeout_seconds:g} seconds") from None
-    except (OSError, http.client.HTTPException, ssl.SSLError) as error:
-        raise FetchFailed(f"cannot fetch: {error!r}") from None
-    except ValueError as error:
-        raise FetchFailed(f"bad URL: {error}") from None
-
-
-def _read_bounded(response, max_bytes, deadline, timeout_seconds) -> bytes:
-    # read1 returns after one receive, so the deadline also bounds a slow trickle;
-    # each receive is bounded by the socket timeout.
-    chunks, size = [], 0
-    while True:
-        chunk = response.read1(min(_CHUNK_BYTES, max_bytes + 1 - size))
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > max_bytes:
-            raise FetchFailed(f"document is larger than {max_bytes} bytes")
-        if time.monotonic() > deadline:
-            raise FetchFailed(f"document not complete within {timeout_seconds:g} seconds")
-
-
-class _SameOrSaferRedirect(urllib.request.HTTPRedirectHandler):
-    """Follow redirects only to http(s), and never from https down to http."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        old_scheme = urllib.parse.urlsplit(req.full_url).scheme
-        new_scheme = urllib.parse.urlsplit(newurl).scheme
-        if new_scheme not in ("http", "https") or (old_scheme, new_scheme) == ("https", "http"):
-            raise urllib.error.URLError(f"redirect to {newurl!r} refused")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def _opener(ca_paths) -> urllib.request.OpenerDirector:
-    # Built by hand so file:, ftp: and data: URLs have no handler at all.
-    context = ssl.create_default_context()
-    for path in ca_paths:
-        try:
-            if os.path.isdir(path):
-                context.load_verify_locations(capath=path)
-            elif os.path.isfile(path):
-                context.load_verify_locations(cafile=path)
-        except (OSError, ssl.SSLError) as error:
-            log.warning("cannot use CA certificates from %s: %s", path, error)
-    opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.ProxyHandler(), urllib.request.HTTPHandler(),
-                    urllib.request.HTTPSHandler(context=context), _SameOrSaferRedirect(),
-                    urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor()):
-        opener.add_handler(handler)
-    return opener
 
 
 def _save(url: str, cache_dir: str, document: bytes, now: float) -> None:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
-import ssl
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from vac import __version__
+from vac.http_fetch import DEFAULT_TIMEOUT_SECONDS, GRID_CA_PATH, FetchFailed, FetchTimedOut, fetch
 from vac.machine.atomicfile import write_atomic
 from vac.machine.layout import USER_DATA_MODE, MachinePaths
 
@@ -21,15 +18,11 @@ log = logging.getLogger(__name__)
 USER_AGENT = f"vac/{__version__}"
 MANAGER_VERSION = f"Vac-compatible vac {__version__}"
 
-FETCH_TIMEOUT_SECONDS = 30.0
 MAX_TEMPLATE_BYTES = 4 * 1024 * 1024
 # What a machine's /user_data may grow to once filled in: room for the largest
 # template plus a few option files, far below what fills a state disk.
 MAX_RENDERED_BYTES = 8 * 1024 * 1024
 MAX_OPTION_FILE_BYTES = 1024 * 1024
-GRID_CA_PATH = Path("/etc/grid-security/certificates")
-
-_READ_CHUNK = 65536
 _OPTION_NAME = re.compile(r"[a-z0-9_]+")
 # Every pattern, filled or not: one left unfilled is deleted (INTERFACES.md §5).
 _PATTERN = re.compile(r"##user_data_([a-z0-9_]*)##")
@@ -77,64 +70,16 @@ def _decode(data: bytes) -> str:
     return data.decode("utf-8", errors="surrogateescape")
 
 
-def _ssl_context(ca_path: Path | None) -> ssl.SSLContext:
-    if ca_path is not None and ca_path.is_dir():
-        # Grid sites publish the CAs their servers use here, as Vac relied on.
-        return ssl.create_default_context(capath=str(ca_path))
-    return ssl.create_default_context()
-
-
-def _opener(ca_path: Path | None) -> urllib.request.OpenerDirector:
-    # Only HTTP(S): a redirect to ftp:// or file:// must fail, not be followed.
-    opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.ProxyHandler(),
-                    urllib.request.HTTPHandler(),
-                    urllib.request.HTTPSHandler(context=_ssl_context(ca_path)),
-                    urllib.request.HTTPRedirectHandler(),
-                    urllib.request.HTTPDefaultErrorHandler(),
-                    urllib.request.HTTPErrorProcessor()):
-        opener.add_handler(handler)
-    return opener
-
-
-def fetch_url(url: str, timeout: float = FETCH_TIMEOUT_SECONDS, max_bytes: int = MAX_TEMPLATE_BYTES,
-              ca_path: Path | None = GRID_CA_PATH) -> bytes:
-    """GET `url`: status 200 only, at most `max_bytes`, within `timeout` seconds (plus one socket read).
-
-    Every socket operation times out after `timeout`, and the transfer is abandoned
-    once the overall deadline has passed, so a server that drips bytes cannot hold
-    the slot for longer than about twice `timeout`.
-    """
-    deadline = time.monotonic() + timeout
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+def fetch_url(url: str, timeout: float = DEFAULT_TIMEOUT_SECONDS, max_bytes: int = MAX_TEMPLATE_BYTES,
+              ca_paths: Iterable[str] = (GRID_CA_PATH,)) -> bytes:
+    """GET `url` by the rules of vac.http_fetch (status 200, size cap, deadline, no https->http)."""
     try:
-        with _opener(ca_path).open(request, timeout=timeout) as response:
-            if response.status != 200:
-                raise UserDataError(f"fetching {url} gave HTTP status {response.status}, not 200")
-            declared = response.headers.get("Content-Length")
-            if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-                raise UserDataError(f"{url} is {declared} bytes, more than the limit of {max_bytes}")
-            chunks: list[bytes] = []
-            received = 0
-            while True:
-                if time.monotonic() > deadline:
-                    raise UserDataError(f"fetching {url} took longer than {timeout:g} s; abandoned")
-                # read1: return what has arrived instead of waiting for a full chunk.
-                chunk = response.read1(_READ_CHUNK)
-                if not chunk:
-                    break
-                received += len(chunk)
-                if received > max_bytes:
-                    raise UserDataError(f"{url} is more than the limit of {max_bytes} bytes")
-                chunks.append(chunk)
-    except urllib.error.HTTPError as error:
-        raise UserDataError(f"fetching {url} gave HTTP status {error.code} ({error.reason})") from error
-    except urllib.error.URLError as error:
-        raise UserDataError(f"fetching {url} failed: {error.reason}") from error
-    except (OSError, ValueError) as error:
-        # socket timeouts, resets, and malformed URLs or responses
-        raise UserDataError(f"fetching {url} failed: {error}") from error
-    return b"".join(chunks)
+        return fetch(url, timeout_seconds=timeout, max_bytes=max_bytes, user_agent=USER_AGENT,
+                     ca_paths=ca_paths)
+    except FetchTimedOut:
+        raise UserDataError(f"fetching {url} took longer than {timeout:g} s; abandoned") from None
+    except FetchFailed as error:
+        raise UserDataError(f"fetching {url} failed: {error}") from None
 
 
 def read_local_file(path: Path, max_bytes: int) -> bytes:
@@ -162,11 +107,12 @@ def resolve_local(location: str, files_dir: Path) -> Path:
     return Path(files_dir) / location
 
 
-def obtain_template(location: str, files_dir: Path, timeout: float = FETCH_TIMEOUT_SECONDS,
-                    max_bytes: int = MAX_TEMPLATE_BYTES, ca_path: Path | None = GRID_CA_PATH) -> Template:
+def obtain_template(location: str, files_dir: Path, timeout: float = DEFAULT_TIMEOUT_SECONDS,
+                    max_bytes: int = MAX_TEMPLATE_BYTES,
+                    ca_paths: Iterable[str] = (GRID_CA_PATH,)) -> Template:
     """The template named by the machinetype's `user_data`: fetched fresh if http(s), else read."""
     if is_http_url(location):
-        data = fetch_url(location, timeout, max_bytes, ca_path)
+        data = fetch_url(location, timeout, max_bytes, ca_paths)
         log.debug("fetched user_data template %s (%d bytes)", location, len(data))
         return Template(_decode(data), url=location)
     return Template(_decode(read_local_file(resolve_local(location, files_dir), max_bytes)))
