@@ -26,7 +26,7 @@ from vac.supervisor.build import TreeSettings, build_tree
 from vac.supervisor.factory import Factory
 from vac.supervisor.metrics_snapshot import build_snapshot
 from vac.supervisor.root import Root
-from vac.supervisor.states import EXIT_BAD_SPEC, FactoryState
+from vac.vocabulary.child_states import EXIT_BAD_SPEC, FactoryState
 from vac.supervisor.tree import ChildSpec, SupervisorSpec
 from vac.workers import metrics
 

@@ -21,7 +21,7 @@ HOST = textwrap.dedent("""
     from vac import logs
     from vac.supervisor.metrics_snapshot import MetricsFeed
     from vac.supervisor.root import Root
-    from vac.supervisor.states import Restart
+    from vac.vocabulary.child_states import Restart
     from vac.supervisor.tree import ChildSpec, PoolPolicy, SupervisorSpec
     from vac.workers import metrics
     from vac.workers.harness import WorkerLoop

@@ -17,8 +17,9 @@ from vac.machine.record import MachineRecord, is_finished, mark_finished, write_
 from vac.runtimes.docker import DockerRuntime
 from vac.supervisor.scheduler import Placement
 from vac.supervisor.terms import machine_spec
+from vac.vocabulary.live_set import ORPHAN_GRACE_FLOOR_SECONDS
 from vac.workers import reaper
-from vac.workers.reaper_rules import ORPHAN_GRACE_FLOOR_SECONDS, LiveSet, SlotView
+from vac.workers.reaper_rules import LiveSet, SlotView
 
 UUIDS = ["0000000%d-1111-4222-8333-444444444444" % n for n in range(4)]
 

@@ -22,7 +22,7 @@ from vac.supervisor import policy  # noqa: E402
 from vac.supervisor.build import TreeSettings, build_tree  # noqa: E402
 from vac.supervisor.process import Processes  # noqa: E402
 from vac.supervisor.root import Root  # noqa: E402
-from vac.supervisor.states import Restart, Strategy  # noqa: E402
+from vac.vocabulary.child_states import Restart, Strategy  # noqa: E402
 from vac.supervisor.tree import ChildSpec, PoolPolicy, SupervisorSpec  # noqa: E402
 from vac.workers.harness import WorkerLoop  # noqa: E402
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field, replace
 
-from vac.runtimes.base import (LABEL_FACTORY, LABEL_SLOT, ContainerGone, ContainerHandle, ContainerNotStarted,
+from vac.runtimes.base import (ContainerGone, ContainerHandle, ContainerNotStarted,
                                ContainerRequest, ContainerState, ExitInfo, ImageMissing, RuntimeUnavailable,
                                StartFailed, Usage, request_labels)
 from vac.runtimes.docker_api import container_name, image_reference
+from vac.vocabulary.labels import LABEL_FACTORY, LABEL_SLOT
 
 WALL_CLOCK_AT_ZERO = 1_700_000_000.0
 EXIT_TERMINATED = 143

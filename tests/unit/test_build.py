@@ -2,10 +2,10 @@
 
 import pytest
 
-from vac.supervisor.build import TreeSettings, build_tree, slot_id
+from vac.supervisor.build import TreeSettings, build_tree
 from vac.supervisor.policy import Intensity, SlotRestartPolicy
-from vac.supervisor.states import Restart, Strategy
 from vac.supervisor.tree import ChildSpec, SupervisorSpec, Tree, validate_tree
+from vac.vocabulary.child_states import Restart, Strategy
 from vac.workers import cvmfs_keeper, reaper, slot_worker
 
 
@@ -59,12 +59,6 @@ def test_settings_reach_the_specs():
     assert spec.intensity == Intensity(1, 99.0) and spec.degraded_retry == 45.0
     assert pool.pool.slot_restart.max_failed_starts == 3
     assert isinstance(spec, SupervisorSpec) and spec.strategy is Strategy.ONE_FOR_ONE
-
-
-def test_slot_ids_sort_in_slot_order():
-    ids = [slot_id(n) for n in range(12)]
-    assert sorted(ids) == ids
-    assert slot_id(3) == "slot-03"
 
 
 def test_bad_timings_are_caught_by_validation():

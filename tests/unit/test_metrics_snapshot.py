@@ -13,7 +13,7 @@ from vac.supervisor.factory import Factory
 from vac.supervisor.metrics_snapshot import MetricsFeed, build_snapshot
 from vac.supervisor.policy import ExitStatus
 from vac.supervisor.root import Root
-from vac.supervisor.states import FactoryState
+from vac.vocabulary.child_states import FactoryState
 
 CONFIG = """
 [settings]

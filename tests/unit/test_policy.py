@@ -9,7 +9,7 @@ from vac.supervisor.policy import (
     SlotRestartPolicy, breaker_after_crash, helper_restart, record_restart, restart_time,
     slot_restart, wants_restart,
 )
-from vac.supervisor.states import EXIT_BAD_SPEC, Restart
+from vac.vocabulary.child_states import EXIT_BAD_SPEC, Restart
 
 T0 = 1000.0   # any origin: the functions only compare differences
 

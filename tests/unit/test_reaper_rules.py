@@ -2,8 +2,8 @@
 
 import pytest
 
-from vac.workers.reaper_rules import (LIVE_SET_MAX_AGE_SECONDS, LiveSet, SlotView, expired, is_fresh,
-                                      live_set_from_message, orphaned)
+from vac.vocabulary.live_set import LIVE_SET_MAX_AGE_SECONDS
+from vac.workers.reaper_rules import LiveSet, SlotView, expired, is_fresh, live_set_from_message, orphaned
 
 NOW = 1_800_000_000.0
 OLD = NOW - 1000

@@ -13,8 +13,8 @@ from vac.ipc.channel import RootChannel, WorkerChannel, channel_pair
 from vac.supervisor import notify
 from vac.supervisor.process import Spawned
 from vac.supervisor.root import Root
-from vac.supervisor.states import ChildState
 from vac.supervisor.tree import ChildSpec, SupervisorSpec
+from vac.vocabulary.child_states import ChildState
 
 
 def never_run(channel, args):

@@ -7,9 +7,9 @@ import pytest
 from vac.machine.joboutputs import HEARTBEAT_NOT_CREATED, HEARTBEAT_NOT_UPDATED
 from vac.machine.record import MachineRecord
 from vac.runtimes.base import ContainerHandle, ContainerState
+from vac.vocabulary.slot_states import InvalidTransition, MachineState, SlotState, check_transition, machine_state
 from vac.workers import slot_rules
 from vac.workers.slot_rules import Adopt, adoption_plan
-from vac.workers.slot_states import InvalidTransition, MachineState, SlotState, check_transition, machine_state
 
 UUIDS = [f"00000000-0000-4000-8000-00000000000{n}" for n in range(6)]
 

@@ -11,7 +11,7 @@ import pytest
 from vac.supervisor.policy import (
     BreakerPolicy, ExitStatus, HelperRestartPolicy, Intensity, SlotRestartPolicy,
 )
-from vac.supervisor.states import EXIT_BAD_SPEC, ChildState, Restart, Strategy
+from vac.vocabulary.child_states import EXIT_BAD_SPEC, ChildState, Restart, Strategy
 from vac.supervisor.tree import (
     BRUTAL_KILL, ChildSpec, PoolPolicy, Start, Stop, SupervisorSpec, Tree, TreeSpecError,
     validate_tree,

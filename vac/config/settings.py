@@ -15,7 +15,7 @@ from vac.config.machinetypes import check_user_data_file
 from vac.config.model import SCRATCH_BACKENDS, Settings, frozen_mapping
 from vac.config.problems import ConfigProblem
 from vac.config.values import BadValue
-from vac.workers.reaper_rules import LIVE_SET_MAX_AGE_SECONDS, ORPHAN_GRACE_FLOOR_SECONDS
+from vac.vocabulary.live_set import LIVE_SET_MAX_AGE_SECONDS, ORPHAN_GRACE_FLOOR_SECONDS
 
 SECTION = "settings"
 _DNS_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")

@@ -8,8 +8,8 @@ import dataclasses
 import math
 import time
 
-from vac.supervisor.build import slot_id
-from vac.supervisor.states import ChildState
+from vac.vocabulary.child_states import ChildState
+from vac.vocabulary.slot_ids import slot_id
 
 
 class CommandFailed(Exception):

@@ -15,14 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, NamedTuple, Protocol, runtime_checkable
 
-# Our labels: a container is found by these, never by its name
-# (ARCHITECTURE.md, "Conventions").
-LABEL_FACTORY = "vac.factory"
-LABEL_SLOT = "vac.slot"
-LABEL_MACHINE = "vac.machine"
-LABEL_MACHINETYPE = "vac.machinetype"
-LABEL_GENERATION = "vac.generation"
-LABEL_MACHINE_NAME = "vac.machine_name"
+from vac.vocabulary.labels import (LABEL_FACTORY, LABEL_GENERATION, LABEL_MACHINE, LABEL_MACHINE_NAME,
+                                   LABEL_MACHINETYPE, LABEL_SLOT)
 
 
 class ContainerRuntimeError(Exception):

@@ -23,12 +23,13 @@ import docker.errors
 import requests
 import urllib3.exceptions
 
-from vac.runtimes.base import (LABEL_FACTORY, LABEL_SLOT, ContainerHandle, ContainerNotStarted, ContainerRequest,
+from vac.runtimes.base import (ContainerHandle, ContainerNotStarted, ContainerRequest,
                                ContainerRuntimeError, ContainerGone, ContainerState, ExitInfo, ImageMissing,
                                RuntimeUnavailable, StartFailed, Usage)
 from vac.runtimes.docker_api import (create_kwargs, exit_info_from_inspect, handle_from_inspect, image_reference,
                                      usage_from_stats)
 from vac.runtimes.mounts import host_propagation
+from vac.vocabulary.labels import LABEL_FACTORY, LABEL_SLOT
 
 log = logging.getLogger(__name__)
 

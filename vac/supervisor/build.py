@@ -3,8 +3,9 @@
 import dataclasses
 
 from vac.supervisor import policy
-from vac.supervisor.states import Restart, Strategy
 from vac.supervisor.tree import ChildSpec, PoolPolicy, SupervisorSpec
+from vac.vocabulary.child_states import Restart, Strategy
+from vac.vocabulary.slot_ids import slot_id
 from vac.workers import cvmfs_keeper, metrics, pipe_fetcher, reaper, slot_worker, vacquery
 
 
@@ -39,10 +40,6 @@ class TreeSettings:
     degraded_retry: float = 60.0
     slot_restart: policy.SlotRestartPolicy = policy.SlotRestartPolicy()
     breaker: policy.BreakerPolicy = policy.BreakerPolicy()
-
-
-def slot_id(slot):
-    return f"slot-{slot:02d}"
 
 
 def metrics_child(settings, timings):

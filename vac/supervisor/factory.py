@@ -20,9 +20,10 @@ from vac.machine.joboutputs import EXCEEDED_WALLCLOCK
 from vac.machine.layout import machine_name
 from vac.space import status as space_status
 from vac.supervisor import aborts, scheduler, terms
-from vac.supervisor.build import slot_id
 from vac.supervisor.slot_table import SlotTable
-from vac.workers.reaper_rules import SETTLED_STATES
+from vac.vocabulary.live_set import LIVE_SET_SECONDS
+from vac.vocabulary.slot_ids import slot_id, slot_number
+from vac.vocabulary.slot_states import SETTLED_STATES
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,7 @@ REAPER = "reaper"
 CVMFS_KEEPER = "cvmfs-keeper"
 VACQUERY = "vacquery"
 NOT_ASKED = object()   # vacquery has not reported yet: send it nothing
-LIVE_SET_SECONDS = 10.0
 FINISHED_REMEMBERED = 4096
-
-
-def slot_number(child_id):
-    """slot-03 -> 3; None for helpers."""
-    if child_id.startswith("slot-"):
-        return int(child_id[5:])
-    return None
 
 
 class Factory:

@@ -11,8 +11,8 @@ import time
 
 from vac.ipc import messages
 from vac.supervisor.scheduler import NoPlacementReason
-from vac.supervisor.states import ChildState, FactoryState
-from vac.workers.slot_states import SlotState
+from vac.vocabulary.child_states import ChildState, FactoryState
+from vac.vocabulary.slot_states import SlotState
 
 SNAPSHOT_VERSION = 1
 METRICS_CHILD = "metrics"

@@ -8,7 +8,7 @@ import dataclasses
 import os
 import signal
 
-from vac.supervisor.states import EXIT_BAD_SPEC, Restart
+from vac.vocabulary.child_states import EXIT_BAD_SPEC, Restart
 
 
 @dataclasses.dataclass(frozen=True)

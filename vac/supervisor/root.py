@@ -22,7 +22,7 @@ from vac.supervisor import notify, tree as treemod
 from vac.supervisor.barrier import FaultBarrier
 from vac.supervisor.policy import ExitStatus, overdue_by
 from vac.supervisor.process import Processes, die_with_parent
-from vac.supervisor.states import ChildState, FactoryState
+from vac.vocabulary.child_states import ChildState, FactoryState
 
 log = logging.getLogger(__name__)
 

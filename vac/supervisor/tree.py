@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 import msgpack
 
 from vac.supervisor import policy
-from vac.supervisor.states import ChildState, Restart, Strategy
+from vac.vocabulary.child_states import ChildState, Restart, Strategy
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from vac.machine.prepare import MachineTerms, finished_machine, scratch_backend
 from vac.machine.record import MachineRecord, mark_finished, write_record
 from vac.machine.scratch import DirectoryScratch
 from vac.runtimes.base import ContainerRuntime, ExitInfo
+from vac.vocabulary.slot_states import MachineState, check_transition, machine_state
 from vac.workers.slot_rules import WALLCLOCK_GRACE_SECONDS
-from vac.workers.slot_states import MachineState, check_transition, machine_state
 
 log = logging.getLogger(__name__)
 

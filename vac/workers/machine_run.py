@@ -28,11 +28,11 @@ from vac.machine.userdata import UserDataError
 from vac.proctitle import format_elapsed
 from vac.runtimes.base import (ContainerGone, ContainerHandle, ContainerNotStarted,
                                ContainerRuntimeError, ExitInfo, RuntimeUnavailable)
+from vac.vocabulary.slot_states import MachineState, SlotState, check_transition, machine_state
 from vac.workers import finalise, slot_jobs, slot_rules
 from vac.workers.held_machine import Machine
 from vac.workers.jobs import JobResult
 from vac.workers.slot_rules import Adopt
-from vac.workers.slot_states import MachineState, SlotState, check_transition, machine_state
 from vac.workers.watch import ANY_NAME, JoboutputsWatch
 
 log = logging.getLogger(__name__)

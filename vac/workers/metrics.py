@@ -17,7 +17,7 @@ from vac.config.settings import parse_metrics_listen
 from vac.config.values import BadValue
 from vac.ipc import messages
 from vac.machine.atomicfile import write_atomic
-from vac.supervisor.states import EXIT_BAD_SPEC
+from vac.vocabulary.child_states import EXIT_BAD_SPEC
 from vac.workers.harness import WorkerLoop
 from vac.workers.metrics_exposition import CONTENT_TYPE, Exposition
 from vac.workers.metrics_http import CLIENT_SECONDS, MetricsServer

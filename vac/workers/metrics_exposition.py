@@ -8,7 +8,7 @@ child's process measurements onto metric families, every name prefixed vac_.
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from vac.supervisor.states import FactoryState
+from vac.vocabulary.child_states import FactoryState
 
 # What generate_latest writes: the classic text format, which every Prometheus
 # and node_exporter reads.

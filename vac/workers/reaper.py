@@ -25,6 +25,7 @@ from vac.machine.prepare import read_terms, scratch_backend
 from vac.machine.record import is_finished, read_record
 from vac.runtimes.base import ContainerRuntimeError
 from vac.runtimes.docker import DockerRuntime
+from vac.vocabulary.live_set import LIVE_SET_MAX_AGE_SECONDS
 from vac.workers import finalise, reaper_rules
 from vac.workers.harness import WorkerLoop
 from vac.workers.jobs import Jobs
@@ -103,7 +104,7 @@ def sweep(runtime, factory, state_dir, live, slots, grace_seconds, now=None):
     now = clock()
     if not reaper_rules.is_fresh(live, now):
         log.info("reaper: no live set from the root newer than %d s; orphaned containers wait",
-                 reaper_rules.LIVE_SET_MAX_AGE_SECONDS)
+                 LIVE_SET_MAX_AGE_SECONDS)
         return None, removed
     return reap_orphans(runtime, factory, state_dir, live, slots, grace_seconds, now), removed
 

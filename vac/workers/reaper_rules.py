@@ -13,15 +13,10 @@ and so is anything younger than the grace period.
 
 import dataclasses
 
-SETTLED_STATES = frozenset({"idle", "preparing", "starting", "running", "stopping",
-                            "finishing", "cleaning"})
+from vac.vocabulary.live_set import LIVE_SET_MAX_AGE_SECONDS
+from vac.vocabulary.slot_states import SETTLED_STATES
+
 SECONDS_PER_DAY = 86400
-# The root sends the live set every 10 s (factory.LIVE_SET_SECONDS); one older
-# than this means the root's messages are not arriving: remove nothing on it.
-LIVE_SET_MAX_AGE_SECONDS = 30
-# orphan_grace_seconds may not be lower: a container is never younger than
-# the oldest live set the reaper acts on, whatever the engine's clock says.
-ORPHAN_GRACE_FLOOR_SECONDS = LIVE_SET_MAX_AGE_SECONDS + 10
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,8 +17,8 @@ from vac.machine.layout import MachinePaths, iter_machine_directories
 from vac.machine.prepare import MachineTerms, PreparedMachine, create_directory
 from vac.machine.record import MachineRecord, is_finished, read_record, write_record
 from vac.runtimes.base import ContainerGone, ContainerHandle, ContainerRequest, ContainerRuntime, ExitInfo
+from vac.vocabulary.slot_states import MachineState, machine_state
 from vac.workers import finalise, slot_rules
-from vac.workers.slot_states import MachineState, machine_state
 
 # Each wait on the engine is bounded; the slot starts the next one at once.
 WAIT_CHUNK_SECONDS = 60.0

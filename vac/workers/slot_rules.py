@@ -14,7 +14,7 @@ from vac.machine.joboutputs import (EXCEEDED_WALLCLOCK, HEARTBEAT_NOT_CREATED, H
                                     ShutdownMessage)
 from vac.machine.record import MachineRecord
 from vac.runtimes.base import ContainerHandle, ContainerState
-from vac.workers.slot_states import MachineState, SlotState, machine_state
+from vac.vocabulary.slot_states import MachineState, SlotState, machine_state
 
 RETRY_FIRST_SECONDS = 1.0
 RETRY_MAX_SECONDS = 30.0

@@ -21,6 +21,12 @@ class SlotState(enum.Enum):
     CLEANING = "cleaning"         # removing the container and the scratch space
 
 
+# The states in which a live worker knows what its slot holds: the reaper may
+# judge that slot's containers by what the root's live set says it holds.
+SETTLED_STATES = frozenset(state.value for state in SlotState
+                           if state not in (SlotState.ADOPTING, SlotState.UNAVAILABLE))
+
+
 class MachineState(enum.Enum):
     """Where a machine stands, as written in its record (record.json `state`)."""
     PREPARING = "preparing"
