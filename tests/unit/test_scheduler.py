@@ -8,7 +8,7 @@ import pytest
 from vac.supervisor.aborts import OutcomeHistory, record_outcome
 from vac.supervisor.scheduler import (
     FactoryTerms, MachinetypeTerms, NoPlacement, NoPlacementReason as Why, Placement,
-    RunningMachine, backoff_table, fill_free_slots, group_scores, lowered_shutdown_times,
+    RunningMachine, backoff_table, fill_free_slots, group_scores,
     next_placement, placed_machine, share_scores, start_gate,
 )
 
@@ -395,21 +395,6 @@ def test_min_wallclock_against_shutdown_time(left, min_wallclock, max_wallclock,
         assert decision.reason is Why.NOT_ENOUGH_TIME
     else:
         assert decision.shutdown_at == expected_shutdown
-
-
-@pytest.mark.parametrize("shutdown_time, expected", [
-    pytest.param(None, [], id="no-shutdown-time"),
-    pytest.param(NOW + 100 * HOUR, [], id="after-every-machine"),
-    pytest.param(NOW + 2 * HOUR, [(1, NOW + 2 * HOUR), (2, NOW + 2 * HOUR)],
-                 id="lowers-only-later-machines"),
-    pytest.param(NOW + HOUR, [(0, NOW + HOUR), (1, NOW + HOUR), (2, NOW + HOUR)],
-                 id="lowers-all"),
-])
-def test_lowered_shutdown_times(shutdown_time, expected):
-    running = [machine(0, "a", shutdown_at=NOW + 2 * HOUR),
-               machine(1, "a", shutdown_at=NOW + 3 * HOUR),
-               machine(2, "b", shutdown_at=NOW + 9 * HOUR)]
-    assert lowered_shutdown_times(running, shutdown_time) == expected
 
 
 # --- filling several slots -------------------------------------------------

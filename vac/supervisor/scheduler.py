@@ -175,15 +175,6 @@ def group_scores(machinetypes: Iterable[MachinetypeTerms],
     return groups
 
 
-def lowered_shutdown_times(running: Iterable[RunningMachine],
-                           shutdown_time: float | None) -> list[tuple[int, float]]:
-    """(slot, new shutdown time) for each running machine due to end after `shutdown_time`."""
-    if shutdown_time is None:
-        return []
-    return [(machine.slot, shutdown_time) for machine in running
-            if machine.shutdown_at > shutdown_time]
-
-
 def start_gate(factory: FactoryTerms, running: Sequence[RunningMachine],
                load_average: float, now: float) -> NoPlacement | None:
     """The factory-wide reason nothing may start now, or None if starts are allowed."""
