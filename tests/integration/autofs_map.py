@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from vac.runtimes.mounts import unescape
+from vac.mountinfo import unescape
 
 EXPIRE_SECONDS = 1
 START_SECONDS = 10.0

@@ -14,9 +14,9 @@ from vac.machine.scratch import (
     ScratchError,
     loop_backing_files,
     make_tmp_binds,
-    mount_at,
     run_command,
 )
+from vac.mountinfo import mount_at
 
 SIZE = 64 * 1000 * 1000
 MIB = 1024 * 1024

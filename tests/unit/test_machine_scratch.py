@@ -14,7 +14,6 @@ from vac.machine.scratch import (
     lvm_create_commands,
     lvm_destroy_commands,
     make_tmp_binds,
-    parse_mountinfo,
     scratch_size_bytes,
 )
 
@@ -92,23 +91,6 @@ def test_tmp_binds_are_fresh_writable_directories_kept_across_restarts(machine):
     assert (binds[0][0] / "file").read_text() == "in use"
 
 
-def test_mountinfo_parsing_unescapes_paths():
-    text = (
-        "22 27 0:21 / /proc rw,relatime shared:5 - proc proc rw\n"
-        "90 27 7:3 / /var/lib/vac/machines/x/scratch rw,nodev,nosuid - ext4 /dev/loop3 rw\n"
-        "91 27 8:1 / /mnt/with\\040space rw master:1 - xfs /dev/sda1 rw\n"
-        "garbage line\n"
-    )
-
-    entries = parse_mountinfo(text)
-
-    assert [(entry.mount_point, entry.fstype, entry.source) for entry in entries] == [
-        ("/proc", "proc", "proc"),
-        ("/var/lib/vac/machines/x/scratch", "ext4", "/dev/loop3"),
-        ("/mnt/with space", "xfs", "/dev/sda1"),
-    ]
-
-
 def test_lvm_create_command_lines(tmp_path):
     assert lvm_create_commands("vac_volume_group", "vac-x", 80_000_000_000, tmp_path / "scratch") == [
         ["lvcreate", "--yes", "--name", "vac-x", "--size", "80000000000b", "vac_volume_group"],
@@ -174,4 +156,3 @@ def test_lvm_backend_destroy_removes_volume_and_mount_point(machine):
 def test_sized_backends_need_a_size(machine):
     with pytest.raises(ScratchError):
         LvmScratch("vg0", runner=RecordingRunner()).create(machine, None)
-

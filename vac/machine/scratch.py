@@ -12,12 +12,12 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence
 
 from vac.machine.atomicfile import fsync_directory
 from vac.machine.layout import PRIVATE_FILE_MODE, SCRATCH_DIR_MODE, MachinePaths, ensure_directory
+from vac.mountinfo import mount_at
 
 log = logging.getLogger(__name__)
 
@@ -67,45 +67,6 @@ def scratch_size_bytes(disk_gb_per_processor: float | None, processors: int) -> 
 
 
 # ---------------------------------------------------------------- mounts
-
-
-@dataclass(frozen=True, slots=True)
-class MountEntry:
-    """One line of /proc/self/mountinfo, the parts we use."""
-    mount_point: str
-    fstype: str
-    source: str
-
-
-_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
-
-
-def _unescape(field: str) -> str:
-    return _OCTAL_ESCAPE.sub(lambda match: chr(int(match.group(1), 8)), field)
-
-
-def parse_mountinfo(text: str) -> list[MountEntry]:
-    """The mounts listed in mountinfo text (see proc(5))."""
-    entries = []
-    for line in text.splitlines():
-        fields = line.split()
-        if "-" not in fields:
-            continue
-        separator = fields.index("-")
-        if separator < 5 or len(fields) < separator + 3:
-            continue
-        entries.append(MountEntry(_unescape(fields[4]), fields[separator + 1], _unescape(fields[separator + 2])))
-    return entries
-
-
-def mount_at(mount_point: Path, mountinfo_path: Path = Path("/proc/self/mountinfo")) -> MountEntry | None:
-    """The topmost mount at `mount_point`, or None if nothing is mounted there."""
-    wanted = os.path.realpath(mount_point)
-    found = None
-    for entry in parse_mountinfo(mountinfo_path.read_text()):
-        if entry.mount_point == wanted:
-            found = entry  # later lines are mounted on top of earlier ones
-    return found
 
 
 def loop_backing_files(sys_block: Path = Path("/sys/block")) -> dict[str, str]:

@@ -10,23 +10,7 @@ from __future__ import annotations
 
 import os
 
-MOUNTINFO = "/proc/self/mountinfo"
-
-
-def unescape(field: str) -> str:
-    r"""Mount points in mountinfo escape space, tab, newline and backslash as \ooo."""
-    if "\\" not in field:
-        return field
-    out, i = [], 0
-    while i < len(field):
-        octal = field[i + 1:i + 4]
-        if field[i] == "\\" and len(octal) == 3 and octal.isdigit():
-            out.append(chr(int(octal, 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
+from vac.mountinfo import MountEntry, parse_mountinfo, read_mountinfo
 
 
 def _contains(mount_point: str, path: str) -> bool:
@@ -36,29 +20,29 @@ def _contains(mount_point: str, path: str) -> bool:
 
 
 def propagation_of(path: str, mountinfo: str) -> str | None:
-    """'shared', 'slave' or 'private' for the mount holding absolute `path`; None if no line parses.
+    """'shared', 'slave' or 'private' for the mount holding absolute `path`; None if no line parses."""
+    return propagation_among(path, parse_mountinfo(mountinfo))
+
+
+def propagation_among(path: str, entries: list[MountEntry]) -> str | None:
+    """propagation_of over parsed entries.
 
     The mount that holds a path is the one with the longest mount point above
     it; of mounts stacked on one mount point the last listed is on top.
     """
     best_point, best = None, None
-    for line in mountinfo.splitlines():
-        fields = line.split()
-        if len(fields) < 7 or "-" not in fields[6:]:
+    for entry in entries:
+        if not _contains(entry.mount_point, path):
             continue
-        mount_point = unescape(fields[4])
-        if not _contains(mount_point, path):
+        if best_point is not None and len(entry.mount_point) < len(best_point):
             continue
-        if best_point is not None and len(mount_point) < len(best_point):
-            continue
-        optional = fields[6:fields.index("-", 6)]
-        if any(tag.startswith("shared:") for tag in optional):
+        if any(tag.startswith("shared:") for tag in entry.optional_fields):
             best = "shared"
-        elif any(tag.startswith("master:") for tag in optional):
+        elif any(tag.startswith("master:") for tag in entry.optional_fields):
             best = "slave"
         else:
             best = "private"
-        best_point = mount_point
+        best_point = entry.mount_point
     return best
 
 
@@ -69,8 +53,7 @@ def host_propagation(path: os.PathLike | str) -> str | None:
     automounted file system beneath it cannot block the caller.
     """
     try:
-        with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as table:
-            text = table.read()
+        entries = read_mountinfo()
     except OSError:
         return None
-    return propagation_of(os.path.normpath(os.fspath(path)), text)
+    return propagation_among(os.path.normpath(os.fspath(path)), entries)

@@ -23,6 +23,7 @@ from vac.machine.joboutputs import SHUTDOWN_BY_FACTORY
 from vac.machine.layout import MachinePaths, is_machine_uuid, iter_machine_directories
 from vac.machine.prepare import read_terms, scratch_backend
 from vac.machine.record import is_finished, read_record
+from vac.mountinfo import mount_at
 from vac.runtimes.base import ContainerRuntimeError
 from vac.runtimes.docker import DockerRuntime
 from vac.vocabulary.live_set import LIVE_SET_MAX_AGE_SECONDS
@@ -181,7 +182,7 @@ def remove_expired(state_dir, now):
             continue
         backend = scratch_backend(terms.factory) if terms is not None else scratch.DirectoryScratch()
         backend.destroy(paths)
-        if scratch.mount_at(paths.scratch) is not None:
+        if mount_at(paths.scratch) is not None:
             log.error("reaper: %s is still mounted; keeping machine directory %s",
                       paths.scratch, paths.root)
             continue
