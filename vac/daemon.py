@@ -20,7 +20,7 @@ from vac.supervisor.factory import Factory
 from vac.supervisor.metrics_snapshot import MetricsFeed
 from vac.supervisor.recall import recall
 from vac.supervisor.root import Root
-from vac.supervisor.terms import needed_repositories
+from vac.supervisor.scheduler_inputs import needed_repositories
 
 log = logging.getLogger("vac.daemon")
 

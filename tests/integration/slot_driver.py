@@ -16,7 +16,7 @@ from vac.ipc import messages
 from vac.ipc.channel import RootChannel, WorkerChannel, channel_pair
 from vac.machine.layout import machine_name
 from vac.supervisor.scheduler import Placement
-from vac.supervisor.terms import machine_spec
+from vac.supervisor.machine_spec import machine_spec
 from vac.workers import slot_worker
 
 HEARTBEAT_INTERVAL = 0.5

@@ -16,7 +16,7 @@ from vac.machine.prepare import MachineTerms, write_terms
 from vac.machine.record import MachineRecord, is_finished, mark_finished, write_record
 from vac.runtimes.docker import DockerRuntime
 from vac.supervisor.scheduler import Placement
-from vac.supervisor.terms import machine_spec
+from vac.supervisor.machine_spec import machine_spec
 from vac.vocabulary.live_set import ORPHAN_GRACE_FLOOR_SECONDS
 from vac.workers import reaper
 from vac.workers.reaper_rules import LiveSet, SlotView

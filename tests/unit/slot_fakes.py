@@ -14,7 +14,7 @@ from vac.machine.layout import MachinePaths
 from vac.runtimes.base import (ContainerGone, ContainerHandle, ContainerNotStarted, ContainerState, ExitInfo,
                                ImageMissing, RuntimeUnavailable, Usage, request_labels)
 from vac.supervisor.scheduler import Placement
-from vac.supervisor.terms import machine_spec
+from vac.supervisor.machine_spec import machine_spec
 from vac.workers.jobs import JobResult
 from vac.workers.machine_run import SlotMachine
 

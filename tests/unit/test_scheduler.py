@@ -7,7 +7,7 @@ import pytest
 
 from vac.supervisor.aborts import OutcomeHistory, record_outcome
 from vac.supervisor.scheduler import (
-    FactoryTerms, MachinetypeTerms, NoPlacement, NoPlacementReason as Why, Placement,
+    FactoryCapacity, MachinetypeDemand, NoPlacement, NoPlacementReason as Why, Placement,
     RunningMachine, backoff_table, fill_free_slots, group_scores,
     next_placement, placed_machine, share_scores, start_gate,
 )
@@ -17,7 +17,7 @@ HOUR = 3600.0
 
 
 def mt(name, share, **terms):
-    return MachinetypeTerms(name=name, target_share=share, **terms)
+    return MachinetypeDemand(name=name, target_share=share, **terms)
 
 
 def machine(slot, machinetype, *, processors=1, started_at=NOW - HOUR, shutdown_at=None,
@@ -47,23 +47,23 @@ def fill(factory, machinetypes, running=(), histories=None, *, now=NOW, seed=1, 
 
 # --- gates -----------------------------------------------------------------
 
-FOUR = FactoryTerms(total_processors=4)
+FOUR = FactoryCapacity(total_processors=4)
 
 
 @pytest.mark.parametrize("factory, running, load, expected", [
-    pytest.param(FactoryTerms(4, draining=True), [], 0.0, Why.DRAINING, id="draining"),
-    pytest.param(FactoryTerms(4, shutdown_time=NOW - 1), [], 0.0, Why.SHUTDOWN_TIME_PASSED,
+    pytest.param(FactoryCapacity(4, draining=True), [], 0.0, Why.DRAINING, id="draining"),
+    pytest.param(FactoryCapacity(4, shutdown_time=NOW - 1), [], 0.0, Why.SHUTDOWN_TIME_PASSED,
                  id="shutdown-time-passed"),
-    pytest.param(FactoryTerms(4, shutdown_time=NOW), [], 0.0, Why.SHUTDOWN_TIME_PASSED,
+    pytest.param(FactoryCapacity(4, shutdown_time=NOW), [], 0.0, Why.SHUTDOWN_TIME_PASSED,
                  id="shutdown-time-is-now"),
     pytest.param(FOUR, [], 5.01, Why.LOAD_TOO_HIGH, id="load-above-1.25-per-processor"),
-    pytest.param(FactoryTerms(4, overload_per_processor=2.0), [], 8.5, Why.LOAD_TOO_HIGH,
+    pytest.param(FactoryCapacity(4, overload_per_processor=2.0), [], 8.5, Why.LOAD_TOO_HIGH,
                  id="load-above-configured-overload"),
     pytest.param(FOUR, [machine(s, "a") for s in range(4)], 0.0, Why.ALL_PROCESSORS_IN_USE,
                  id="all-processors-in-use"),
     pytest.param(FOUR, [machine(0, "a", processors=4)], 0.0, Why.ALL_PROCESSORS_IN_USE,
                  id="one-machine-holds-all-processors"),
-    pytest.param(FactoryTerms(4, draining=True, shutdown_time=NOW - 1), [], 99.0, Why.DRAINING,
+    pytest.param(FactoryCapacity(4, draining=True, shutdown_time=NOW - 1), [], 99.0, Why.DRAINING,
                  id="draining-named-before-other-gates"),
 ])
 def test_gate_stops_every_start(factory, running, load, expected):
@@ -76,7 +76,7 @@ def test_gate_stops_every_start(factory, running, load, expected):
 
 @pytest.mark.parametrize("factory, running, load", [
     pytest.param(FOUR, [], 5.0, id="load-exactly-at-the-limit"),
-    pytest.param(FactoryTerms(4, shutdown_time=NOW + 2 * 86400), [], 0.0,
+    pytest.param(FactoryCapacity(4, shutdown_time=NOW + 2 * 86400), [], 0.0,
                  id="shutdown-time-in-future"),
     pytest.param(FOUR, [machine(s, "a") for s in range(3)], 0.0, id="one-processor-free"),
 ])
@@ -88,7 +88,7 @@ def test_gate_open(factory, running, load):
 # --- reasons a machinetype is not eligible ---------------------------------
 
 ABORTED = {"a": OutcomeHistory(last_abort_at=NOW - 5), "b": OutcomeHistory(last_abort_at=NOW - 2)}
-SOON = FactoryTerms(4, shutdown_time=NOW + HOUR)
+SOON = FactoryCapacity(4, shutdown_time=NOW + HOUR)
 
 
 @pytest.mark.parametrize("factory, machinetypes, histories, unavailable, expected, retry_at", [
@@ -138,7 +138,7 @@ def test_ineligible_types_are_skipped_for_eligible_ones():
     machinetypes = [mt("paused", 100, paused=True), mt("cvmfs", 100, cvmfs_repositories=("x",)),
                     mt("backoff", 100), mt("long", 100, max_wallclock_seconds=5 * HOUR),
                     mt("ok", 1, max_wallclock_seconds=HOUR)]
-    factory = FactoryTerms(8, shutdown_time=NOW + 2 * HOUR)
+    factory = FactoryCapacity(8, shutdown_time=NOW + 2 * HOUR)
     placements, refusal = fill(factory, machinetypes,
                                histories={"backoff": OutcomeHistory(last_abort_at=NOW)})
     assert {p.machinetype for _, p in placements} == {"ok"}
@@ -176,7 +176,7 @@ def test_backoff_after_shutdown_code(code, lived, backs_off):
 def test_backoff_holds_one_type_while_others_take_its_place():
     machinetypes = [mt("a", 80, backoff_seconds=300), mt("b", 20)]
     histories = {"a": record_outcome(OutcomeHistory(), NOW - 100, NOW - 50, 500, 600)}
-    placements, refusal = fill(FactoryTerms(10), machinetypes, histories=histories)
+    placements, refusal = fill(FactoryCapacity(10), machinetypes, histories=histories)
     assert Counter(p.machinetype for _, p in placements) == {"b": 10}
     assert refusal is None
 
@@ -218,7 +218,7 @@ def test_young_machine_of_another_type_does_not_extend():
 ])
 def test_shares_converge_within_one_processor(total, shares):
     machinetypes = [mt(name, share) for name, share in shares.items()]
-    placements, refusal = fill(FactoryTerms(total), machinetypes)
+    placements, refusal = fill(FactoryCapacity(total), machinetypes)
     assert len(placements) == total and refusal is None
     counts = Counter(p.machinetype for _, p in placements)
     whole = sum(shares.values())
@@ -229,7 +229,7 @@ def test_shares_converge_within_one_processor(total, shares):
 def test_shares_count_hs06_of_the_whole_space():
     # Other factories already run 40 HS06 of "a": this factory makes up with "b".
     machinetypes = [mt("a", 1), mt("b", 1)]
-    placements, _ = fill(FactoryTerms(20, hs06_per_processor=10.0), machinetypes,
+    placements, _ = fill(FactoryCapacity(20, hs06_per_processor=10.0), machinetypes,
                          space_hs06={"a": 40.0})
     counts = Counter(p.machinetype for _, p in placements)
     assert counts == {"b": 12, "a": 8}   # space-wide: a 40+80, b 120
@@ -238,7 +238,7 @@ def test_shares_count_hs06_of_the_whole_space():
 def test_shares_weigh_processors():
     # Four-processor machines of "big" count four times as much as one-processor ones.
     machinetypes = [mt("big", 1, min_processors=4, max_processors=4), mt("small", 1)]
-    placements, _ = fill(FactoryTerms(16, processors_per_superslot=4), machinetypes)
+    placements, _ = fill(FactoryCapacity(16, processors_per_superslot=4), machinetypes)
     used = Counter()
     for _, placement in placements:
         used[placement.machinetype] += placement.processors
@@ -268,7 +268,7 @@ def test_share_and_group_scores():
 ])
 def test_machinegroups(running, expected):
     machinetypes = [mt("a", 1, machinegroup="g"), mt("b", 1, machinegroup="g"), mt("c", 1)]
-    assert decide(FactoryTerms(8), machinetypes, running).machinetype == expected
+    assert decide(FactoryCapacity(8), machinetypes, running).machinetype == expected
 
 
 # --- tie-breaking ----------------------------------------------------------
@@ -286,13 +286,13 @@ def test_ties_broken_by_the_seeded_random_source():
 
 def test_same_seed_gives_same_placements():
     machinetypes = [mt("a", 1), mt("b", 1), mt("c", 1)]
-    runs = [fill(FactoryTerms(31), machinetypes, seed=7)[0] for _ in range(2)]
+    runs = [fill(FactoryCapacity(31), machinetypes, seed=7)[0] for _ in range(2)]
     assert runs[0] == runs[1]
 
 
 # --- superslots ------------------------------------------------------------
 
-SUPER = FactoryTerms(total_processors=16, processors_per_superslot=4)
+SUPER = FactoryCapacity(total_processors=16, processors_per_superslot=4)
 
 
 def any_size(name="a", **terms):
@@ -343,16 +343,16 @@ def any_size(name="a", **terms):
                  + [machine(3, "b", processors=2, superslot=3, shutdown_at=NOW + 7 * HOUR)],
                  Placement("a", 2, NOW + 6 * HOUR, 4, new_superslot=True),
                  id="new-superslot-only-as-large-as-free-processors"),
-    pytest.param(FactoryTerms(16, processors_per_superslot=8), any_size(), [],
+    pytest.param(FactoryCapacity(16, processors_per_superslot=8), any_size(), [],
                  Placement("a", 4, NOW + 6 * HOUR, 1, new_superslot=True),
                  id="new-superslot-machine-capped-at-max-processors"),
-    pytest.param(FactoryTerms(16, processors_per_superslot=2), any_size(), [],
+    pytest.param(FactoryCapacity(16, processors_per_superslot=2), any_size(), [],
                  Placement("a", 2, NOW + 6 * HOUR, 1, new_superslot=True),
                  id="new-superslot-capped-at-processors-per-superslot"),
-    pytest.param(FactoryTerms(16, processors_per_superslot=4, shutdown_time=NOW + 4 * HOUR),
+    pytest.param(FactoryCapacity(16, processors_per_superslot=4, shutdown_time=NOW + 4 * HOUR),
                  any_size(), [], Placement("a", 4, NOW + 4 * HOUR, 1, new_superslot=True),
                  id="new-superslot-shutdown-capped-at-shutdown-time"),
-    pytest.param(FactoryTerms(16, processors_per_superslot=4, shutdown_time=NOW + 2 * HOUR),
+    pytest.param(FactoryCapacity(16, processors_per_superslot=4, shutdown_time=NOW + 2 * HOUR),
                  any_size(), [machine(0, "b", superslot=7, shutdown_at=NOW + 3 * HOUR)],
                  Placement("a", 3, NOW + 2 * HOUR, 7, new_superslot=False),
                  id="superslot-fill-shutdown-capped-at-shutdown-time"),
@@ -373,7 +373,7 @@ def test_superslot_filled_before_new_one_even_for_lower_scored_type():
 def test_too_few_processors_falls_through_to_a_type_that_fits():
     machinetypes = [mt("big", 100, min_processors=4, max_processors=4), mt("small", 1)]
     running = [machine(s, "small") for s in range(14)]
-    decision = decide(FactoryTerms(16, processors_per_superslot=4), machinetypes, running)
+    decision = decide(FactoryCapacity(16, processors_per_superslot=4), machinetypes, running)
     assert decision.machinetype == "small"
 
 
@@ -390,7 +390,7 @@ def test_min_wallclock_against_shutdown_time(left, min_wallclock, max_wallclock,
                                              expected_shutdown):
     machinetypes = [mt("a", 1, min_wallclock_seconds=min_wallclock,
                        max_wallclock_seconds=max_wallclock)]
-    decision = decide(FactoryTerms(4, shutdown_time=NOW + left), machinetypes)
+    decision = decide(FactoryCapacity(4, shutdown_time=NOW + left), machinetypes)
     if expected_shutdown is None:
         assert decision.reason is Why.NOT_ENOUGH_TIME
     else:
@@ -400,7 +400,7 @@ def test_min_wallclock_against_shutdown_time(left, min_wallclock, max_wallclock,
 # --- filling several slots -------------------------------------------------
 
 def test_fill_free_slots_gives_each_slot_its_own_machine():
-    factory = FactoryTerms(12, hs06_per_processor=12.5)
+    factory = FactoryCapacity(12, hs06_per_processor=12.5)
     running = [machine(3, "a", hs06=12.5), machine(5, "b", hs06=12.5)]
     placements, refusal = fill(factory, [mt("a", 1), mt("b", 1)], running)
     slots = [slot for slot, _ in placements]
@@ -412,6 +412,6 @@ def test_fill_free_slots_gives_each_slot_its_own_machine():
 
 
 def test_fill_free_slots_stops_at_first_refusal():
-    placements, refusal = fill(FactoryTerms(4), [mt("a", 1)],
+    placements, refusal = fill(FactoryCapacity(4), [mt("a", 1)],
                                histories={"a": OutcomeHistory(last_abort_at=NOW)})
     assert placements == [] and refusal.reason is Why.ALL_IN_BACKOFF

@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from vac.supervisor.aborts import OutcomeHistory
 from vac.supervisor.scheduler import (
-    FactoryTerms, MachinetypeTerms, NoPlacement, NoPlacementReason as Why, Placement,
+    FactoryCapacity, MachinetypeDemand, NoPlacement, NoPlacementReason as Why, Placement,
     RunningMachine, fill_free_slots, free_processors, machinetype_backoff_until, next_placement,
 )
 
@@ -16,7 +16,7 @@ NAMES = ("alpha", "beta", "gamma", "delta")
 REPOSITORIES = ("atlas.cern.ch", "lhcb.cern.ch")
 
 factories = st.builds(
-    FactoryTerms,
+    FactoryCapacity,
     total_processors=st.integers(1, 24),
     processors_per_superslot=st.integers(1, 8),
     hs06_per_processor=st.sampled_from([None, 10.0, 17.5]),
@@ -32,7 +32,7 @@ def machinetype_lists(draw):
     for name in names:
         low = draw(st.integers(1, 4))
         longest = draw(st.sampled_from([HOUR, 6 * HOUR, 24 * HOUR]))
-        types.append(MachinetypeTerms(
+        types.append(MachinetypeDemand(
             name=name, target_share=draw(st.sampled_from([0, 0.5, 1, 1, 3])),
             machinegroup=draw(st.sampled_from([None, "g1", "g2"])),
             min_processors=low, max_processors=low + draw(st.integers(0, 4)),

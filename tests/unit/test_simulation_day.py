@@ -13,7 +13,7 @@ import pytest
 
 from vac.supervisor.aborts import OutcomeHistory, record_outcome
 from vac.supervisor.scheduler import (
-    FactoryTerms, MachinetypeTerms, NoPlacementReason, fill_free_slots, placed_machine,
+    FactoryCapacity, MachinetypeDemand, NoPlacementReason, fill_free_slots, placed_machine,
 )
 
 START = 1_700_000_000.0
@@ -22,11 +22,11 @@ HOUR = 3600.0
 DAY = 24 * HOUR
 BIN = 10 * MINUTE
 TOTAL = 64
-FACTORY = FactoryTerms(total_processors=TOTAL)
+FACTORY = FactoryCapacity(total_processors=TOTAL)
 SHARES = {"atlas": 50, "cms": 30, "lhcb": 20}
 ABORTING = "lhcb"
 ABORTING_UNTIL = START + HOUR
-MACHINETYPES = [MachinetypeTerms(name, share, max_wallclock_seconds=6 * HOUR,
+MACHINETYPES = [MachinetypeDemand(name, share, max_wallclock_seconds=6 * HOUR,
                                  backoff_seconds=300, fizzle_seconds=600)
                 for name, share in SHARES.items()]
 IDEAL = {name: TOTAL * share / sum(SHARES.values()) for name, share in SHARES.items()}

@@ -14,7 +14,7 @@ import pytest
 from vac.config import Settings, VacuumPipe, expand_pipe, try_load_configuration
 from vac.config.machinetypes import MAX_REPOSITORIES, MAX_TMP_BINDS
 from vac.config.values import APEL_FIELD_CHARS, MAX_TEXT_CHARS
-from vac.supervisor.terms import plain
+from vac.supervisor.machine_spec import plain
 
 SETTINGS = Settings(vac_space="space.example.com", total_processors=8)
 PIPE = VacuumPipe(prefix="exp", url="https://exp.example.org/exp.pipe", target_share=1.0)

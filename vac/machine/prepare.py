@@ -55,7 +55,7 @@ class MachineTerms:
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> MachineTerms:
-        """Check the plain dict built by supervisor.terms.machine_spec; BadTerms if it is not one."""
+        """Check the plain dict built by supervisor.machine_spec.machine_spec; BadTerms if it is not one."""
         if not isinstance(spec, Mapping):
             raise BadTerms(f"machine terms are a {type(spec).__name__}, not a map")
         _require(spec, "uuid", str, "machine")

@@ -19,7 +19,8 @@ from vac.ipc import messages
 from vac.machine.joboutputs import EXCEEDED_WALLCLOCK
 from vac.machine.layout import machine_name
 from vac.space import status as space_status
-from vac.supervisor import aborts, scheduler, terms
+from vac.supervisor import aborts, scheduler, scheduler_inputs
+from vac.supervisor.machine_spec import machine_spec
 from vac.supervisor.slot_table import SlotTable
 from vac.vocabulary.live_set import LIVE_SET_SECONDS
 from vac.vocabulary.slot_ids import slot_id, slot_number
@@ -227,7 +228,7 @@ class Factory:
         and Vacuum Pipes change what is needed, and a restarted keeper starts
         from that first list again.
         """
-        needed = terms.needed_repositories(self.machinetypes)
+        needed = scheduler_inputs.needed_repositories(self.machinetypes)
         if self._keeper_watches is None or needed in (self._keeper_watches, self._repositories_asked):
             return []
         self._repositories_asked = needed
@@ -283,8 +284,8 @@ class Factory:
 
     def _place(self, now):
         settings = self.config.settings
-        factory = dataclasses.replace(terms.factory_terms(settings), draining=self.draining)
-        machinetypes = [terms.machinetype_terms(mt, paused=mt.name in self.paused)
+        factory = dataclasses.replace(scheduler_inputs.factory_capacity(settings), draining=self.draining)
+        machinetypes = [scheduler_inputs.machinetype_demand(mt, paused=mt.name in self.paused)
                         for mt in self.machinetypes.values()]
         placements, refusal = scheduler.fill_free_slots(
             factory, machinetypes, self.table.running(settings.hs06_per_processor),
@@ -309,7 +310,7 @@ class Factory:
     def _place_one(self, slot, placement, now):
         machine_uuid = str(uuidlib.uuid4())
         machinetype = self.machinetypes[placement.machinetype]
-        spec = terms.machine_spec(
+        spec = machine_spec(
             uuid=machine_uuid, slot=slot, factory_name=self.factory_name,
             machine_name=machine_name(self.factory_name, slot), settings=self.config.settings,
             machinetype=machinetype, placement=placement, placed_at=now)
@@ -456,7 +457,7 @@ class Factory:
         now = self.clock()
         running = self.table.running(self.config.settings.hs06_per_processor)
         return scheduler.backoff_table(
-            [terms.machinetype_terms(mt) for mt in self.machinetypes.values()],
+            [scheduler_inputs.machinetype_demand(mt) for mt in self.machinetypes.values()],
             self.histories, running, now)
 
 

@@ -18,7 +18,7 @@ DEFAULT_HS06_PER_PROCESSOR = 1.0
 
 
 @dataclass(frozen=True, slots=True)
-class MachinetypeTerms:
+class MachinetypeDemand:
     """What the scheduler needs to know about one machinetype (Vac's defaults)."""
     name: str
     target_share: float
@@ -46,7 +46,7 @@ class MachinetypeTerms:
 
 
 @dataclass(frozen=True, slots=True)
-class FactoryTerms:
+class FactoryCapacity:
     """The factory-wide settings that gate and shape every start."""
     total_processors: int
     processors_per_superslot: int = 1
@@ -111,7 +111,7 @@ _HEADLINE_ORDER = (
 )
 
 
-def machine_hs06(factory: FactoryTerms, processors: int) -> float:
+def machine_hs06(factory: FactoryCapacity, processors: int) -> float:
     """The HS06 a machine of `processors` processors counts for in share scores."""
     per_processor = factory.hs06_per_processor
     if per_processor is None:
@@ -119,12 +119,12 @@ def machine_hs06(factory: FactoryTerms, processors: int) -> float:
     return per_processor * processors
 
 
-def free_processors(factory: FactoryTerms, running: Iterable[RunningMachine]) -> int:
+def free_processors(factory: FactoryCapacity, running: Iterable[RunningMachine]) -> int:
     """Processors not held by any running machine of this factory."""
     return factory.total_processors - sum(machine.processors for machine in running)
 
 
-def placed_machine(factory: FactoryTerms, placement: Placement, slot: int,
+def placed_machine(factory: FactoryCapacity, placement: Placement, slot: int,
                    started_at: float) -> RunningMachine:
     """The running machine a placement becomes, to add to the running set before asking again."""
     return RunningMachine(slot=slot, machinetype=placement.machinetype,
@@ -133,49 +133,49 @@ def placed_machine(factory: FactoryTerms, placement: Placement, slot: int,
                           hs06=machine_hs06(factory, placement.processors))
 
 
-def machinetype_backoff_until(terms: MachinetypeTerms, history: OutcomeHistory | None,
+def machinetype_backoff_until(machinetype: MachinetypeDemand, history: OutcomeHistory | None,
                               running: Iterable[RunningMachine], now: float) -> float | None:
-    """When `terms` leaves backoff, or None if it may start at `now`."""
+    """When `machinetype` leaves backoff, or None if it may start at `now`."""
     if history is None:
         return None
-    started = [m.started_at for m in running if m.machinetype == terms.name]
-    return backoff_until(history.last_abort_at, terms.backoff_seconds,
-                         terms.fizzle_seconds, started, now)
+    started = [m.started_at for m in running if m.machinetype == machinetype.name]
+    return backoff_until(history.last_abort_at, machinetype.backoff_seconds,
+                         machinetype.fizzle_seconds, started, now)
 
 
-def backoff_table(machinetypes: Iterable[MachinetypeTerms],
+def backoff_table(machinetypes: Iterable[MachinetypeDemand],
                   histories: Mapping[str, OutcomeHistory],
                   running: Sequence[RunningMachine], now: float) -> dict[str, float]:
     """Machinetype name → time it leaves backoff, for the machinetypes in backoff at `now`."""
     table = {}
-    for terms in machinetypes:
-        until = machinetype_backoff_until(terms, histories.get(terms.name), running, now)
+    for machinetype in machinetypes:
+        until = machinetype_backoff_until(machinetype, histories.get(machinetype.name), running, now)
         if until is not None:
-            table[terms.name] = until
+            table[machinetype.name] = until
     return table
 
 
-def share_scores(machinetypes: Iterable[MachinetypeTerms], running: Iterable[RunningMachine],
+def share_scores(machinetypes: Iterable[MachinetypeDemand], running: Iterable[RunningMachine],
                  space_hs06: Mapping[str, float]) -> dict[str, float]:
     """Score per machinetype with a share: HS06 running across the space ÷ target share."""
     hs06 = dict(space_hs06)
     for machine in running:
         hs06[machine.machinetype] = hs06.get(machine.machinetype, 0.0) + machine.hs06
-    return {terms.name: hs06.get(terms.name, 0.0) / terms.target_share
-            for terms in machinetypes if terms.target_share > 0}
+    return {machinetype.name: hs06.get(machinetype.name, 0.0) / machinetype.target_share
+            for machinetype in machinetypes if machinetype.target_share > 0}
 
 
-def group_scores(machinetypes: Iterable[MachinetypeTerms],
+def group_scores(machinetypes: Iterable[MachinetypeDemand],
                  scores: Mapping[str, float]) -> dict[str, float]:
     """Score per machinegroup: the sum of its members' scores."""
     groups: dict[str, float] = {}
-    for terms in machinetypes:
-        if terms.name in scores:
-            groups[terms.group] = groups.get(terms.group, 0.0) + scores[terms.name]
+    for machinetype in machinetypes:
+        if machinetype.name in scores:
+            groups[machinetype.group] = groups.get(machinetype.group, 0.0) + scores[machinetype.name]
     return groups
 
 
-def start_gate(factory: FactoryTerms, running: Sequence[RunningMachine],
+def start_gate(factory: FactoryCapacity, running: Sequence[RunningMachine],
                load_average: float, now: float) -> NoPlacement | None:
     """The factory-wide reason nothing may start now, or None if starts are allowed."""
     if factory.draining:
@@ -202,25 +202,25 @@ class _Obstacle:
     backoff_until: float | None = None
 
 
-def _obstacle(terms: MachinetypeTerms, factory: FactoryTerms, history: OutcomeHistory | None,
+def _obstacle(machinetype: MachinetypeDemand, factory: FactoryCapacity, history: OutcomeHistory | None,
               running: Sequence[RunningMachine], now: float,
               unavailable_repositories: AbstractSet[str]) -> _Obstacle | None:
-    """Why `terms` may not start now, or None if it is eligible."""
-    if terms.target_share <= 0:
+    """Why `machinetype` may not start now, or None if it is eligible."""
+    if machinetype.target_share <= 0:
         return _Obstacle(NoPlacementReason.NO_SHARE, "target_share <= 0")
-    if terms.paused:
+    if machinetype.paused:
         return _Obstacle(NoPlacementReason.PAUSED, "paused")
-    missing = sorted(set(terms.cvmfs_repositories) & unavailable_repositories)
+    missing = sorted(set(machinetype.cvmfs_repositories) & unavailable_repositories)
     if missing:
         return _Obstacle(NoPlacementReason.CVMFS_UNAVAILABLE,
                          "needs unavailable cvmfs " + " ".join(missing))
     if factory.shutdown_time is not None:
         left = factory.shutdown_time - now
-        if left < terms.shortest_wallclock:
+        if left < machinetype.shortest_wallclock:
             return _Obstacle(NoPlacementReason.NOT_ENOUGH_TIME,
-                             f"min_wallclock_seconds {terms.shortest_wallclock:g} exceeds the"
+                             f"min_wallclock_seconds {machinetype.shortest_wallclock:g} exceeds the"
                              f" {left:.0f}s left before shutdown_time")
-    until = machinetype_backoff_until(terms, history, running, now)
+    until = machinetype_backoff_until(machinetype, history, running, now)
     if until is not None:
         return _Obstacle(NoPlacementReason.ALL_IN_BACKOFF,
                          f"in backoff for another {until - now:.0f}s", until)
@@ -245,38 +245,38 @@ def _superslots(running: Iterable[RunningMachine]) -> list[_Superslot]:
             for ident, machines in sorted(members.items())]
 
 
-def _fit(terms: MachinetypeTerms, factory: FactoryTerms, running: Sequence[RunningMachine],
+def _fit(machinetype: MachinetypeDemand, factory: FactoryCapacity, running: Sequence[RunningMachine],
          now: float) -> Placement | None:
-    """Where `terms` goes: an unfinished superslot it fits, else a new superslot, else None."""
+    """Where `machinetype` goes: an unfinished superslot it fits, else a new superslot, else None."""
     free = free_processors(factory, running)
     superslots = _superslots(running)
     fillable = []
     for superslot in superslots:
         room = min(factory.processors_per_superslot - superslot.processors, free,
-                   terms.max_processors)
+                   machinetype.max_processors)
         shutdown_at = superslot.shutdown_at
         if factory.shutdown_time is not None:
             shutdown_at = min(shutdown_at, factory.shutdown_time)
         remaining = shutdown_at - now
-        if (room >= terms.min_processors and room > 0
-                and terms.shortest_wallclock <= remaining <= terms.max_wallclock_seconds):
+        if (room >= machinetype.min_processors and room > 0
+                and machinetype.shortest_wallclock <= remaining <= machinetype.max_wallclock_seconds):
             fillable.append((remaining, room, superslot.id, shutdown_at))
     if fillable:
         # The superslot with the most time left lets the machine do the most work.
         remaining, room, ident, shutdown_at = max(fillable, key=lambda f: (f[0], -f[2]))
-        return Placement(terms.name, room, shutdown_at, ident, new_superslot=False)
-    processors = min(free, terms.max_processors, factory.processors_per_superslot)
-    if processors < terms.min_processors or processors <= 0:
+        return Placement(machinetype.name, room, shutdown_at, ident, new_superslot=False)
+    processors = min(free, machinetype.max_processors, factory.processors_per_superslot)
+    if processors < machinetype.min_processors or processors <= 0:
         return None
-    shutdown_at = now + terms.max_wallclock_seconds
+    shutdown_at = now + machinetype.max_wallclock_seconds
     if factory.shutdown_time is not None:
         shutdown_at = min(shutdown_at, factory.shutdown_time)
     # Superslot ids only need to be unique among running machines.
     ident = max((s.id for s in superslots), default=0) + 1
-    return Placement(terms.name, processors, shutdown_at, ident, new_superslot=True)
+    return Placement(machinetype.name, processors, shutdown_at, ident, new_superslot=True)
 
 
-def next_placement(factory: FactoryTerms, machinetypes: Sequence[MachinetypeTerms],
+def next_placement(factory: FactoryCapacity, machinetypes: Sequence[MachinetypeDemand],
                    running: Sequence[RunningMachine], histories: Mapping[str, OutcomeHistory],
                    *, now: float, load_average: float, rng: random.Random,
                    space_hs06: Mapping[str, float] | None = None,
@@ -293,13 +293,13 @@ def next_placement(factory: FactoryTerms, machinetypes: Sequence[MachinetypeTerm
 
     obstacles = {}
     eligible = []
-    for terms in sorted(machinetypes, key=lambda t: t.name):
-        obstacle = _obstacle(terms, factory, histories.get(terms.name), running, now,
+    for machinetype in sorted(machinetypes, key=lambda t: t.name):
+        obstacle = _obstacle(machinetype, factory, histories.get(machinetype.name), running, now,
                              unavailable_repositories)
         if obstacle is None:
-            eligible.append(terms)
+            eligible.append(machinetype)
         else:
-            obstacles[terms.name] = obstacle
+            obstacles[machinetype.name] = obstacle
     backoff_ends = [o.backoff_until for o in obstacles.values() if o.backoff_until is not None]
     retry_at = min(backoff_ends) if backoff_ends else None
 
@@ -310,8 +310,8 @@ def next_placement(factory: FactoryTerms, machinetypes: Sequence[MachinetypeTerm
         # gives the same order whatever order the configuration listed them in.
         ranked = sorted(((groups[t.group], scores[t.name], rng.random(), t.name, t)
                          for t in eligible), key=lambda r: r[:4])
-        for *_, terms in ranked:
-            placement = _fit(terms, factory, running, now)
+        for *_, machinetype in ranked:
+            placement = _fit(machinetype, factory, running, now)
             if placement is not None:
                 return placement
         free = free_processors(factory, running)
@@ -333,7 +333,7 @@ def _with_obstacles(text: str, obstacles: Mapping[str, _Obstacle]) -> str:
     return text + "; " + "; ".join(f"{name}: {o.text}" for name, o in obstacles.items())
 
 
-def fill_free_slots(factory: FactoryTerms, machinetypes: Sequence[MachinetypeTerms],
+def fill_free_slots(factory: FactoryCapacity, machinetypes: Sequence[MachinetypeDemand],
                     running: Sequence[RunningMachine], histories: Mapping[str, OutcomeHistory],
                     free_slots: Iterable[int], *, now: float, load_average: float,
                     rng: random.Random, space_hs06: Mapping[str, float] | None = None,

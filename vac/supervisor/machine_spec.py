@@ -1,0 +1,40 @@
+"""The plain machine spec the root sends a slot worker in Place (pure)."""
+
+import dataclasses
+from collections.abc import Mapping
+
+
+def plain(value):
+    """A frozen config value as msgpack-able plain data (mappings, lists, scalars)."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [plain(v) for v in value]
+    return value
+
+
+FACTORY_KEYS = (
+    "vac_space", "mb_per_processor", "hs06_per_processor", "disk_gb_per_processor",
+    "gocdb_sitename", "machinefeatures_options", "user_data_options", "user_data_files",
+    "state_dir", "scratch_backend", "volume_group", "docker_url", "docker_timeout_seconds",
+    "pids_limit", "machinetypes_dir", "singularity_user")
+
+
+def machine_spec(*, uuid, slot, factory_name, machine_name, settings, machinetype, placement,
+                 placed_at):
+    """Everything a slot worker needs to run one machine, as plain data (Place.machine)."""
+    factory = {key: plain(getattr(settings, key)) for key in FACTORY_KEYS}
+    factory["factory_name"] = factory_name
+    return {
+        "uuid": uuid,
+        "slot": slot,
+        "machine_name": machine_name,
+        "machinetype": plain(machinetype),
+        "processors": placement.processors,
+        "shutdown_at": int(placement.shutdown_at),
+        "superslot": placement.superslot,
+        "placed_at": placed_at,
+        "factory": factory,
+    }
