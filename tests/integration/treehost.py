@@ -62,13 +62,18 @@ def hang_after_ready(channel, spec):
         loop.wait(1.0)
 
 
+def send_raw(channel, data):
+    """Send bytes as they are, past the framing: how a broken child writes."""
+    channel.sock.sendall(data)
+
+
 def send_garbage(channel, spec):
     """Becomes ready, then sends bytes that are no frame at all (once)."""
     loop = WorkerLoop(channel, spec, role=spec["child_id"])
     loop.ready()
     if not os.path.exists(spec["marker"]):
         open(spec["marker"], "w").close()
-        channel.send_raw(b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1")
+        send_raw(channel, b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1")
     while not loop.stopping:
         loop.wait(1.0)
 
@@ -79,7 +84,7 @@ def send_oversize(channel, spec):
     loop.ready()
     if not os.path.exists(spec["marker"]):
         open(spec["marker"], "w").close()
-        channel.send_raw(b"\x40\x00\x00\x00" + b"x" * 64)
+        send_raw(channel, b"\x40\x00\x00\x00" + b"x" * 64)
     while not loop.stopping:
         loop.wait(1.0)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from vac.runtimes.base import (ContainerGone, ContainerHandle, ContainerNotStarted,
                                ContainerRequest, ContainerState, ExitInfo, ImageMissing, RuntimeUnavailable,
                                StartFailed, Usage, request_labels)
-from vac.runtimes.docker_api import container_name, image_reference
+from vac.runtimes.docker_api import PAYLOAD_PATHS, container_name, image_reference
 from vac.vocabulary.labels import LABEL_FACTORY, LABEL_SLOT
 
 WALL_CLOCK_AT_ZERO = 1_700_000_000.0
@@ -75,6 +75,8 @@ class Call:
 @dataclass
 class FakeRuntime:
     """The runtime protocol in memory; `engine_down` makes every call raise RuntimeUnavailable."""
+
+    payload_paths = PAYLOAD_PATHS
     clock: FakeClock = field(default_factory=FakeClock)
     images: set[str] = field(default_factory=set)
     pullable: dict[str, float] = field(default_factory=dict)     # image -> seconds a pull takes

@@ -11,11 +11,12 @@ from pathlib import Path
 from vac.config.model import Machinetype, Settings
 from vac.ipc import messages
 from vac.machine.layout import MachinePaths
+from vac.runtimes.docker_api import PAYLOAD_PATHS
 from vac.runtimes.base import (ContainerGone, ContainerHandle, ContainerNotStarted, ContainerState, ExitInfo,
                                ImageMissing, RuntimeUnavailable, Usage, request_labels)
 from vac.supervisor.scheduler import Placement
 from vac.supervisor.machine_spec import machine_spec
-from vac.workers.jobs import JobResult
+from vac.workers.job_runner import JobResult
 from vac.workers.machine_run import SlotMachine
 
 FACTORY = "f1.example.com"
@@ -38,6 +39,8 @@ class FakeClock:
 
 class FakeRuntime:
     """The runtime protocol over a dict of containers; every call is recorded in `calls`."""
+
+    payload_paths = PAYLOAD_PATHS
 
     def __init__(self, clock, images=("docker://busybox:latest",)):
         self.clock = clock

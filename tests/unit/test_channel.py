@@ -97,7 +97,7 @@ def test_garbage_from_the_worker_is_an_ipc_error_at_the_root(pair, garbage, erro
     root, worker = pair
     before = Ready(child_id="slot-00", pid=123)
     worker.send(before)
-    worker.send_raw(garbage)
+    worker.sock.sendall(garbage)
     worker.send(Heartbeat(child_id="slot-00", seq=1))
     # What came before the garbage still counts; nothing after it does.
     assert receive_until_failure(root) == [before]
@@ -122,7 +122,7 @@ def test_worker_eof_is_channel_closed_at_the_root(pair):
 
 def test_eof_in_the_middle_of_a_frame_is_reported_partial(pair):
     root, worker = pair
-    worker.send_raw(encode_frame([1, "stop", {"reason": "x"}])[:5])
+    worker.sock.sendall(encode_frame([1, "stop", {"reason": "x"}])[:5])
     worker.close()
     assert root.receive() == []
     assert isinstance(root.failure, ChannelClosed)

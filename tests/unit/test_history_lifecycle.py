@@ -4,7 +4,7 @@ import pytest
 
 from vac import history
 from vac.machine.record import read_record
-from vac.workers import finalise
+from vac.workers import finishing
 
 from slot_fakes import FACTORY, SLOT, World
 
@@ -47,7 +47,7 @@ def test_a_repeated_finalisation_leaves_one_row(world):
     paths = world.paths(spec)
     record = read_record(paths)
     # As a worker restarted in the middle of FINISHING does.
-    finalise.record_history(paths, record, None)
+    finishing.record_history(paths, record, None)
     [ended] = spans(world)
     assert (ended.uuid, ended.shutdown_code, ended.factory) == (spec["uuid"], 300, FACTORY)
 

@@ -6,7 +6,7 @@ import pytest
 from vac.ipc import messages
 from vac.machine.record import is_finished, read_record
 from vac.runtimes.base import ContainerState
-from vac.workers import finalise
+from vac.workers import finishing
 from vac.workers.machine_run import SlotMachine
 
 from slot_fakes import FACTORY, SLOT, FakeJobs, World, make_machinetype, place_spec, settle
@@ -123,7 +123,7 @@ def test_a_crash_between_the_apel_record_and_the_finished_marker_still_accounts_
     def crash(paths, ended):
         raise RuntimeError("the worker died here")
 
-    monkeypatch.setattr(finalise, "mark_finished", crash)
+    monkeypatch.setattr(finishing, "mark_finished", crash)
     with pytest.raises(RuntimeError, match="died here"):
         world.end_container(0, "200 done")
     assert len(world.apel_files()) == 1 and not is_finished(world.paths(spec))
@@ -143,7 +143,7 @@ def test_the_outcome_fixed_before_a_crash_is_the_one_reported(world, monkeypatch
     world.boot()
     spec = world.place()
     world.clock.advance(900)
-    monkeypatch.setattr(finalise.apel, "write_job_record", lambda *args: (_ for _ in ()).throw(RuntimeError("x")))
+    monkeypatch.setattr(finishing.apel, "write_job_record", lambda *args: (_ for _ in ()).throw(RuntimeError("x")))
     with pytest.raises(RuntimeError):
         world.end_container(0, "200 done")
     monkeypatch.undo()

@@ -37,7 +37,7 @@ def stopping_at_the_wall_limit(world, leave=("wait", "stats", "stop")):
 
 
 def slot_rules_first_stats():
-    from vac.workers.machine_run import FIRST_STATS_DELAY_SECONDS
+    from vac.workers.slot_running import FIRST_STATS_DELAY_SECONDS
     return FIRST_STATS_DELAY_SECONDS
 
 

@@ -7,7 +7,9 @@ import pytest
 
 from vac.machine.layout import MachinePaths
 from vac.machine.prepare import (BadTerms, MachineTerms, container_request, create_directory, files_directory,
-                                 finished_machine, prepare_machine, read_terms)
+                                 prepare_machine, read_terms)
+from vac.runtimes.docker_api import PAYLOAD_PATHS
+from vac.workers.finishing import finished_machine
 
 from slot_fakes import FACTORY, START, make_machinetype, make_settings, place_spec
 
@@ -37,7 +39,7 @@ def setup(tmp_path):
 def test_preparing_writes_every_mjf_key_and_a_templated_user_data(setup):
     terms, state_dir = setup
     paths = create_directory(terms)
-    prepared = prepare_machine(terms, paths, START + 10)
+    prepared = prepare_machine(terms, paths, START + 10, PAYLOAD_PATHS)
 
     machinefeatures = {p.name: p.read_text() for p in paths.machinefeatures.iterdir()}
     jobfeatures = {p.name: p.read_text() for p in paths.jobfeatures.iterdir()}

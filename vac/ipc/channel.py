@@ -127,10 +127,6 @@ class WorkerChannel:
         finally:
             self.sock.settimeout(None)
 
-    def send_raw(self, data):
-        """Send bytes as they are (tests use it to play a broken child)."""
-        self.sock.sendall(data)
-
     @property
     def has_pending(self):
         """True when messages already read from the socket wait to be received."""

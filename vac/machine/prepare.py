@@ -1,7 +1,8 @@
 """From the root's plain machine terms (Place.machine) to a machine ready to start.
 
 MachineTerms reads the plain dict once and checks it; the adapters turn it into
-the inputs of mjf, userdata, scratch, the runtime and the APEL record; and
+the inputs of mjf, userdata, scratch and the runtime (in the runtime's neutral
+terms: the runtime maps them to its own paths and API); and
 prepare_machine() does the (blocking) work of the PREPARING state. The terms are
 kept in the machine directory (machine.json), so a restarted slot worker knows
 every limit of a machine it adopts.
@@ -15,13 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from vac.accounting.apel import FinishedMachine
 from vac.config.model import DEFAULT_VOLUME_GROUP
 from vac.machine import mjf, scratch, userdata
 from vac.machine.atomicfile import write_atomic
 from vac.machine.layout import PRIVATE_FILE_MODE, MachinePaths, create_machine_directory
-from vac.runtimes.base import ContainerRequest
-from vac.runtimes.docker_api import JOBFEATURES_PATH, JOBOUTPUTS_PATH, MACHINEFEATURES_PATH
+from vac.runtimes.base import ContainerRequest, PayloadPaths
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +192,7 @@ def mjf_inputs(terms: MachineTerms, start_time: float) -> mjf.MjfInputs:
         machinefeatures_options=dict(terms.factory.get("machinefeatures_options") or {}))
 
 
-def template_values(terms: MachineTerms) -> userdata.TemplateValues:
+def template_values(terms: MachineTerms, payload_paths: PayloadPaths) -> userdata.TemplateValues:
     """The values that fill the user_data template (option files are read here)."""
     root_image = terms.machinetype["root_image"]
     files = dict(terms.machinetype.get("user_data_files") or {})
@@ -202,8 +201,8 @@ def template_values(terms: MachineTerms) -> userdata.TemplateValues:
         machine_hostname=terms.machine_name, manager_hostname=terms.factory["factory_name"],
         machine_uuid=terms.uuid,
         # Vac gave Docker containers the paths they see, not URLs of a web server.
-        machinefeatures_url=MACHINEFEATURES_PATH, jobfeatures_url=JOBFEATURES_PATH,
-        joboutputs_url=JOBOUTPUTS_PATH,
+        machinefeatures_url=payload_paths.machinefeatures, jobfeatures_url=payload_paths.jobfeatures,
+        joboutputs_url=payload_paths.joboutputs,
         root_image_url=root_image if userdata.is_http_url(root_image) else None,
         site=terms.factory.get("gocdb_sitename"),
         options=dict(terms.machinetype.get("user_data_options") or {}),
@@ -223,18 +222,6 @@ def container_request(terms: MachineTerms, paths: MachinePaths, tmp_binds: list[
         joboutputs=paths.joboutputs,
         cvmfs_repositories=tuple(terms.machinetype.get("cvmfs_repositories") or ()),
         tmp_binds=tuple(tmp_binds))
-
-
-def finished_machine(terms: MachineTerms, start_time: float, end_time: float,
-                     cpu_seconds: float) -> FinishedMachine:
-    """What the machine's APEL record is made from."""
-    return FinishedMachine(
-        machine_uuid=terms.uuid, machinetype=terms.machinetype_name, space=terms.factory["vac_space"],
-        factory=terms.factory["factory_name"], processors=terms.processors, start_time=int(start_time),
-        end_time=int(end_time), cpu_seconds=int(cpu_seconds), mb_per_processor=terms.factory["mb_per_processor"],
-        hs06_per_processor=terms.factory.get("hs06_per_processor"),
-        gocdb_sitename=terms.factory.get("gocdb_sitename"),
-        accounting_fqan=terms.machinetype.get("accounting_fqan"))
 
 
 def scratch_backend(factory: Mapping[str, Any]) -> scratch.ScratchBackend:
@@ -266,7 +253,7 @@ def create_directory(terms: MachineTerms) -> MachinePaths:
     return paths
 
 
-def prepare_machine(terms: MachineTerms, paths: MachinePaths, start_time: float,
+def prepare_machine(terms: MachineTerms, paths: MachinePaths, start_time: float, payload_paths: PayloadPaths,
                     backend: scratch.ScratchBackend | None = None) -> PreparedMachine:
     """Write MJF and user_data and make the scratch space; may block (HTTP fetch, mkfs).
 
@@ -275,7 +262,7 @@ def prepare_machine(terms: MachineTerms, paths: MachinePaths, start_time: float,
     """
     mjf.write_mjf(paths, mjf_inputs(terms, start_time))
     # The values (and their option files) first: a bad option file fails before any fetch.
-    values = template_values(terms)
+    values = template_values(terms, payload_paths)
     template = userdata.obtain_template(terms.machinetype["user_data"], files_directory(terms))
     userdata.write_user_data(paths, userdata.render(template, values))
     if backend is None:

@@ -71,6 +71,17 @@ class Mount:
 
 
 @dataclass(frozen=True, slots=True)
+class PayloadPaths:
+    """Where the payload of a runtime's containers finds the machine's files (INTERFACES.md §3).
+
+    Each runtime has its own; user_data templates are filled with them.
+    """
+    machinefeatures: str
+    jobfeatures: str
+    joboutputs: str
+
+
+@dataclass(frozen=True, slots=True)
 class ContainerRequest:
     """Everything a runtime needs to create one machine's container.
 
@@ -186,6 +197,9 @@ def request_labels(request: ContainerRequest) -> dict[str, str]:
 @runtime_checkable
 class ContainerRuntime(Protocol):
     """What a slot worker needs from a container engine."""
+
+    # The paths its containers see their machine's MJF and joboutputs at.
+    payload_paths: PayloadPaths
 
     def ensure_image(self, image: str, deadline: float) -> None:
         """Make `image` present locally (pulling it by `deadline`) or raise ImageMissing."""

@@ -26,8 +26,8 @@ import urllib3.exceptions
 from vac.runtimes.base import (ContainerHandle, ContainerNotStarted, ContainerRequest,
                                ContainerRuntimeError, ContainerGone, ContainerState, ExitInfo, ImageMissing,
                                RuntimeUnavailable, StartFailed, Usage)
-from vac.runtimes.docker_api import (create_kwargs, exit_info_from_inspect, handle_from_inspect, image_reference,
-                                     usage_from_stats)
+from vac.runtimes.docker_api import (PAYLOAD_PATHS, create_kwargs, exit_info_from_inspect, handle_from_inspect,
+                                     image_reference, usage_from_stats)
 from vac.runtimes.mounts import host_propagation
 from vac.vocabulary.labels import LABEL_FACTORY, LABEL_SLOT
 
@@ -88,6 +88,8 @@ def translated_errors(what: str):
 
 class DockerRuntime:
     """The runtime protocol (vac.runtimes.base.ContainerRuntime) on a Docker engine."""
+
+    payload_paths = PAYLOAD_PATHS
 
     def __init__(self, base_url: str | None = None, timeout: float = DEFAULT_TIMEOUT_SECONDS, clock=time.monotonic,
                  propagation_of=host_propagation):

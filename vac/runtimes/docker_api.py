@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from vac.runtimes.base import (ContainerHandle, ContainerRequest, ContainerState, ExitInfo, Mount, Usage,
-                               request_labels)
+from vac.runtimes.base import (ContainerHandle, ContainerRequest, ContainerState, ExitInfo, Mount, PayloadPaths,
+                               Usage, request_labels)
 
 DOCKER_IMAGE_PREFIX = "docker://"
 
@@ -21,6 +21,8 @@ MACHINEFEATURES_PATH = "/etc/machinefeatures"
 JOBFEATURES_PATH = "/etc/jobfeatures"
 JOBOUTPUTS_PATH = "/var/spool/joboutputs"
 CVMFS_PATH = "/cvmfs"
+PAYLOAD_PATHS = PayloadPaths(machinefeatures=MACHINEFEATURES_PATH, jobfeatures=JOBFEATURES_PATH,
+                             joboutputs=JOBOUTPUTS_PATH)
 
 NANO_CPUS_PER_PROCESSOR = 1_000_000_000
 # Docker's "zero" time, reported for a container never started or never finished.

@@ -27,9 +27,9 @@ from vac.mountinfo import mount_at
 from vac.runtimes.base import ContainerRuntimeError
 from vac.runtimes.docker import DockerRuntime
 from vac.vocabulary.live_set import LIVE_SET_MAX_AGE_SECONDS
-from vac.workers import finalise, reaper_rules
+from vac.workers import finishing, reaper_rules
 from vac.workers.harness import WorkerLoop
-from vac.workers.jobs import Jobs
+from vac.workers.job_runner import JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def run(channel, spec):
     interval = float(spec.get("interval_seconds", 60.0))
     grace = float(spec.get("grace_seconds", 120.0))
     runtime = DockerRuntime(spec.get("docker_url"), float(spec.get("docker_timeout_seconds", 30)))
-    jobs = Jobs()
+    jobs = JobRunner()
     live = None
     next_sweep = time.monotonic() + min(interval, FIRST_SWEEP_SECONDS)
     loop.title("reaper [no sweep yet]")
@@ -149,10 +149,10 @@ def reap_container(runtime, factory, state_dir, handle, now):
     outcome = None
     if record is not None and not is_finished(paths):
         if not handle.state.has_ended:
-            finalise.write_message_if_none(paths, SHUTDOWN_BY_FACTORY)
+            finishing.write_message_if_none(paths, SHUTDOWN_BY_FACTORY)
             runtime.stop(handle, ORPHAN_STOP_GRACE_SECONDS)
         terms = read_terms(paths)
-        record = finalise.finish_machine(paths, record, terms, runtime.exit_status(handle),
+        record = finishing.finish_machine(paths, record, terms, runtime.exit_status(handle),
                                          record.cpu_seconds or 0.0, now)
         outcome = messages.MachineFinished(
             uuid=uuid, machinetype=record.machinetype,

@@ -18,7 +18,7 @@ import time
 
 from vac.runtimes.docker import DEFAULT_BASE_URL, DEFAULT_TIMEOUT_SECONDS, DockerRuntime
 from vac.workers.harness import WorkerLoop
-from vac.workers.jobs import Jobs
+from vac.workers.job_runner import JobRunner
 from vac.workers.machine_run import SlotMachine
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def run(channel, spec):
     engine_timeout = float(spec.get("docker_timeout_seconds") or DEFAULT_TIMEOUT_SECONDS)
     runtime = DockerRuntime(base_url=spec.get("docker_url") or DEFAULT_BASE_URL, timeout=engine_timeout)
     machine = SlotMachine(slot=slot, factory_name=spec.get("factory_name") or socket.getfqdn(),
-                          state_dir=spec["state_dir"], runtime=runtime, jobs=Jobs(), report=loop.report,
+                          state_dir=spec["state_dir"], runtime=runtime, jobs=JobRunner(), report=loop.report,
                           send=channel.send, engine_timeout=engine_timeout)
     loop.progress = lambda: heartbeat_progress(machine)
     loop.title(machine.title(time.time()))

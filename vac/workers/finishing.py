@@ -1,8 +1,8 @@
-"""FINISHING and CLEANING of one machine: its outcome, its accounting record, its removal.
+"""FINISHING of one machine: its shutdown_message, its outcome, its accounting record, its `finished` marker.
 
-Both run in a job thread and may be repeated after a crash at any point: the
+It runs in a job thread and may be repeated after a crash at any point: the
 outcome is fixed in the record the first time, the APEL record and the
-`finished` marker are each created once, and removing what is gone is fine.
+`finished` marker are each created once.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import logging
 
 from vac import history
 from vac.accounting import apel, end_time
+from vac.accounting.apel import FinishedMachine
 from vac.machine.joboutputs import JoboutputsDirectory, MessageReading, ShutdownMessage
 from vac.machine.layout import MachinePaths
-from vac.machine.prepare import MachineTerms, finished_machine, scratch_backend
+from vac.machine.prepare import MachineTerms
 from vac.machine.record import MachineRecord, mark_finished, write_record
-from vac.machine.scratch import DirectoryScratch
-from vac.runtimes.base import ContainerRuntime, ExitInfo
+from vac.runtimes.base import ExitInfo
 from vac.vocabulary.slot_states import MachineState, check_transition, machine_state
 from vac.workers.slot_rules import WALLCLOCK_GRACE_SECONDS
 
@@ -93,6 +93,18 @@ def fix_outcome(paths: MachinePaths, record: MachineRecord, exit_info: ExitInfo 
         shutdown_text=message.text if message else reading.reason or "no shutdown_message")
 
 
+def finished_machine(terms: MachineTerms, start_time: float, end_time: float,
+                     cpu_seconds: float) -> FinishedMachine:
+    """What the machine's APEL record is made from."""
+    return FinishedMachine(
+        machine_uuid=terms.uuid, machinetype=terms.machinetype_name, space=terms.factory["vac_space"],
+        factory=terms.factory["factory_name"], processors=terms.processors, start_time=int(start_time),
+        end_time=int(end_time), cpu_seconds=int(cpu_seconds), mb_per_processor=terms.factory["mb_per_processor"],
+        hs06_per_processor=terms.factory.get("hs06_per_processor"),
+        gocdb_sitename=terms.factory.get("gocdb_sitename"),
+        accounting_fqan=terms.machinetype.get("accounting_fqan"))
+
+
 def finish_machine(paths: MachinePaths, record: MachineRecord, terms: MachineTerms | None,
                    exit_info: ExitInfo | None, cpu_seconds: float, now: float,
                    fallback: ShutdownMessage | None = None) -> MachineRecord:
@@ -132,14 +144,4 @@ def record_history(paths: MachinePaths, record: MachineRecord, terms: MachineTer
         started_at=record.started, ended_at=record.ended, shutdown_code=record.shutdown_code,
         shutdown_text=record.shutdown_text, cpu_seconds=record.cpu_seconds, shutdown_at=record.shutdown_time,
         end_estimated=record.end_estimated)
-
-
-def clean_machine(runtime: ContainerRuntime, factory: str, slot: int, paths: MachinePaths,
-                  terms: MachineTerms | None) -> None:
-    """Remove every container of the machine (found by its labels) and destroy its scratch space."""
-    for handle in runtime.find(factory, slot):
-        if handle.machine_uuid == paths.machine_uuid:
-            runtime.remove(handle)
-    backend = scratch_backend(terms.factory) if terms is not None else DirectoryScratch()
-    backend.destroy(paths)
 

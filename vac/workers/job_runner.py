@@ -26,7 +26,7 @@ class JobResult:
     token: Any = None
 
 
-class Jobs:
+class JobRunner:
     """Runs each submitted call in a daemon thread and queues its result."""
 
     def __init__(self) -> None:

@@ -6,7 +6,7 @@ import signal
 import threading
 import time
 
-from vac.workers.jobs import Jobs
+from vac.workers.job_runner import JobRunner
 
 
 def collect(jobs, count, timeout=5.0):
@@ -18,7 +18,7 @@ def collect(jobs, count, timeout=5.0):
 
 
 def test_a_forked_job_returns_its_value_at_once_and_leaves_no_thread_or_zombie():
-    jobs = Jobs()
+    jobs = JobRunner()
     threads = threading.active_count()
     started = time.monotonic()
     jobs.submit("double", lambda x: (os.getpid(), x * 2), 21, fork=True)
@@ -36,14 +36,14 @@ def test_a_forked_job_returns_its_value_at_once_and_leaves_no_thread_or_zombie()
 
 
 def test_a_forked_job_s_exception_comes_back_as_its_error():
-    jobs = Jobs()
+    jobs = JobRunner()
     jobs.submit("fail", lambda: {}["missing"], fork=True)
     (result,) = collect(jobs, 1)
     assert isinstance(result.error, KeyError) and result.value is None
 
 
 def test_a_forked_job_killed_before_it_delivers_is_reported_failed():
-    jobs = Jobs()
+    jobs = JobRunner()
     jobs.submit("killed", lambda: os.kill(os.getpid(), signal.SIGKILL), fork=True)
     deadline, results = time.monotonic() + 5, []
     while not results and time.monotonic() < deadline:

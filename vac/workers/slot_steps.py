@@ -1,4 +1,4 @@
-"""The blocking steps of a slot, each run as a job in a thread (see jobs.py).
+"""The blocking steps of a slot, each run as a job in a thread (see job_runner.py).
 
 Every step may be cut short by the worker's death and repeated by its
 successor: creating the container again returns the one made before, the
@@ -14,11 +14,13 @@ from pathlib import Path
 from vac import history
 from vac.machine.joboutputs import ShutdownMessage
 from vac.machine.layout import MachinePaths, iter_machine_directories
-from vac.machine.prepare import MachineTerms, PreparedMachine, create_directory
+from vac.machine.prepare import MachineTerms, PreparedMachine, create_directory, scratch_backend
 from vac.machine.record import MachineRecord, is_finished, read_record, write_record
-from vac.runtimes.base import ContainerGone, ContainerHandle, ContainerRequest, ContainerRuntime, ExitInfo
+from vac.machine.scratch import DirectoryScratch
+from vac.runtimes.base import (ContainerGone, ContainerHandle, ContainerRequest, ContainerRuntime, ExitInfo,
+                               PayloadPaths)
 from vac.vocabulary.slot_states import MachineState, machine_state
-from vac.workers import finalise, slot_rules
+from vac.workers import finishing, slot_rules
 
 # Each wait on the engine is bounded; the slot starts the next one at once.
 WAIT_CHUNK_SECONDS = 60.0
@@ -49,14 +51,14 @@ def remove_containers(runtime: ContainerRuntime, handles) -> None:
 
 
 def prepare(terms: MachineTerms, paths: MachinePaths, record: MachineRecord, now: float,
-            prepare_machine) -> PreparedMachine:
+            prepare_machine, payload_paths: PayloadPaths) -> PreparedMachine:
     """PREPARING: the directory and record first (so a failure can be finalised), then the rest."""
     create_directory(terms)
     write_record(paths, record)
     model = terms.machinetype["machine_model"]
     if model not in SUPPORTED_MODELS:
         raise UnsupportedModel(f"machine_model {model} is not run by this slot worker")
-    return prepare_machine(terms, paths, now)
+    return prepare_machine(terms, paths, now, payload_paths)
 
 
 def create(runtime: ContainerRuntime, request: ContainerRequest) -> ContainerHandle:
@@ -123,10 +125,14 @@ def finish(runtime: ContainerRuntime, paths: MachinePaths, record: MachineRecord
             exit_info = runtime.exit_status(handle)
         except ContainerGone:
             exit_info = None
-    return finalise.finish_machine(paths, record, terms, exit_info, cpu_seconds, now, fallback)
+    return finishing.finish_machine(paths, record, terms, exit_info, cpu_seconds, now, fallback)
 
 
 def clean(runtime: ContainerRuntime, factory: str, slot: int, paths: MachinePaths,
           terms: MachineTerms | None) -> None:
-    """CLEANING: remove the machine's containers and destroy its scratch space."""
-    finalise.clean_machine(runtime, factory, slot, paths, terms)
+    """CLEANING: remove every container of the machine (found by its labels) and destroy its scratch space."""
+    for handle in runtime.find(factory, slot):
+        if handle.machine_uuid == paths.machine_uuid:
+            runtime.remove(handle)
+    backend = scratch_backend(terms.factory) if terms is not None else DirectoryScratch()
+    backend.destroy(paths)
