@@ -13,7 +13,7 @@ import pytest
 
 from vac.config import Settings, VacuumPipe, expand_pipe, try_load_configuration
 from vac.config.machinetypes import MAX_REPOSITORIES, MAX_TMP_BINDS
-from vac.config.values import APEL_FIELD_CHARS, MAX_TEXT_CHARS
+from vac.config.values import APEL_FIELD_CHARS, MAX_VALUE_CHARS
 from vac.supervisor.machine_spec import plain
 
 SETTINGS = Settings(vac_space="space.example.com", total_processors=8)
@@ -71,7 +71,7 @@ def test_a_pipe_cannot_set_machinegroup_so_any_value_there_is_only_ignored(value
     ("image_signing_dn", "/CN=a\tb", "contains the control character '\\t'"),
     ("user_data_option_x", "line\r\n", "contains the control character '\\r'"),
     ("user_data_option_x", "bell\x07", "contains the control character '\\x07'"),
-    ("user_data_option_x", "x" * (MAX_TEXT_CHARS + 1), f"longer than {MAX_TEXT_CHARS} characters"),
+    ("user_data_option_x", "x" * (MAX_VALUE_CHARS + 1), f"longer than {MAX_VALUE_CHARS} characters"),
 ])
 def test_control_characters_and_overlong_values_are_refused(key, value, reason):
     assert reason in refused(key, value)

@@ -32,7 +32,8 @@ MACHINE_RECORD_NAME = "apel-record"
 
 RECORD_FILE_MODE = 0o644
 RECORD_DIR_MODE = 0o755
-MAX_RECORD_BYTES = 64 * 1024
+# Reading one APEL record file stops here (a job record is under 1 KiB).
+MAX_APEL_RECORD_BYTES = 64 * 1024
 
 # The widest value APEL's server stores per key (its JobRecords and lookup
 # tables' columns): a longer one is cut or refused there, and the loader
@@ -177,7 +178,7 @@ def element_name(machine_uuid: str, attempt: int = 0) -> str:
 
 def _holds_machine(path: Path, machine_uuid: str) -> bool:
     try:
-        text = path.read_bytes()[:MAX_RECORD_BYTES].decode(errors="replace")
+        text = path.read_bytes()[:MAX_APEL_RECORD_BYTES].decode(errors="replace")
     except FileNotFoundError:
         return False
     return any(record.get("LocalJobId") == machine_uuid for record in parse_records(text))
@@ -220,7 +221,7 @@ def _stored_record(machine_dir: Path, machine: FinishedMachine) -> str:
     # record can always be stored; the check before apel-outgoing refuses it.
     create_atomic(path, job_record(machine).encode(errors="backslashreplace"), RECORD_FILE_MODE)
     with open(path, "rb") as stream:
-        return stream.read(MAX_RECORD_BYTES).decode(errors="backslashreplace")
+        return stream.read(MAX_APEL_RECORD_BYTES).decode(errors="backslashreplace")
 
 
 def _ensure_durable_directory(directory: Path) -> None:
@@ -295,7 +296,7 @@ def archived_job_counts(state_dir: Path) -> Counter[tuple[str, str, int, int]]:
             if not _ELEMENT_NAME.fullmatch(element.name):
                 continue  # temp files of a write in progress
             try:
-                text = element.read_bytes()[:MAX_RECORD_BYTES].decode(errors="replace")
+                text = element.read_bytes()[:MAX_APEL_RECORD_BYTES].decode(errors="replace")
             except OSError as error:
                 log.warning("cannot read APEL record %s (%s); not counted", element, error)
                 continue

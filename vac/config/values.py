@@ -29,7 +29,7 @@ _FALSE = {"false", "no", "off", "0"}
 # Longer numerals than this are refused before conversion: nothing sensible needs them.
 MAX_NUMERAL_CHARS = 32
 # Characters per value: a user_data option may hold a script or a certificate chain.
-MAX_TEXT_CHARS = 65536
+MAX_VALUE_CHARS = 65536
 MAX_PATH_CHARS = 1024
 # APEL's columns for text fields such as FQAN hold at most this many characters.
 APEL_FIELD_CHARS = 255
@@ -150,7 +150,7 @@ def check_minimum(value: float, minimum: float) -> None:
         raise BadValue(f"must be at least {minimum:g}")
 
 
-def check_text(text: str, *, multiline: bool = False, limit: int = MAX_TEXT_CHARS) -> None:
+def check_text(text: str, *, multiline: bool = False, limit: int = MAX_VALUE_CHARS) -> None:
     """Refuse over-long text, lone surrogates, NUL and control characters.
 
     Newlines and tabs are allowed only where `multiline` (user_data option values)."""

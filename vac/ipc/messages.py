@@ -19,8 +19,8 @@ from vac.ipc.framing import IpcError, Unencodable
 PROTOCOL_VERSION = 1
 
 # What any field may hold unless its message declares tighter bounds: room for
-# everything vac sends (a configuration value is at most 64 Ki characters),
-# small enough that no message makes the root walk or keep more than that.
+# everything vac sends (a configuration value is at most 64 Ki characters,
+# config.values.MAX_VALUE_CHARS), small enough that no message makes the root walk or keep more than that.
 MAX_TEXT_CHARS = 64 * 1024      # characters of one string, bytes of one binary value
 MAX_ITEMS = 64 * 1024           # entries of one list or map
 MAX_DEPTH = 8                   # lists and maps nested inside one field

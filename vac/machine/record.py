@@ -18,8 +18,8 @@ from vac.machine.layout import PRIVATE_FILE_MODE, MachinePaths
 
 log = logging.getLogger(__name__)
 
-# A record is a few hundred bytes; anything much larger is not ours.
-MAX_RECORD_BYTES = 64 * 1024
+# A machine record is a few hundred bytes; anything much larger is not ours.
+MAX_MACHINE_RECORD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,16 +71,16 @@ def read_record(paths: MachinePaths) -> MachineRecord | None:
     """The stored record, or None if it is missing, truncated or not a record (logged)."""
     try:
         with open(paths.record, "rb") as stream:
-            raw = stream.read(MAX_RECORD_BYTES + 1)
+            raw = stream.read(MAX_MACHINE_RECORD_BYTES + 1)
     except FileNotFoundError:
         return None
     except OSError as error:
         log.warning("machine %s: cannot read %s (%s); treating the machine as unrecorded",
                     paths.machine_uuid, paths.record, error)
         return None
-    if len(raw) > MAX_RECORD_BYTES:
+    if len(raw) > MAX_MACHINE_RECORD_BYTES:
         log.warning("machine %s: %s is larger than %d bytes; ignoring it",
-                    paths.machine_uuid, paths.record, MAX_RECORD_BYTES)
+                    paths.machine_uuid, paths.record, MAX_MACHINE_RECORD_BYTES)
         return None
     try:
         data = json.loads(raw)
