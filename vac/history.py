@@ -212,17 +212,8 @@ def machines_between(state_dir, start: float, end: float) -> list[MachineSpan]:
     path = history_path(state_dir)
     if not path.is_file():
         raise FileNotFoundError(f"no machine history at {path}")
-    connection = _open_for_reading(path)
-    try:
-        if not connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'machines'"
-                                  ).fetchall():
-            return []
-        rows = connection.execute(
-            f"SELECT {_selected_columns(connection)} FROM machines"
-            " WHERE started_at < ? AND (ended_at IS NULL OR ended_at > ?) ORDER BY started_at, uuid",
-            (float(end), float(start))).fetchall()
-    finally:
-        connection.close()
+    rows = _select_machines(path, "started_at < ? AND (ended_at IS NULL OR ended_at > ?)"
+                                  " ORDER BY started_at, uuid", (float(end), float(start)))
     return [_span(row) for row in rows]
 
 
@@ -236,17 +227,22 @@ def ended_since(state_dir, since: float, limit: int) -> list[MachineSpan]:
     path = history_path(state_dir)
     if not path.is_file():
         return []
+    rows = _select_machines(path, "ended_at >= ? ORDER BY ended_at DESC, uuid LIMIT ?",
+                            (float(since), int(limit)))
+    return [_span(row) for row in reversed(rows)]
+
+
+def _select_machines(path, condition: str, parameters: tuple) -> list:
+    """The machines rows `condition` (a constant of this module) selects; none before the table exists."""
     connection = _open_for_reading(path)
     try:
         if not connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'machines'"
                                   ).fetchall():
             return []
-        rows = connection.execute(
-            f"SELECT {_selected_columns(connection)} FROM machines"
-            " WHERE ended_at >= ? ORDER BY ended_at DESC, uuid LIMIT ?", (float(since), int(limit))).fetchall()
+        return connection.execute(
+            f"SELECT {_selected_columns(connection)} FROM machines WHERE {condition}", parameters).fetchall()
     finally:
         connection.close()
-    return [_span(row) for row in reversed(rows)]
 
 
 def forget_ended_before(state_dir, before: float) -> int:

@@ -37,6 +37,14 @@ class OptionSpec:
     # For "words": how many there may be.
     max_words: int | None = None
 
+    def check_range(self, number: float) -> None:
+        """BadValue if an "int" or "number" is below its minimum or beyond what vac stores."""
+        if self.minimum is not None:
+            values.check_minimum(number, self.minimum)
+        largest = LARGEST_INT if self.kind == "int" else LARGEST_NUMBER
+        if abs(number) > largest:
+            raise BadValue(f"too large (more than {largest:g})")
+
 
 def check_machine_model(text: str, untrusted: bool) -> None:
     """docker or singularity; VM models are outside what vac runs."""
@@ -197,11 +205,7 @@ def convert_option(spec: OptionSpec, value: object, *, from_json: bool, untruste
             return words
         spec.check(text, untrusted)
         return text
-    if spec.minimum is not None:
-        values.check_minimum(number, spec.minimum)
-    largest = LARGEST_INT if spec.kind == "int" else LARGEST_NUMBER
-    if abs(number) > largest:
-        raise BadValue(f"too large (more than {largest:g})")
+    spec.check_range(number)
     return number
 
 

@@ -15,8 +15,7 @@ import math
 from collections.abc import Mapping
 
 from vac.config import values
-from vac.config.machinetypes import (LARGEST_INT, LARGEST_NUMBER, NAME_RE, OPTIONS,
-                                     check_option_text, check_user_data_file)
+from vac.config.machinetypes import NAME_RE, OPTIONS, check_option_text, check_user_data_file
 from vac.config.model import Machinetype, Settings, VacuumPipe, frozen_mapping
 from vac.config.pipes import MAX_ENTRIES, MAX_NAME_CHARS
 from vac.config.values import BadValue
@@ -161,11 +160,7 @@ def _number(value, spec):
         raise BadValue(f"{values.json_type(value)} where an integer is needed")
     if not math.isfinite(value):
         raise BadValue("not a finite number")
-    if spec.minimum is not None:
-        values.check_minimum(value, spec.minimum)
-    largest = LARGEST_INT if spec.kind == "int" else LARGEST_NUMBER
-    if abs(value) > largest:
-        raise BadValue(f"too large (more than {largest:g})")
+    spec.check_range(value)
     return value
 
 
