@@ -21,7 +21,8 @@ from vac.control.commands import STATUS_PROBLEMS_SHOWN, capped
 from vac.ipc import messages
 from vac.ipc.channel import RootChannel, channel_pair
 from vac.ipc.framing import FrameDecoder, encode_frame
-from vac.supervisor.factory import Factory, pipe_list
+from vac.supervisor.factory import Factory
+from vac.supervisor.helper_handshakes import pipe_list
 from vac.workers import pipe_fetcher
 from vac.workers.pipe_fetcher import MAX_MACHINETYPE_BYTES, PipeState, next_due, report
 
