@@ -13,8 +13,8 @@ import pytest
 
 from vac.config import Settings, VacuumPipe, expand_pipe, try_load_configuration
 from vac.config.machinetypes import MAX_REPOSITORIES, MAX_TMP_BINDS
+from vac.config.plain import to_plain
 from vac.config.values import APEL_FIELD_CHARS, MAX_VALUE_CHARS
-from vac.supervisor.machine_spec import plain
 
 SETTINGS = Settings(vac_space="space.example.com", total_processors=8)
 PIPE = VacuumPipe(prefix="exp", url="https://exp.example.org/exp.pipe", target_share=1.0)
@@ -31,7 +31,7 @@ def expand(*entries):
     document = json.dumps({"machinetypes": list(entries)}).encode()
     expansion = expand_pipe(PIPE, document, {}, SETTINGS)
     for machinetype in expansion.machinetypes.values():
-        msgpack.packb(plain(machinetype), use_bin_type=True)
+        msgpack.packb(to_plain(machinetype), use_bin_type=True)
     return expansion
 
 

@@ -1,19 +1,6 @@
 """The plain machine spec the root sends a slot worker in Place (pure)."""
 
-import dataclasses
-from collections.abc import Mapping
-
-
-def plain(value):
-    """A frozen config value as msgpack-able plain data (mappings, lists, scalars)."""
-    if dataclasses.is_dataclass(value):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [plain(v) for v in value]
-    return value
-
+from vac.config.plain import to_plain
 
 FACTORY_KEYS = (
     "vac_space", "mb_per_processor", "hs06_per_processor", "disk_gb_per_processor",
@@ -25,13 +12,13 @@ FACTORY_KEYS = (
 def machine_spec(*, uuid, slot, factory_name, machine_name, settings, machinetype, placement,
                  placed_at):
     """Everything a slot worker needs to run one machine, as plain data (Place.machine)."""
-    factory = {key: plain(getattr(settings, key)) for key in FACTORY_KEYS}
+    factory = {key: to_plain(getattr(settings, key)) for key in FACTORY_KEYS}
     factory["factory_name"] = factory_name
     return {
         "uuid": uuid,
         "slot": slot,
         "machine_name": machine_name,
-        "machinetype": plain(machinetype),
+        "machinetype": to_plain(machinetype),
         "processors": placement.processors,
         "shutdown_at": int(placement.shutdown_at),
         "superslot": placement.superslot,
