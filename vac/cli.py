@@ -102,7 +102,7 @@ def build_parser():
     check = sub.add_parser("check", help="Nagios/NRPE plugin: OK/WARNING/CRITICAL/UNKNOWN",
                            description=nagios.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    check.add_argument("--idle-warning", metavar="SECONDS", type=positive_seconds,
+    check.add_argument("--idle-warning", metavar="SECONDS", type=seconds,
                        default=nagios.IDLE_WARNING_SECONDS,
                        help="warn when no machine has run this long (default %(default)s)")
     config = sub.add_parser("check-config", help="print the effective configuration or its errors")
