@@ -4,9 +4,15 @@ Each example opens a connection, sends what hypothesis made (arbitrary
 bytes, valid length prefixes around random msgpack or random bytes, valid
 requests naming any command with arguments of any type, several of these in
 a row, cut anywhere), closes its sending side and reads whatever comes back
-until the daemon closes. Meanwhile another client keeps asking for status.
+until the daemon closes. Meanwhile another client keeps asking for status,
+and watchers that never read and one that reads slowly are fed a stream of
+events (pipelined pause and resume); the stalled ones are dropped, told why.
 At the end the daemon is the same process, still answering, and it logged
 no traceback.
+
+A second run does the same against a factory whose status is too large for
+a frame, each example asking for it (or machinetypes) first: every such
+reply is an error saying so, and small replies keep coming promptly.
 """
 
 import collections
@@ -25,7 +31,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from daemon_client import daemon_factory  # noqa: F401 (a fixture)
 from vac.control import protocol
-from vac.control.client import ControlClient
+from vac.control.client import ControlClient, ControlError
 from vac.control.commands import COMMANDS
 from vac.ipc.framing import FrameDecoder
 
@@ -46,7 +52,8 @@ user_data = alpha.user_data
 target_share = 0
 """
 
-ERROR_CODES = {protocol.DENIED, protocol.BAD_REQUEST, protocol.UNKNOWN_COMMAND, protocol.FAILED}
+ERROR_CODES = {protocol.DENIED, protocol.BAD_REQUEST, protocol.UNKNOWN_COMMAND, protocol.FAILED,
+               protocol.TOO_LARGE}
 
 integers = st.integers(-2**63, 2**64 - 1)   # what msgpack carries
 values = st.recursive(
@@ -191,6 +198,8 @@ def test_generated_frames_never_crash_or_stall_the_daemon(
     root_pid = daemon.proc.pid
     prober = Prober(socket_path)
     prober.start()
+    crowd = WatchCrowd(socket_path)
+    crowd.start()
     sent = {"connections": 0, "bytes": 0}
     answers = collections.Counter()
 
@@ -205,12 +214,15 @@ def test_generated_frames_never_crash_or_stall_the_daemon(
             check_reply(frame, data)
             answers["ok" if frame.get("ok") else frame.get("code", "event")] += 1
         assert prober.failure is None, f"status failed meanwhile: {prober.failure!r}"
+        assert crowd.failure is None, f"the watchers' events failed meanwhile: {crowd.failure!r}"
 
     started = time.monotonic()
     try:
         fuzz()
+        check_watch_crowd(crowd, daemon)
     finally:
         prober.stop()
+        crowd.stop()
     took = time.monotonic() - started
 
     assert prober.failure is None, repr(prober.failure)
@@ -228,6 +240,167 @@ def test_generated_frames_never_crash_or_stall_the_daemon(
     with ControlClient(socket_path) as client:
         assert client.request("status")["state"] == "running"
     assert "Traceback" not in daemon.text()
-    print(f"{sent['connections']} connections, {sent['bytes']} bytes, answers {dict(answers)} "
+    print(f"{sent['connections']} connections, {sent['bytes']} bytes, answers {dict(answers)}, "
+          f"{crowd.changes} changes streamed to {STALLED_WATCHERS + 1} watchers "
           f"in {took:.1f} s; status p50 {statistics.median(prober.latencies) * 1000:.1f} ms, "
           f"max {max(prober.latencies) * 1000:.1f} ms over {len(prober.latencies)} requests")
+
+
+# Oversize replies and slow watchers.
+
+OVERSIZE_EXAMPLES = 100
+# 1,000 machinetypes with 4,600-character names: their status is about 4.7 MB,
+# over the 4 MiB a reply may have, yet few enough to keep each pass cheap.
+OVERSIZE_MACHINETYPES = 1_000
+STALLED_WATCHERS = 3
+# Changes made for the watchers: their events are over twice what a stalled
+# watcher's socket and backlog hold.
+CROWD_CHANGES = 20_000
+
+
+def oversize_config(factory):
+    lines = [CONFIG.format(factory=factory)]
+    for n in range(OVERSIZE_MACHINETYPES):
+        lines.append(f"[machinetype mt{n:05d}-{'x' * 4600}]\nmachine_model = docker\n"
+                     "root_image = docker://vac-nonexistent:latest\nuser_data = u.user_data\n"
+                     "target_share = 0\n")
+    return "\n".join(lines)
+
+
+# Each exchange first asks for a reply too large to send, then goes on as hypothesis likes.
+oversize_exchanges = st.tuples(st.sampled_from(["status", "machinetypes"]), integers, exchanges()).map(
+    lambda drawn: protocol.request_frame(drawn[1] % 2**31, drawn[0]) + drawn[2])
+
+
+class WatchCrowd(threading.Thread):
+    """Watchers that never read, one that reads slowly, and a stream of events for them."""
+
+    def __init__(self, path):
+        super().__init__(daemon=True)
+        self.path = path
+        self.stalled = []
+        for _ in range(STALLED_WATCHERS):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(path)
+            sock.sendall(protocol.request_frame(1, "watch"))
+            self.stalled.append(sock)
+        self.slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.slow.connect(path)
+        self.slow.sendall(protocol.request_frame(1, "watch"))
+        self.slow.settimeout(0.05)
+        self.slow_frames = []
+        self.slow_decoder = FrameDecoder(protocol.MAX_REPLY_BYTES)
+        self.slow_closed = False
+        self.changes = 0
+        self.failure = None
+        self.stopping = threading.Event()
+
+    def run(self):
+        """Pause and resume one machinetype in pipelined batches; read the slow watcher a little."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(10)
+                sock.connect(self.path)
+                decoder = FrameDecoder(protocol.MAX_REPLY_BYTES)
+                while not self.stopping.wait(0 if self.changes < CROWD_CHANGES else 0.2):
+                    if self.changes >= CROWD_CHANGES:
+                        self.read_slowly(4096)   # enough events sent: only read now
+                        continue
+                    sock.sendall(b"".join(
+                        protocol.request_frame(n, "pause" if n % 2 == 0 else "resume",
+                                               {"machinetype": "alpha"}) for n in range(100)))
+                    replies = []
+                    while len(replies) < 100:
+                        replies += decoder.feed(sock.recv(65536))
+                    assert all(reply["ok"] for reply in replies), replies[:2]
+                    self.changes += 100
+                    self.read_slowly(4096)
+        except Exception as error:  # noqa: BLE001 - reported by the test
+            self.failure = error
+
+    def read_slowly(self, size):
+        if self.slow_closed:
+            return
+        try:
+            chunk = self.slow.recv(size)
+        except TimeoutError:
+            return
+        if not chunk:
+            self.slow_closed = True
+        self.slow_frames += self.slow_decoder.feed(chunk)
+
+    def stop(self):
+        self.stopping.set()
+        self.join(30)
+
+
+def read_to_the_end(sock):
+    sock.settimeout(10)
+    decoder = FrameDecoder(protocol.MAX_REPLY_BYTES)
+    frames = []
+    while chunk := sock.recv(65536):
+        frames += decoder.feed(chunk)
+    sock.close()
+    return frames
+
+
+def check_watch_crowd(crowd, daemon):
+    """Every stalled watcher was dropped, told why; the slow reader got whole frames."""
+    deadline = time.monotonic() + 60
+    while daemon.text().count("a watcher fell behind") < STALLED_WATCHERS:
+        assert time.monotonic() < deadline, "a stalled watcher was never dropped"
+        assert crowd.failure is None, repr(crowd.failure)
+        time.sleep(0.1)
+    crowd.stop()
+    assert crowd.failure is None, repr(crowd.failure)
+    for sock in crowd.stalled:
+        # Read long after the drop: what the socket held, whole frames, then the end (the
+        # last line saying why waits only LAST_WORDS_SECONDS for a reader to take it).
+        first, *events = read_to_the_end(sock)
+        assert first["result"] == {"watching": True} and events
+        if events[-1].get("ok") is False:
+            assert events.pop()["code"] == protocol.FELL_BEHIND
+        assert all(set(frame) == {"v", "id", "event"} for frame in events)
+    # The slow reader is kept or, if it fell behind too, told why; its frames are whole either way.
+    assert crowd.slow_frames[0]["result"] == {"watching": True}
+    if crowd.slow_closed and crowd.slow_frames[-1].get("ok") is False:
+        assert crowd.slow_frames[-1]["code"] == protocol.FELL_BEHIND
+    crowd.slow.close()
+
+
+def test_oversize_replies_never_crash_or_stall_the_daemon(
+        tmp_path, daemon_factory, socket_path):  # noqa: F811
+    config = tmp_path / "vac.conf"
+    config.write_text(oversize_config(uuid.uuid4().hex[:8]))
+    daemon = daemon_factory(config, extra_args=("--socket", socket_path))
+    daemon.wait_log("supervisor running", timeout=60)
+    root_pid = daemon.proc.pid
+    latencies = []
+    answers = collections.Counter()
+
+    @settings(max_examples=OVERSIZE_EXAMPLES, deadline=None, database=None, derandomize=False,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(oversize_exchanges)
+    def fuzz(data):
+        replies = exchange(socket_path, data)
+        for frame in replies:
+            check_reply(frame, data)
+            answers["ok" if frame.get("ok") else frame.get("code", "event")] += 1
+        # A small reply keeps coming promptly meanwhile.
+        with ControlClient(socket_path, timeout=5) as client:
+            started = time.monotonic()
+            assert len(client.request("slots")) == 2
+            latencies.append(time.monotonic() - started)
+
+    fuzz()
+    assert answers[protocol.TOO_LARGE] >= OVERSIZE_EXAMPLES, answers
+    assert max(latencies) < PROMPT, f"slots took up to {max(latencies):.3f} s"
+    assert daemon.proc.poll() is None and daemon.proc.pid == root_pid
+    with ControlClient(socket_path) as client:
+        with pytest.raises(ControlError) as refused:
+            client.request("status")
+        assert refused.value.code == protocol.TOO_LARGE
+        assert len(client.request("slots")) == 2
+    assert "Traceback" not in daemon.text()
+    print(f"{OVERSIZE_EXAMPLES} connections, answers {dict(answers)}; slots p50 "
+          f"{statistics.median(latencies) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms")
