@@ -5,11 +5,13 @@ played by the test through their WorkerChannel ends, so nothing is forked.
 """
 
 import logging
+import signal
 
 import pytest
 
 from vac.ipc import messages
 from vac.ipc.channel import RootChannel, WorkerChannel, channel_pair
+from vac.ipc.framing import encode_frame
 from vac.supervisor import notify
 from vac.supervisor.process import Spawned
 from vac.supervisor.root import Root
@@ -154,3 +156,16 @@ def test_an_observer_or_service_that_fails_costs_only_its_own_call(loop, caplog)
     assert "observer bug" in caplog.text and "service bug" in caplog.text
     assert "deadline bug" in caplog.text
     assert all(r.exc_info for r in caplog.records if r.levelno == logging.ERROR)
+
+
+def test_a_message_out_of_its_bounds_fails_the_child_that_sent_it(loop):
+    root, keeper, app, events = loop
+    # Well-formed msgpack, a known tag, every field of its type: only the bound is broken.
+    keeper.sock.sendall(encode_frame([messages.PROTOCOL_VERSION, "state",
+                                      {"child_id": "keeper", "state": "s" * 65, "detail": {}}]))
+    root._pass()
+    assert app.seen == []
+    [bad] = [e for e in events if e["event"] == "bad_frame"]
+    assert bad["child"] == "keeper" and "state.state: a string of 65 characters" in bad["error"]
+    assert root.tree.leaves["keeper"].state is ChildState.STOPPING
+    assert (root.live["keeper"].pid, signal.SIGTERM) in root.processes.signals
