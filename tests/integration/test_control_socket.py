@@ -25,7 +25,7 @@ from accounts import ACCOUNT_TOOL_DEADLINE, account_tool, run_as
 from daemon_client import daemon_factory  # noqa: F401 (a fixture)
 from vac.control import protocol
 from vac.control.client import ControlClient, ControlError
-from vac.control.server import MAX_CLIENTS_PER_UID
+from vac.control.admission import MAX_CLIENTS_PER_UID
 from vac.ipc.framing import FrameDecoder
 
 READ_DEADLINE = 10.0        # the server's per-request read deadline

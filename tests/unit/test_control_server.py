@@ -15,9 +15,10 @@ import pytest
 
 from vac.control import commands, protocol
 from vac.control.commands import COMMANDS, Command, CommandFailed
-from vac.control.server import (ADMIN, ANSWERS_PER_PASS, LAST_WORDS_SECONDS, MAX_EVENT_BYTES,
-                                MAX_QUEUED_REQUESTS, READ, ControlServer, access_level, group_id,
-                                peer_groups, proc_groups, refusal)
+from vac.control.admission import (ADMIN, READ, access_level, group_id, peer_groups, proc_groups,
+                                   refusal)
+from vac.control.server import (ANSWERS_PER_PASS, LAST_WORDS_SECONDS, MAX_EVENT_BYTES,
+                                MAX_QUEUED_REQUESTS, ControlServer)
 from vac.ipc.framing import FrameDecoder
 
 ADMIN_GID, READONLY_GID = 1500, 1600
