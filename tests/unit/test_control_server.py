@@ -532,3 +532,22 @@ def test_a_reader_holding_every_place_it_may_does_not_lock_out_root(served):
         reader.sock.close()
     loop.turn()
     assert server.per_uid == collections.Counter({0: 1})
+
+
+def test_the_client_reports_a_watch_dropped_for_falling_behind(tmp_path):
+    from vac.control.client import ControlClient, ControlError
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "daemon.sock"))
+    listener.listen(1)
+    with listener, ControlClient(str(tmp_path / "daemon.sock"), timeout=5) as client:
+        daemon_side, _ = listener.accept()
+        with daemon_side:
+            # What the daemon says to a watcher it drops: events, then why.
+            daemon_side.sendall(protocol.reply_frame(1, {"watching": True})
+                                + protocol.event_frame(1, {"event": "ready", "child": "slot-00"})
+                                + protocol.error_frame(1, protocol.FELL_BEHIND, "watch dropped: ..."))
+            events = client.watch()
+            assert next(events) == {"event": "ready", "child": "slot-00"}
+            with pytest.raises(ControlError) as dropped:
+                next(events)
+    assert (dropped.value.code, str(dropped.value)) == (protocol.FELL_BEHIND, "watch dropped: ...")
