@@ -19,6 +19,7 @@ from pathlib import Path
 
 import docker
 import psutil
+import pytest
 import requests
 
 # One template for every machinetype: it waits until the test releases it by
@@ -218,6 +219,24 @@ def drain_and_finish(site, daemon, docker_client, timeout=40):
                  and not containers(docker_client, site.factory))
         calm = calm + 1 if quiet else 0
         time.sleep(0.5 if quiet else 0.2)
+
+
+def finish_and_check(site, daemon, docker_client, create_events, logs):
+    """Drain, then check what every test must leave: nothing running, each machine accounted once."""
+    drain_and_finish(site, daemon, docker_client)
+    daemon.stop()
+    assert daemon.proc.returncode == 0
+    assert containers(docker_client, site.factory) == []
+    assert_one_container_each(create_events, site)
+    assert_accounted_once(site, [*logs, daemon.text()])
+
+
+@pytest.fixture
+def create_events(docker_client, factory_label):
+    """Every container the engine creates for this test's factory label, recorded while the test runs."""
+    events = CreateEvents(docker_client, factory_label).start()
+    yield events
+    events.stop()
 
 
 def assert_accounted_once(site, logs):

@@ -16,6 +16,8 @@ import threading
 import time
 import urllib.parse
 
+import pytest
+
 DEFAULT_ENGINE_SOCKET = "/var/run/docker.sock"
 # A held answer that nobody releases is let go after this long, so a failing test ends.
 RELEASE_AT_THE_LATEST_SECONDS = 120.0
@@ -217,6 +219,14 @@ class _Connection:
             pass   # the client went away (killed while its answer was held): nothing to deliver
         finally:
             _shut(self.client, socket.SHUT_WR)
+
+
+@pytest.fixture
+def engine_proxy():
+    """A proxy in front of the engine's socket that holds the answers a test names."""
+    proxy = EngineProxy()
+    yield proxy
+    proxy.close()
 
 
 def _content_length(head):

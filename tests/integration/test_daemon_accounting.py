@@ -14,8 +14,8 @@ import time
 import pytest
 
 from daemon_client import daemon_factory  # noqa: F401 (a fixture)
-from docker_daemon import (GATED_USER_DATA, CreateEvents, Machinetype, Site, assert_accounted_once,
-                           assert_one_container_each, containers, drain_and_finish)
+from docker_daemon import create_events  # noqa: F401 (a fixture)
+from docker_daemon import GATED_USER_DATA, Machinetype, Site, finish_and_check
 
 from vac.accounting import apel
 from vac.machine.userdata import MAX_RENDERED_BYTES
@@ -29,24 +29,8 @@ WALL_LIMIT = 8
 WALLCLOCK_GRACE = 1
 
 
-@pytest.fixture
-def create_events(docker_client, factory_label):
-    events = CreateEvents(docker_client, factory_label).start()
-    yield events
-    events.stop()
-
-
 def record_of(site, uuid):
     return json.loads((site.state_dir / "machines" / uuid / "record.json").read_text())
-
-
-def finish_and_check(site, daemon, docker_client, create_events, logs):
-    drain_and_finish(site, daemon, docker_client)
-    daemon.stop()
-    assert daemon.proc.returncode == 0
-    assert containers(docker_client, site.factory) == []
-    assert_one_container_each(create_events, site)
-    assert_accounted_once(site, [*logs, daemon.text()])
 
 
 @pytest.mark.docker

@@ -14,8 +14,8 @@ import time
 import pytest
 
 from daemon_client import daemon_factory  # noqa: F401 (a fixture)
-from docker_daemon import (CreateEvents, DockerEngine, Machinetype, Site, assert_accounted_once,
-                           assert_one_container_each, containers, drain_and_finish, kill_tree, slot_worker,
+from docker_daemon import create_events  # noqa: F401 (a fixture)
+from docker_daemon import (DockerEngine, Machinetype, Site, containers, finish_and_check, kill_tree, slot_worker,
                            titles)
 
 GATE = Machinetype("gate")
@@ -26,26 +26,9 @@ def site(tmp_path, factory_label, busybox_image):
     return Site(tmp_path, factory_label, busybox_image, [GATE], processors=2)
 
 
-@pytest.fixture
-def create_events(docker_client, factory_label):
-    events = CreateEvents(docker_client, factory_label).start()
-    yield events
-    events.stop()
-
-
 def running_ids(docker_client, factory):
     """Container id -> machine uuid of the factory's running containers."""
     return {c.id: c.labels["vac.machine"] for c in containers(docker_client, factory) if c.status == "running"}
-
-
-def finish_and_check(site, daemon, docker_client, create_events, logs):
-    """Drain, then check what every test must leave: nothing running, each machine accounted once."""
-    drain_and_finish(site, daemon, docker_client)
-    daemon.stop()
-    assert daemon.proc.returncode == 0
-    assert containers(docker_client, site.factory) == []
-    assert_one_container_each(create_events, site)
-    assert_accounted_once(site, [*logs, daemon.text()])
 
 
 @pytest.mark.docker

@@ -15,7 +15,7 @@ import pytest
 from daemon_client import daemon_factory  # noqa: F401 (a fixture)
 from docker_daemon import (CreateEvents, Machinetype, Site, assert_accounted_once, assert_one_container_each,
                            containers, drain_and_finish, slot_worker)
-from engine_proxy import EngineProxy
+from engine_proxy import engine_proxy  # noqa: F401 (a fixture)
 
 GATE = Machinetype("gate")
 # Short engine timeout and heartbeat timeout: the adoption's deadline (a few engine
@@ -24,13 +24,6 @@ DOCKER_TIMEOUT = 5
 HEARTBEAT_TIMEOUT = 10
 # The listing of slot 0's containers, as a starting worker's scan asks for it.
 SLOT_0_LISTING = r"^GET /v[0-9.]+/containers/json\?.*vac\.slot=0"
-
-
-@pytest.fixture
-def engine_proxy():
-    proxy = EngineProxy()
-    yield proxy
-    proxy.close()
 
 
 @pytest.fixture

@@ -44,30 +44,42 @@ target_share = {share}
 
 
 class PipeServer:
-    """A pipe document served on 127.0.0.1; `status` and `document` can be changed."""
+    """A pipe document served on 127.0.0.1 for any path; `status` and `document` can be changed.
+
+    `body`, when set, is served as it is instead of `document` as JSON (bytes that
+    are no JSON at all, a document past the size limit). `paths` counts the
+    requests per path.
+    """
 
     def __init__(self):
         self.status = 200
         self.document = {}
+        self.body = None
         self.requests = []
+        self.paths = {}
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 server.requests.append(self.headers.get("User-Agent"))
+                server.paths[self.path] = server.paths.get(self.path, 0) + 1
                 # ensure_ascii: a lone surrogate goes out as the escape \\ud800, as a
                 # publisher's JSON library would write it.
-                body = json.dumps(server.document).encode()
+                body = json.dumps(server.document).encode() if server.body is None else server.body
                 self.send_response(server.status)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.wfile.write(body)
+                except ConnectionError:
+                    pass  # the fetcher stops reading a document past its size limit
 
             def log_message(self, *args):
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/pipe.json"
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = f"{self.base}/pipe.json"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self):

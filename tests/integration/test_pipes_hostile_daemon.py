@@ -9,23 +9,18 @@ entries of a document that holds any become machinetypes. At the end a vacd
 started again on the cached copy, with the server failing, starts too.
 """
 
-import http.server
 import json
 import os
-import subprocess
-import sys
-import threading
 import time
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from daemon_client import daemon_factory  # noqa: F401 (a fixture)
+from test_pipes_daemon import pipe_server, vac  # noqa: F401 (a fixture)
 
-import vac
 from vac.config.pipes import MAX_DOCUMENT_BYTES
 
-CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(vac.__file__)))
 BATCHES = 25
 # Each machine says it is done and ends: the slots keep turning over.
 USER_DATA = "#!/bin/sh\necho '200 Done' > /var/spool/joboutputs/shutdown_message\n"
@@ -131,44 +126,6 @@ def documents(draw, image):
     return body, first_good == position and len(body) <= MAX_DOCUMENT_BYTES, ()
 
 
-class PipeServer:
-    """Serves, for any path, the bytes in `body`; counts the requests per path."""
-
-    def __init__(self):
-        self.body, self.status, self.requests = b"{}", 200, {}
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.requests[self.path] = server.requests.get(self.path, 0) + 1
-                self.send_response(server.status)
-                self.send_header("Content-Length", str(len(server.body)))
-                self.end_headers()
-                try:
-                    self.wfile.write(server.body)
-                except ConnectionError:
-                    pass  # the fetcher stops reading a document past its size limit
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def vac_json(socket_path, *command):
-    result = subprocess.run([sys.executable, "-m", "vac.cli", "--socket", str(socket_path), *command, "--json"],
-                            capture_output=True, text=True, timeout=30, env=dict(os.environ, PYTHONPATH=CHECKOUT))
-    assert result.returncode == 0, f"vac {' '.join(command)}: {result.returncode} {result.stderr}"
-    assert "Traceback" not in result.stderr
-    return json.loads(result.stdout)
-
-
 def machines_created_since(state_dir, since):
     root = state_dir / "machines"
     found = []
@@ -193,17 +150,10 @@ def wait_for(predicate, what, daemon, timeout=30):
         time.sleep(0.2)
 
 
-@pytest.fixture
-def pipe_server():
-    server = PipeServer()
-    yield server
-    server.close()
-
-
 @pytest.mark.docker
 def test_hostile_pipe_documents_never_take_the_factory_down(
         tmp_path, daemon_factory, pipe_server, busybox_image, factory_label):  # noqa: F811
-    state_dir, socket_path, config = tmp_path / "state", tmp_path / "control.sock", tmp_path / "vac.conf"
+    state_dir, config = tmp_path / "state", tmp_path / "vac.conf"
     for files in ("local-good", "exp"):
         (state_dir / "machinetypes" / files / "files").mkdir(parents=True)
         (state_dir / "machinetypes" / files / "files" / "good.user_data").write_text(USER_DATA)
@@ -215,10 +165,10 @@ def test_hostile_pipe_documents_never_take_the_factory_down(
 
     def wait_for_document(path):
         """The status once it shows what the document at `path` gave."""
-        wait_for(lambda: pipe_server.requests.get(path), f"the fetch of {path}", daemon)
+        wait_for(lambda: pipe_server.paths.get(path), f"the fetch of {path}", daemon)
 
         def settled():
-            status = vac_json(socket_path, "status")
+            status = vac(tmp_path, "status")
             pipe = status["pipes"].get("exp", {})
             return pipe.get("url") == pipe_server.base + path and (
                 pipe.get("fetched_at") is not None or pipe.get("error") not in (None, "not fetched yet")) and status
@@ -249,7 +199,7 @@ def test_hostile_pipe_documents_never_take_the_factory_down(
         status = wait_for_document(path)
         assert status["state"] == "running" and not status["degraded"], status
         if good_expected:
-            wait_for(lambda: "exp-good" in vac_json(socket_path, "machinetypes"),
+            wait_for(lambda: "exp-good" in vac(tmp_path, "machinetypes"),
                      "the valid entry as a machinetype", daemon)
         wait_for(lambda: machines_created_since(state_dir, started), "a machine started after the batch", daemon)
         for name in set(must_place) & set(status["pipes"]["exp"]["machinetypes"]):

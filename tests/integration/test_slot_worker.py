@@ -22,7 +22,7 @@ from vac.machine.layout import MachinePaths, machine_name
 from vac.machine.record import read_record
 from vac.runtimes.docker_api import parse_docker_time
 
-from engine_proxy import EngineProxy
+from engine_proxy import engine_proxy  # noqa: F401 (a fixture)
 from slot_driver import SlotDriver, place
 
 SLOT = 3
@@ -64,14 +64,6 @@ def template(tmp_path):
     path = tmp_path / "user_data.template"
     path.write_text(TEMPLATE)
     return path
-
-
-@pytest.fixture
-def engine_proxy():
-    """A proxy in front of the engine's socket that holds the answers a test names (engine_proxy.py)."""
-    proxy = EngineProxy()
-    yield proxy
-    proxy.close()
 
 
 @pytest.fixture
