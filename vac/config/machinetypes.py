@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from vac.config import values
-from vac.config.model import MACHINE_MODELS, Machinetype, Settings, frozen_mapping
+from vac.config.model import DEFAULT_MAX_WALLCLOCK_SECONDS, MACHINE_MODELS, Machinetype, Settings, frozen_mapping
 from vac.config.values import BadValue
 
 NAME_RE = re.compile(r"[a-z0-9-]+")
@@ -226,7 +226,7 @@ def build_machinetype(name: str, options: Mapping[str, object], settings: Settin
     if min_processors > max_processors:
         problems.append(("min_processors", str(min_processors),
                          f"greater than max_processors ({max_processors})"))
-    max_wallclock = options.get("max_wallclock_seconds", 86400)
+    max_wallclock = options.get("max_wallclock_seconds", DEFAULT_MAX_WALLCLOCK_SECONDS)
     min_wallclock = options.get("min_wallclock_seconds", max_wallclock)
     if min_wallclock > max_wallclock:
         problems.append(("min_wallclock_seconds", str(min_wallclock),

@@ -94,6 +94,13 @@ class Settings:
         return os.path.join(self.state_dir, "machinetypes")
 
 
+# Vac's machinetype defaults; modules that meet a machinetype the configuration
+# no longer (or not yet) has fall back on the same values.
+DEFAULT_MAX_WALLCLOCK_SECONDS = 86400
+DEFAULT_BACKOFF_SECONDS = 10
+DEFAULT_FIZZLE_SECONDS = 600
+
+
 @dataclass(frozen=True)
 class Machinetype:
     """One kind of logical machine, complete and checked, from a file or a pipe."""
@@ -108,10 +115,10 @@ class Machinetype:
     target_share: float = 0.0
     min_processors: int = 1
     max_processors: int = 1
-    max_wallclock_seconds: int = 86400
-    min_wallclock_seconds: int = 86400
-    backoff_seconds: int = 10
-    fizzle_seconds: int = 600
+    max_wallclock_seconds: int = DEFAULT_MAX_WALLCLOCK_SECONDS
+    min_wallclock_seconds: int = DEFAULT_MAX_WALLCLOCK_SECONDS
+    backoff_seconds: int = DEFAULT_BACKOFF_SECONDS
+    fizzle_seconds: int = DEFAULT_FIZZLE_SECONDS
     heartbeat_file: str | None = None
     heartbeat_seconds: int = 0
     accounting_fqan: str | None = None

@@ -19,6 +19,10 @@ from vac.vocabulary.labels import (LABEL_FACTORY, LABEL_GENERATION, LABEL_MACHIN
                                    LABEL_MACHINETYPE, LABEL_SLOT)
 
 
+# Seconds an engine call may take before it counts as unanswered, unless the
+# site sets docker_timeout_seconds.
+DEFAULT_ENGINE_TIMEOUT_SECONDS = 30.0
+
 class ContainerRuntimeError(Exception):
     """Base of every error a runtime raises on purpose."""
 

@@ -23,7 +23,7 @@ import docker.errors
 import requests
 import urllib3.exceptions
 
-from vac.runtimes.base import (ContainerHandle, ContainerNotStarted, ContainerRequest,
+from vac.runtimes.base import (DEFAULT_ENGINE_TIMEOUT_SECONDS, ContainerHandle, ContainerNotStarted, ContainerRequest,
                                ContainerRuntimeError, ContainerGone, ContainerState, ExitInfo, ImageMissing,
                                RuntimeUnavailable, StartFailed, Usage)
 from vac.runtimes.docker_api import (PAYLOAD_PATHS, create_kwargs, exit_info_from_inspect, handle_from_inspect,
@@ -34,7 +34,7 @@ from vac.vocabulary.labels import LABEL_FACTORY, LABEL_SLOT
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "unix:///var/run/docker.sock"
-DEFAULT_TIMEOUT_SECONDS = 30.0
+DEFAULT_TIMEOUT_SECONDS = DEFAULT_ENGINE_TIMEOUT_SECONDS
 # The engine answers one-shot stats (no second sample a second later) from API 1.41.
 ONE_SHOT_STATS_API = (1, 41)
 PULL_MESSAGE_LIMIT = 300

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from vac.config.model import DEFAULT_FIZZLE_SECONDS
+
 # shutdown_message codes from 300 up mean the machine found nothing useful to do
 # or could not work here (INTERFACES.md §6); 100 and 200 are normal endings.
 FIRST_ABORT_CODE = 300
@@ -81,8 +83,6 @@ def backoff_until(last_abort_at: float | None, backoff_seconds: float, fizzle_se
 BACKOFF_MEMORY_FLOOR_SECONDS = 2 * 3600
 BACKOFF_MEMORY_CEILING_SECONDS = 7 * 86400
 BACKOFF_MEMORY_ROWS = 10000
-# fizzle_seconds of a machinetype the configuration no longer (or not yet) has.
-DEFAULT_FIZZLE_SECONDS = 600
 
 
 def backoff_memory_seconds(machinetypes: Iterable[tuple[float, float]]) -> float:

@@ -13,6 +13,7 @@ import os
 import random
 import time
 
+from vac.config.model import DEFAULT_FIZZLE_SECONDS
 from vac.config.settings import changed_restart_only, keep_restart_only
 from vac.ipc import messages
 from vac.machine.layout import machine_name
@@ -113,7 +114,7 @@ class Factory:
         self._finished_uuids.append(msg.uuid)
         self.counters.count_finished(msg)
         machinetype = self.machinetypes.get(msg.machinetype)
-        fizzle = machinetype.fizzle_seconds if machinetype else 600
+        fizzle = machinetype.fizzle_seconds if machinetype else DEFAULT_FIZZLE_SECONDS
         history = self.histories.get(msg.machinetype, aborts.OutcomeHistory())
         self.histories[msg.machinetype] = aborts.record_outcome(
             history, msg.started_at, msg.ended_at, msg.code, fizzle)

@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass
 from typing import AbstractSet, Iterable, Mapping, Sequence
 
+from vac.config.model import DEFAULT_BACKOFF_SECONDS, DEFAULT_FIZZLE_SECONDS, DEFAULT_MAX_WALLCLOCK_SECONDS
 from vac.supervisor.aborts import OutcomeHistory, backoff_until
 
 # hs06_per_processor unset: shares are still weighted per processor.
@@ -26,9 +27,9 @@ class MachinetypeDemand:
     min_processors: int = 1
     max_processors: int = 1
     min_wallclock_seconds: float | None = None  # None: max_wallclock_seconds
-    max_wallclock_seconds: float = 86400
-    backoff_seconds: float = 10
-    fizzle_seconds: float = 600
+    max_wallclock_seconds: float = DEFAULT_MAX_WALLCLOCK_SECONDS
+    backoff_seconds: float = DEFAULT_BACKOFF_SECONDS
+    fizzle_seconds: float = DEFAULT_FIZZLE_SECONDS
     cvmfs_repositories: tuple[str, ...] = ()
     paused: bool = False
 

@@ -28,7 +28,7 @@ from vac.machine.joboutputs import SHUTDOWN_MESSAGE_NAME
 from vac.machine.prepare import prepare_machine
 from vac.machine.record import write_record
 from vac.proctitle import format_elapsed
-from vac.runtimes.base import ContainerHandle, ContainerRuntimeError
+from vac.runtimes.base import DEFAULT_ENGINE_TIMEOUT_SECONDS, ContainerHandle, ContainerRuntimeError
 from vac.vocabulary.slot_states import MachineState, SlotState, check_transition, machine_state
 from vac.workers import finishing, slot_rules, slot_steps
 from vac.workers.held_machine import Machine
@@ -41,8 +41,6 @@ from vac.workers.watch import ANY_NAME, JoboutputsWatch
 
 log = logging.getLogger(__name__)
 
-# The engine timeout a slot assumes when it is not told (runtimes/docker.py's default).
-DEFAULT_ENGINE_TIMEOUT_SECONDS = 30.0
 # Jobs of the slot itself, not of the machine in it: their results are never stale.
 SLOT_JOBS = ("scan", "orphans")
 

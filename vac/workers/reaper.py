@@ -25,7 +25,7 @@ from vac.machine.prepare import read_terms, scratch_backend
 from vac.machine.record import is_finished, read_record
 from vac.mountinfo import mount_at
 from vac.runtimes.base import ContainerRuntimeError
-from vac.runtimes.docker import DockerRuntime
+from vac.runtimes.docker import DEFAULT_TIMEOUT_SECONDS, DockerRuntime
 from vac.vocabulary.live_set import LIVE_SET_MAX_AGE_SECONDS
 from vac.workers import finishing, reaper_rules
 from vac.workers.harness import WorkerLoop
@@ -48,7 +48,7 @@ def run(channel, spec):
     slots = int(spec.get("slots", 0))
     interval = float(spec.get("interval_seconds", 60.0))
     grace = float(spec.get("grace_seconds", 120.0))
-    runtime = DockerRuntime(spec.get("docker_url"), float(spec.get("docker_timeout_seconds", 30)))
+    runtime = DockerRuntime(spec.get("docker_url"), float(spec.get("docker_timeout_seconds") or DEFAULT_TIMEOUT_SECONDS))
     jobs = JobRunner()
     live = None
     next_sweep = time.monotonic() + min(interval, FIRST_SWEEP_SECONDS)
