@@ -176,9 +176,15 @@ def element_name(machine_uuid: str, attempt: int = 0) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:14]
 
 
+def _read_head(path: Path) -> str:
+    """The first MAX_APEL_RECORD_BYTES of a record file as text: a larger file is not ours, and is not read whole."""
+    with open(path, "rb") as stream:
+        return stream.read(MAX_APEL_RECORD_BYTES).decode(errors="replace")
+
+
 def _holds_machine(path: Path, machine_uuid: str) -> bool:
     try:
-        text = path.read_bytes()[:MAX_APEL_RECORD_BYTES].decode(errors="replace")
+        text = _read_head(path)
     except FileNotFoundError:
         return False
     return any(record.get("LocalJobId") == machine_uuid for record in parse_records(text))
@@ -296,7 +302,7 @@ def archived_job_counts(state_dir: Path) -> Counter[tuple[str, str, int, int]]:
             if not _ELEMENT_NAME.fullmatch(element.name):
                 continue  # temp files of a write in progress
             try:
-                text = element.read_bytes()[:MAX_APEL_RECORD_BYTES].decode(errors="replace")
+                text = _read_head(element)
             except OSError as error:
                 log.warning("cannot read APEL record %s (%s); not counted", element, error)
                 continue
