@@ -43,8 +43,10 @@ def free_udp_port():
 class VacPeer(threading.Thread):
     """Answers machinetypes_query as a Vac factory does: one machinetype_status per machinetype."""
 
-    def __init__(self, running_hs06):
+    def __init__(self, running_hs06, vac_0301=False):
         super().__init__(daemon=True)
+        # Vac 03.01 sums allocated_cpu as floats and adds its optional figures.
+        self.vac_0301 = vac_0301
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.2)
@@ -62,14 +64,17 @@ class VacPeer(threading.Thread):
             query = json.loads(data)
             self.queries.append(query)
             for name, hs06 in self.running_hs06.items():
-                self.sock.sendto(json.dumps({
+                processors = float(hs06 // 10) if self.vac_0301 else int(hs06 // 10)
+                extra = {"bytes_per_processor": 2147483648, "max_wallclock_seconds": 172800,
+                         "fqan": "/vac-test/Role=pilot"} if self.vac_0301 else {}
+                self.sock.sendto(json.dumps(extra | {
                     "message_type": "machinetype_status", "vac_version": "Vac 3.0.0 -",
                     "daemon_version": "Vac 3.0.0 -", "vacquery_version": "VacQuery 01.03",
                     "cookie": query["cookie"], "space": query["space"], "site": "vac-test.example.org",
                     "factory": "f2.vac-test.localhost", "num_machinetypes": len(self.running_hs06),
                     "time_sent": int(time.time()), "machinetype": name, "running_hs06": hs06,
-                    "running_machines": int(hs06 // 10), "running_cpus": int(hs06 // 10),
-                    "running_processors": int(hs06 // 10), "num_before_fizzle": 0,
+                    "running_machines": int(hs06 // 10), "running_cpus": processors,
+                    "running_processors": processors, "num_before_fizzle": 0,
                     "shutdown_message": None, "shutdown_time": None, "shutdown_machine": None}).encode(),
                     address)
 
@@ -141,5 +146,22 @@ def test_vacd_answers_vac_and_counts_what_the_space_runs(tmp_path, daemon_factor
         daemon.wait_log("placing", count=2)
         placed = [line for line in daemon.text().splitlines() if "placing" in line][:2]
         assert all("placing beta machine" in line for line in placed), placed
+    finally:
+        peer.stop()
+
+
+def test_a_vac_0301_peer_answering_with_float_counts_is_counted(tmp_path, daemon_factory):  # noqa: F811
+    peer = VacPeer({"alpha": 80.0, "beta": 20.0}, vac_0301=True)
+    peer.start()
+    config = tmp_path / "vac.conf"
+    config.write_text(CONFIG.format(space=SPACE, peer_port=peer.port, port=free_udp_port(), draining="yes"))
+    daemon = daemon_factory(config)
+    try:
+        daemon.wait_log("vacquery: answering on 127.0.0.1")
+        client = ControlClient(str(tmp_path / "control.sock"), timeout=5)
+        space = wait_for(lambda: client.request("status")["space"]["answers"] and client.request("status")["space"],
+                         what="the peer's answer")
+        assert space["hs06"] == {"alpha": 80.0, "beta": 20.0}
+        client.close()
     finally:
         peer.stop()

@@ -86,3 +86,63 @@ def test_any_datagram_parses_or_is_dropped_never_raises(data):
 def test_answers_with_any_fields_changed_parse_or_are_dropped(changes):
     message = dict(json.loads(answers()[0]), **changes)
     protocol.parse_machinetype_status(json.dumps(message).encode(), SPACE)
+
+
+# Vac 03.01's machinetype_status as its factory sends it (the field set of
+# INTERFACES.md section 9): it sums allocated_cpu as floats, so the counts of
+# processors arrive as whole-number floats.
+VAC_0301_ANSWER = {
+    "message_type": "machinetype_status", "vac_version": "Vac 03.01 -", "daemon_version": "Vac 03.01 -",
+    "vacquery_version": "VacQuery 01.03", "cookie": "c" * 64, "space": SPACE, "site": "UKI-EXAMPLE",
+    "factory": "f3.example.org", "time_sent": 1_800_000_100, "num_machinetypes": 3, "machinetype": "lhcb-prod",
+    "bytes_per_processor": 2147483648, "running_hs06": 80.0, "running_machines": 2, "running_cpus": 8.0,
+    "running_processors": 8.0, "num_before_fizzle": 1, "shutdown_message": "300 Nothing to do",
+    "shutdown_time": 1_799_999_000, "shutdown_machine": "f3-01.example.org",
+    "fqan": "/lhcb/Role=pilot", "max_wallclock_seconds": 172800, "max_processors": 4}
+
+
+def vac_answer(**changes):
+    message = {k: v for k, v in dict(VAC_0301_ANSWER, **changes).items() if v is not ...}
+    return json.dumps(message).encode()
+
+
+def test_a_vac_0301_answer_with_float_counts_is_accepted():
+    assert protocol.parse_machinetype_status(vac_answer(), SPACE) == ("c" * 64, MachinetypeStatus(
+        factory="f3.example.org", machinetype="lhcb-prod", num_machinetypes=3, running_hs06=80.0,
+        running_machines=2, running_processors=8, num_before_fizzle=1, shutdown_message="300 Nothing to do",
+        shutdown_time=1_799_999_000, shutdown_machine="f3-01.example.org"))
+    _, status = protocol.parse_machinetype_status(
+        vac_answer(num_machinetypes=3.0, running_machines=2.0, num_before_fizzle=1.0, shutdown_time=1.8e9), SPACE)
+    assert (status.num_machinetypes, status.running_machines, status.num_before_fizzle) == (3, 2, 1)
+    assert type(status.running_processors) is int and status.shutdown_time == 1_800_000_000
+
+
+def test_missing_optional_keys_and_the_deprecated_cpus_spelling():
+    optional = ("vac_version", "daemon_version", "vacquery_version", "site", "time_sent", "bytes_per_processor",
+                "running_machines", "num_before_fizzle", "shutdown_message", "shutdown_time", "shutdown_machine",
+                "fqan", "max_wallclock_seconds", "max_processors")
+    _, bare = protocol.parse_machinetype_status(vac_answer(**{k: ... for k in optional}), SPACE)
+    assert (bare.running_machines, bare.num_before_fizzle, bare.running_processors) == (0, 0, 8)
+    assert bare.shutdown_message is bare.shutdown_time is bare.shutdown_machine is None
+    # An older Vac names processors cpus only; the newer spelling wins when both are there.
+    assert protocol.parse_machinetype_status(vac_answer(running_processors=...), SPACE)[1].running_processors == 8
+    assert protocol.parse_machinetype_status(vac_answer(running_processors=..., running_cpus=...),
+                                             SPACE)[1].running_processors == 0
+    assert protocol.parse_machinetype_status(vac_answer(running_cpus=3), SPACE)[1].running_processors == 8
+
+
+def test_fields_that_are_present_are_typed_and_bounded():
+    for field, value in [("running_processors", 8.5), ("running_cpus", "8"), ("running_machines", float("inf")),
+                         ("running_processors", -1.0), ("running_processors", 2.0**60), ("num_before_fizzle", True),
+                         ("num_machinetypes", 1001), ("num_machinetypes", ...), ("running_hs06", 1e12),
+                         ("running_hs06", ...), ("shutdown_time", 1.5), ("bytes_per_processor", -1),
+                         ("max_processors", "4"), ("max_wallclock_seconds", 0.5), ("fqan", 7),
+                         ("shutdown_machine", ["x"])]:
+        reason = protocol.read_machinetype_status(vac_answer(**{field: value}), SPACE)
+        assert isinstance(reason, str) and not reason.startswith(protocol.NOT_AN_ANSWER), (field, value)
+        assert protocol.parse_machinetype_status(vac_answer(**{field: value}), SPACE) is None
+    # Queries and other spaces are not bad answers, only not answers.
+    query = protocol.machinetypes_query(SPACE, "c" * 64, "vac 1.0")
+    assert protocol.read_machinetype_status(query, SPACE).startswith(protocol.NOT_AN_ANSWER)
+    assert protocol.read_machinetype_status(vac_answer(), "other.example.org").startswith(protocol.NOT_AN_ANSWER)
+    assert protocol.read_machinetype_status(b"[1]", SPACE).startswith(protocol.NOT_AN_ANSWER)

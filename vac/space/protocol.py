@@ -26,6 +26,19 @@ MACHINETYPES_QUERY = "machinetypes_query"
 MACHINETYPE_STATUS = "machinetype_status"
 _NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,252}")
 _MACHINETYPE = re.compile(r"[a-z0-9-]{1,64}")
+# Bounds of what a peer may claim: a count (also a time in seconds) is an
+# exact integer in a float, HS06 beyond any space that exists, and no more
+# machinetypes than a datagram each could be waited for.
+MAX_COUNT = 2**53 - 1
+MAX_HS06 = 1e9
+MAX_MACHINETYPES = 1000
+NOT_AN_ANSWER = "not an answer"
+# Each count of what runs, with the spellings Vac has used for it, newest first.
+_RUNNING_COUNTS = {"running_machines": ("running_machines",),
+                   "running_processors": ("running_processors", "running_cpus"),
+                   "num_before_fizzle": ("num_before_fizzle",)}
+# Optional figures Vac 03.01 may add: typed and bounded when present, not used.
+_OPTIONAL_COUNTS = ("bytes_per_processor", "max_wallclock_seconds", "max_processors")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,28 +116,62 @@ def parse_machinetype_status(data: bytes, space: str) -> tuple[str, MachinetypeS
 
     The caller checks the cookie against the one it sent to that factory.
     """
+    answer = read_machinetype_status(data, space)
+    return None if isinstance(answer, str) else answer
+
+
+def read_machinetype_status(data: bytes, space: str) -> tuple[str, MachinetypeStatus] | str:
+    """(cookie, status) of a machinetype_status of `space`, or why it is not one.
+
+    Accepted as Vac sends it: counts as whole-number floats (Vac sums
+    allocated_cpu as floats: "running_processors": 8.0), the deprecated
+    running_cpus when running_processors is missing, and missing optional
+    keys (counts of what runs default to 0, shutdown_* to None). Every field
+    present is typed and bounded; one bad field rejects this datagram only.
+    The reason starts with NOT_AN_ANSWER for datagrams of another type or space.
+    """
     m = _loads(data)
-    if m is None or m.get("message_type") != MACHINETYPE_STATUS or m.get("space") != space:
-        return None
+    if m is None:
+        return f"{NOT_AN_ANSWER}: not a JSON object of at most {MAX_DATAGRAM} bytes"
+    if m.get("message_type") != MACHINETYPE_STATUS or m.get("space") != space:
+        return f"{NOT_AN_ANSWER}: another message type or space"
     factory, machinetype, answer_cookie = m.get("factory"), m.get("machinetype"), m.get("cookie")
-    if not (isinstance(factory, str) and _NAME.fullmatch(factory) and isinstance(machinetype, str)
-            and _MACHINETYPE.fullmatch(machinetype) and _short_text(answer_cookie)):
-        return None
-    counts = [m.get(k) for k in ("num_machinetypes", "running_machines", "running_processors",
-                                 "num_before_fizzle")]
-    if not all(_count(value) for value in counts) or counts[0] < 1:
-        return None
+    if not (isinstance(factory, str) and _NAME.fullmatch(factory)):
+        return "factory is not a host name"
+    if not (isinstance(machinetype, str) and _MACHINETYPE.fullmatch(machinetype)):
+        return "machinetype is not a machinetype name"
+    if not _short_text(answer_cookie):
+        return "cookie is missing or too long"
+    num_machinetypes = _as_count(m.get("num_machinetypes"))
+    if num_machinetypes is None or not 1 <= num_machinetypes <= MAX_MACHINETYPES:
+        return f"num_machinetypes is not a count from 1 to {MAX_MACHINETYPES}"
+    counts = {}
+    for key, spellings in _RUNNING_COUNTS.items():
+        values = [(k, _as_count(m[k])) for k in spellings if m.get(k) is not None]
+        for spelling, value in values:
+            if value is None:
+                return f"{spelling} is not a whole number from 0 to {MAX_COUNT}"
+        counts[key] = values[0][1] if values else 0
     hs06 = m.get("running_hs06")
-    if isinstance(hs06, bool) or not isinstance(hs06, (int, float)) or not math.isfinite(hs06) or hs06 < 0:
-        return None
-    message, time_, machine = (m.get(k) for k in ("shutdown_message", "shutdown_time", "shutdown_machine"))
-    if not (_optional_text(message) and _optional_text(machine)
-            and (time_ is None or (_count(time_)))):
-        return None
+    if isinstance(hs06, bool) or not isinstance(hs06, (int, float)) or not math.isfinite(hs06) \
+            or not 0 <= hs06 <= MAX_HS06:
+        return f"running_hs06 is not a number from 0 to {MAX_HS06:g}"
+    message, machine = m.get("shutdown_message"), m.get("shutdown_machine")
+    if not (_optional_text(message) and _optional_text(machine)):
+        return "shutdown_message or shutdown_machine is not text"
+    time_ = m.get("shutdown_time")
+    if time_ is not None:
+        time_ = _as_count(time_)
+        if time_ is None:
+            return "shutdown_time is not a time"
+    for key in _OPTIONAL_COUNTS:
+        if m.get(key) is not None and _as_count(m[key]) is None:
+            return f"{key} is not a whole number from 0 to {MAX_COUNT}"
+    if m.get("fqan") is not None and not _optional_text(m["fqan"]):
+        return "fqan is not text"
     return answer_cookie, MachinetypeStatus(
-        factory=factory, machinetype=machinetype, num_machinetypes=counts[0], running_hs06=float(hs06),
-        running_machines=counts[1], running_processors=counts[2], num_before_fizzle=counts[3],
-        shutdown_message=message, shutdown_time=time_, shutdown_machine=machine)
+        factory=factory, machinetype=machinetype, num_machinetypes=num_machinetypes, running_hs06=float(hs06),
+        shutdown_message=message, shutdown_time=time_, shutdown_machine=machine, **counts)
 
 
 def _dumps(message: dict) -> bytes:
@@ -152,8 +199,17 @@ def _optional_text(value) -> bool:
     return value is None or (isinstance(value, str) and len(value) <= 4 * MAX_TEXT)
 
 
-def _count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
+def _as_count(value) -> int | None:
+    """A whole number from 0 to MAX_COUNT, given as an int or a whole-number float (as Vac sums them)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        if not (math.isfinite(value) and value.is_integer()):
+            return None
+        value = int(value)
+    if not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        return None
+    return value
 
 
 def _clip(text: str | None) -> str | None:

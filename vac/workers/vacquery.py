@@ -31,6 +31,8 @@ RESOLVE_SECONDS = 300.0
 ANSWER_BURST = 10
 ANSWER_RATE = 2.0
 MAX_DATAGRAMS_PER_WAKE = 256
+# A peer that sends answers we cannot read is named in the log at most this often.
+BAD_ANSWER_LOG_SECONDS = 60.0
 
 
 def run(channel, spec):
@@ -97,6 +99,8 @@ class SpaceQuery:
         self._resends: list[float] = []
         self._next_round = time.monotonic() + min(1.0, self.interval)
         self.answering = 0            # factories that answered the last round
+        self._bad_logged_at = None    # when a bad answer was last logged
+        self._bad_unlogged = 0        # bad answers since then
         self._silent = []             # those that did not
 
     # Sockets and names.
@@ -235,8 +239,11 @@ class SpaceQuery:
     # Datagrams.
 
     def _on_datagram(self, data, address, now):
-        answer = protocol.parse_machinetype_status(data, self.space)
-        if answer is not None:
+        answer = protocol.read_machinetype_status(data, self.space)
+        if isinstance(answer, str) and not answer.startswith(protocol.NOT_AN_ANSWER):
+            self._bad_answer(address[0], answer, now)
+            return
+        if not isinstance(answer, str):
             answer_cookie, status = answer
             peer = self._round.get(answer_cookie) if self._round is not None else None
             if peer is not None:
@@ -258,6 +265,15 @@ class SpaceQuery:
             except OSError as error:
                 log.debug("vacquery: answering %s: %s", address[0], error)
                 return
+
+    def _bad_answer(self, host, reason, now):
+        """Drop one answer (the rest of its round stands), naming it in the log at a bounded rate."""
+        if self._bad_logged_at is not None and now - self._bad_logged_at < BAD_ANSWER_LOG_SECONDS:
+            self._bad_unlogged += 1
+            return
+        more = f" ({self._bad_unlogged} more dropped since the last line)" if self._bad_unlogged else ""
+        log.warning("vacquery: dropped an answer from %s: %s%s", host, reason, more)
+        self._bad_logged_at, self._bad_unlogged = now, 0
 
     def _may_answer(self, host, now):
         """A token bucket per asking address."""
