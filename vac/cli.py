@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Callable
 
-from vac import __version__, cli_render, nagios, occupancy
+from vac import __version__, apel_sync, cli_render, nagios, occupancy
 from vac.control.client import ControlClient, ControlError
 
 DEFAULT_SOCKET = "/run/vac/control.sock"
@@ -108,6 +108,7 @@ def build_parser():
     config = sub.add_parser("check-config", help="print the effective configuration or its errors")
     config.add_argument("--config", action="append", metavar="FILE")
     occupancy.add_parser(sub)
+    apel_sync.add_parser(sub)
     return parser
 
 
@@ -119,6 +120,8 @@ def main(argv=None):
             item for path in (args.config or []) for item in ("--config", path)]))
     if args.command == "occupancy":
         return occupancy.main_occupancy(args)
+    if args.command == "apel-sync":
+        return apel_sync.main_apel_sync(args)
     try:
         if args.command == "check":
             return run_check(args)

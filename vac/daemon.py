@@ -9,6 +9,7 @@ import sys
 import time
 
 from vac import __version__, logs
+from vac.accounting import apel
 from vac.config.load import load_configuration, try_load_configuration
 from vac.control.commands import COMMANDS, Context
 from vac.control.server import ControlServer
@@ -95,6 +96,8 @@ def tree_settings(config):
                         vacquery_listen=settings.vacquery_listen,
                         udp_timeout_seconds=float(settings.udp_timeout_seconds),
                         gocdb_sitename=settings.gocdb_sitename,
+                        apel_sync_site=settings.gocdb_sitename if apel.sends_outgoing(
+                            settings.gocdb_sitename, settings.hs06_per_processor) else None,
                         heartbeat_timeout=timeout, heartbeat_interval=min(5.0, timeout / 6))
 
 

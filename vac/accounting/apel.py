@@ -343,3 +343,82 @@ def write_sync_message(state_dir: Path, text: str, now: float) -> Path:
     write_atomic(path, text.encode(), RECORD_FILE_MODE)
     return path
 
+
+
+# Sync messages: APEL compares each month's NumberOfJobs with the job records it
+# holds, so a lost record shows. The latest sync record for a month replaces
+# the earlier ones, so writing one again (each day, or from cron) is harmless.
+SYNC_INTERVAL_SECONDS = 86400
+# When vacd last queued its daily sync message: a file in the state directory
+# whose modification time survives restarts of the reaper and of vacd.
+SYNC_STAMP_NAME = "apel-sync-stamp"
+
+
+def month_counts(counts: Counter[tuple[str, str, int, int]], year: int,
+                 month: int) -> Counter[tuple[str, str, int, int]]:
+    """The part of `counts` for one month."""
+    return Counter({key: number for key, number in counts.items() if key[2:] == (year, month)})
+
+
+def previous_month(year: int, month: int) -> tuple[int, int]:
+    return (year - 1, 12) if month == 1 else (year, month - 1)
+
+
+def sync_months(now: float) -> list[tuple[int, int]]:
+    """The (year, month)s vacd's daily sync message covers: the previous month and the current one (UTC).
+
+    The previous month is repeated while its late records (a machine ending
+    just before midnight, written after) can still be counted into it.
+    """
+    current = time.gmtime(now)
+    return [previous_month(current.tm_year, current.tm_mon), (current.tm_year, current.tm_mon)]
+
+
+def sync_due(last_written: float | None, now: float) -> bool:
+    """True if vacd's daily sync message is due: never written, a day ago or more, or stamped in the future."""
+    if last_written is None:
+        return True
+    return not 0 <= now - last_written < SYNC_INTERVAL_SECONDS
+
+
+def write_month_sync(state_dir: Path, months: list[tuple[int, int]], site: str | None,
+                     now: float) -> tuple[Path | None, int]:
+    """Queue the sync message of `months` from the archive; (its path, or None if no jobs; the jobs counted).
+
+    `site` keeps only that site's records (the ones sent); None keeps all.
+    """
+    counts = archived_job_counts(state_dir)
+    chosen: Counter[tuple[str, str, int, int]] = Counter()
+    for year, month in months:
+        chosen.update(month_counts(counts, year, month))
+    if site is not None:
+        chosen = Counter({key: number for key, number in chosen.items() if key[0] == site})
+    text = sync_message(chosen, site)
+    if text == SYNC_HEADER + "\n":
+        return None, 0
+    return write_sync_message(state_dir, text, now), sum(chosen.values())
+
+
+def last_sync(state_dir: Path) -> float | None:
+    """When vacd last queued its daily sync message (the stamp's mtime), None if never."""
+    try:
+        return os.stat(Path(state_dir) / SYNC_STAMP_NAME).st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def daily_sync(state_dir: Path, site: str, now: float) -> Path | None:
+    """Queue the previous and current month's sync message if a day has passed since the last.
+
+    Returns the message written (None if not due or no jobs). An OSError is the
+    caller's to log: the stamp is only renewed after the message is queued, so
+    the next call tries again.
+    """
+    if not sync_due(last_sync(state_dir), now):
+        return None
+    path, jobs = write_month_sync(state_dir, sync_months(now), site, now)
+    write_atomic(Path(state_dir) / SYNC_STAMP_NAME, b"", RECORD_FILE_MODE)
+    os.utime(Path(state_dir) / SYNC_STAMP_NAME, (now, now))
+    log.info("APEL sync message for %s: %s", ", ".join(f"{y}-{m:02d}" for y, m in sync_months(now)),
+             f"{jobs} jobs, queued as {path}" if path else "no jobs in the archive, none queued")
+    return path

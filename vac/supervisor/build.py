@@ -30,6 +30,9 @@ class TreeSettings:
     udp_timeout_seconds: float = 10.0
     vacquery_interval_seconds: float = 60.0
     gocdb_sitename: str | None = None
+    # The site whose APEL records are sent (gocdb_sitename with hs06_per_processor):
+    # the reaper then queues the daily sync message. None: records are not sent.
+    apel_sync_site: str | None = None
     # vacd's defaults (heartbeat_timeout_seconds = 30): a heartbeat every 5 s.
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 30.0
@@ -84,7 +87,8 @@ def build_tree(settings):
                             "docker_url": settings.docker_url,
                             "docker_timeout_seconds": settings.docker_timeout_seconds,
                             "interval_seconds": settings.reaper_interval_seconds,
-                            "grace_seconds": settings.orphan_grace_seconds},
+                            "grace_seconds": settings.orphan_grace_seconds,
+                            "apel_sync_site": settings.apel_sync_site},
                       restart=Restart.PERMANENT, shutdown=settings.helper_shutdown, **timings),
             ChildSpec(id="pipe-fetcher", target=pipe_fetcher.run,
                       args={"state_dir": settings.state_dir},

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from vac import history
+from vac.accounting import apel
 from vac.ipc import messages
 from vac.machine import scratch
 from vac.machine.joboutputs import SHUTDOWN_BY_FACTORY
@@ -48,6 +49,7 @@ def run(channel, spec):
     slots = int(spec.get("slots", 0))
     interval = float(spec.get("interval_seconds", 60.0))
     grace = float(spec.get("grace_seconds", 120.0))
+    apel_sync_site = spec.get("apel_sync_site")
     runtime = DockerRuntime(spec.get("docker_url"), float(spec.get("docker_timeout_seconds") or DEFAULT_TIMEOUT_SECONDS))
     jobs = JobRunner()
     live = None
@@ -66,7 +68,8 @@ def run(channel, spec):
         if now < next_sweep or jobs.running("sweep"):
             continue
         # Directories and history whatever the live set; sweep() decides on containers.
-        jobs.submit("sweep", sweep, runtime, factory, state_dir, live, slots, grace)
+        jobs.submit("sweep", sweep, runtime, factory, state_dir, live, slots, grace,
+                    apel_sync_site=apel_sync_site)
         next_sweep = now + interval
     runtime.close()
     log.info("reaper stopping: %s", loop.stop_reason)
@@ -86,8 +89,8 @@ def _sweep_done(loop, result):
     loop.title(f"reaper [last sweep: {orphans}, {removed_dirs} old directories]")
 
 
-def sweep(runtime, factory, state_dir, live, slots, grace_seconds, now=None):
-    """One pass: expired directories and history; orphaned containers on a fresh live set.
+def sweep(runtime, factory, state_dir, live, slots, grace_seconds, now=None, apel_sync_site=None):
+    """One pass: expired directories, history and the daily APEL sync message; orphaned containers on a fresh live set.
 
     Returns (MachineFinished of each orphan finalised, or None when the live
     set was not fresh enough to look; the number of directories removed).
@@ -101,6 +104,8 @@ def sweep(runtime, factory, state_dir, live, slots, grace_seconds, now=None):
                     "trying again at the next sweep", error)
         removed = 0
     _prune_history(state_dir, clock())
+    if apel_sync_site is not None:
+        _daily_apel_sync(state_dir, apel_sync_site, clock())
     # Expiry may have taken a while: the live set's age is judged now.
     now = clock()
     if not reaper_rules.is_fresh(live, now):
@@ -137,6 +142,14 @@ def _prune_history(state_dir, now):
         history.forget_ended_before(state_dir, now - HISTORY_DAYS * reaper_rules.SECONDS_PER_DAY)
     except sqlite3.Error as error:
         log.warning("reaper: cannot prune the machine history: %s; trying at the next sweep", error)
+
+
+def _daily_apel_sync(state_dir, site, now):
+    # Its stamp is renewed only once the message is queued: a failure is tried at the next sweep.
+    try:
+        apel.daily_sync(state_dir, site, now)
+    except OSError as error:
+        log.warning("reaper: cannot queue the daily APEL sync message: %s; trying at the next sweep", error)
 
 
 def reap_container(runtime, factory, state_dir, handle, now):
