@@ -11,7 +11,7 @@ when the clock steps back and cannot be derived from a container):
         machine.json                         0600  the machine's terms (prepare.py)
         finished                             0600  marker: finalised exactly once
         apel-record                          0644  APEL record as first written
-        user_data                            0755  templated script, may hold proxies
+        user_data                            0755  templated script (0700 with a proxy)
         machinefeatures/  jobfeatures/       0755  files 0644, mounted read-only
         joboutputs/                          0755  mounted read-write, the container's
         scratch/                             0700  scratch area or its mount point
@@ -22,7 +22,9 @@ the host-side 0700 parent is no obstacle, while inside the container the mounted
 paths keep their own modes; MJF must be readable and /user_data executable by
 whichever account the container's payload runs as (0755/0644, INTERFACES.md §3).
 The secrets in user_data are protected by the 0700 machine directory, which no
-unprivileged host account can enter. Singularity runs as `singularity_user`, so
+unprivileged host account can enter; a user_data that holds an X.509 proxy's
+key is itself 0700 and root's, so inside the container only root reads it
+(such a machinetype's image must run /user_data as root: no USER). Singularity runs as `singularity_user`, so
 the machine directory is then 0710 with that account's group (`container_gid`)
 and joboutputs and scratch belong to that account.
 """
@@ -45,6 +47,8 @@ FEATURES_DIR_MODE = 0o755
 FEATURES_FILE_MODE = 0o644
 JOBOUTPUTS_DIR_MODE = 0o755
 USER_DATA_MODE = 0o755
+# With an X.509 proxy's key in it: only root, which a container without a USER runs as.
+USER_DATA_SECRET_MODE = 0o700
 SCRATCH_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 

@@ -10,6 +10,7 @@ every limit of a machine it adopts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from vac.config.model import DEFAULT_VOLUME_GROUP
-from vac.machine import mjf, scratch, userdata
+from vac.machine import mjf, scratch, userdata, x509_proxy
 from vac.machine.atomicfile import write_atomic
 from vac.machine.layout import PRIVATE_FILE_MODE, MachinePaths, create_machine_directory
 from vac.runtimes.base import ContainerRequest, PayloadPaths
@@ -209,6 +210,25 @@ def template_values(terms: MachineTerms, payload_paths: PayloadPaths) -> userdat
         file_contents=userdata.read_option_files(files, files_directory(terms)))
 
 
+def proxy_text(terms: MachineTerms, now: float) -> str | None:
+    """The machine's X.509 proxy PEM if its machinetype sets user_data_proxy, else None.
+
+    The certificate and key are read from the machinetype's files/ directory,
+    which for a pipe's machinetype is the site's directory of that pipe: a
+    pipe cannot point vac at any other credential.
+    """
+    if not terms.machinetype.get("user_data_proxy"):
+        return None
+    files_dir = files_directory(terms)
+    credentials = x509_proxy.read_credentials(files_dir)
+    where = str(credentials.cert_path)
+    if credentials.key_path != credentials.cert_path:
+        where += f" (key {credentials.key_path})"
+    return x509_proxy.make_proxy(credentials.cert_pem, credentials.key_pem, proxy_cn=terms.machinetype_name,
+                                 legacy=bool(terms.machinetype.get("legacy_proxy")), now=now,
+                                 not_after=terms.shutdown_at, where=where)
+
+
 def container_request(terms: MachineTerms, paths: MachinePaths, tmp_binds: list[tuple[Path, str]],
                       generation: int) -> ContainerRequest:
     """The runtime request of the machine's container."""
@@ -263,8 +283,11 @@ def prepare_machine(terms: MachineTerms, paths: MachinePaths, start_time: float,
     mjf.write_mjf(paths, mjf_inputs(terms, start_time))
     # The values (and their option files) first: a bad option file fails before any fetch.
     values = template_values(terms, payload_paths)
+    # The proxy before any fetch too: an expired certificate fails the machine at once.
+    proxy = proxy_text(terms, start_time)
+    values = dataclasses.replace(values, x509_proxy=proxy)
     template = userdata.obtain_template(terms.machinetype["user_data"], files_directory(terms))
-    userdata.write_user_data(paths, userdata.render(template, values))
+    userdata.write_user_data(paths, userdata.render(template, values), holds_key=proxy is not None)
     if backend is None:
         backend = scratch_backend(terms.factory)
     scratch_dir = backend.create(paths, scratch_bytes(terms))

@@ -11,7 +11,7 @@ from typing import Iterable, Mapping
 from vac import __version__
 from vac.http_fetch import DEFAULT_TIMEOUT_SECONDS, GRID_CA_PATH, FetchFailed, FetchTimedOut, fetch
 from vac.machine.atomicfile import write_atomic
-from vac.machine.layout import USER_DATA_MODE, MachinePaths
+from vac.machine.layout import USER_DATA_MODE, USER_DATA_SECRET_MODE, MachinePaths
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,13 @@ def render(template: Template, values: TemplateValues, max_template_bytes: int =
     return _PATTERN.sub(substitute, template.text)
 
 
-def write_user_data(paths: MachinePaths, text: str) -> None:
-    """Store the rendered script as the machine's user_data (mode 0755, INTERFACES.md §3)."""
-    write_atomic(paths.user_data, text.encode("utf-8", errors="surrogateescape"), USER_DATA_MODE)
+def write_user_data(paths: MachinePaths, text: str, holds_key: bool = False) -> None:
+    """Store the rendered script as the machine's user_data (mode 0755, INTERFACES.md §3).
+
+    With a proxy's private key in it (`holds_key`), 0700: the temporary file
+    is created with that mode, so the key is never readable by others, not
+    even for a moment, and inside the container only root can read it.
+    """
+    mode = USER_DATA_SECRET_MODE if holds_key else USER_DATA_MODE
+    write_atomic(paths.user_data, text.encode("utf-8", errors="surrogateescape"), mode)
 
