@@ -269,3 +269,11 @@ def test_a_stop_left_over_from_the_previous_machine_does_not_swallow_the_next_on
     world.slot.on_jobs([world.jobs.take("stop")])
     assert ("stop", world.container_id(), 10.0) in world.runtime.calls
     assert world.runtime.running() == []
+
+
+def test_a_proxy_that_cannot_be_made_fails_the_start(world):
+    # user_data_proxy with no x509cert.pem in the machinetype's files/: no machine without its credential.
+    world.boot()
+    world.place(make_machinetype(world.template, user_data_proxy=True))
+    assert [(f.code, f.text) for f in world.finished()] == [(700, "Failed to start")]
+    assert "create" not in world.runtime.names()
