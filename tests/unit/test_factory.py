@@ -1,11 +1,13 @@
 """The root's placement logic fed scripted worker reports, with a fake clock."""
 
+import math
 import random
 
 import pytest
 
 from vac.config.load import load_configuration
 from vac.ipc import messages
+from vac.machine.mjf import SHUTDOWN_NOTICE_SECONDS
 from vac.supervisor.factory import Factory
 
 CONFIG = """
@@ -162,6 +164,22 @@ def test_global_shutdown_time_lowers_running_machines_once(tmp_path, clock):
     sent = tick(factory)
     assert sent == [("slot-00", messages.LowerShutdown(uuid=machine["uuid"], shutdown_at=shutdown))]
     assert tick(factory) == []
+
+
+def test_global_shutdown_time_gives_running_machines_the_announced_notice(tmp_path, clock):
+    # A shutdown_time already past (or sooner than grace_secs) ends machines after the notice, not at once.
+    factory = make_factory(config_file(tmp_path, processors=2,
+                                       extra=f"shutdown_time = {int(clock.now) - 60}"), clock)
+    report_idle(factory, [0, 1])
+    tick(factory)
+    soon = {"uuid": "11111111-2222-4333-8444-555555555551", "machinetype": "work", "processors": 1,
+            "started_at": clock.now, "shutdown_at": int(clock.now) + 300, "superslot": 0, "container_id": "c"}
+    later = dict(soon, uuid="11111111-2222-4333-8444-555555555552", shutdown_at=int(clock.now) + 3600,
+                 superslot=1, container_id="d")
+    report_running(factory, 0, soon)
+    report_running(factory, 1, later)
+    floor = math.ceil(clock.now) + SHUTDOWN_NOTICE_SECONDS
+    assert tick(factory) == [("slot-01", messages.LowerShutdown(uuid=later["uuid"], shutdown_at=floor))]
 
 
 def test_reload_changes_shares_adds_and_removes_without_touching_running(tmp_path, clock):

@@ -7,6 +7,7 @@ import pytest
 
 from vac.machine.layout import create_machine_directory
 from vac.machine.mjf import (
+    SHUTDOWN_NOTICE_SECONDS,
     MjfInputs,
     jobfeatures,
     lowered_shutdown_time,
@@ -29,7 +30,7 @@ FULL = MjfInputs(
     hs06_per_processor=10.5,
     scratch_bytes=160_000_000_000,
     max_swap_bytes=0,
-    grace_seconds=60,
+    notice_seconds=600,
     machinefeatures_options={"site_contact": "admin@example.com"},
 )
 
@@ -40,6 +41,7 @@ EXPECTED_MACHINEFEATURES = {
     "phys_cores": "4",
     "log_cores": "4",
     "jobslots": "1",
+    "grace_secs": "600",
     "site_contact": "admin@example.com",
 }
 
@@ -54,7 +56,7 @@ EXPECTED_JOBFEATURES = {
     "job_id": MACHINE_UUID,
     "max_swap_bytes": "0",
     "scratch_limit_bytes": "160000000000",
-    "grace_secs_job": "60",
+    "grace_secs_job": "600",
     "allocated_CPU": "4",
     "cpufactor_lrms": "1.0",
     "cpu_limit_secs_lrms": "345600",
@@ -142,7 +144,7 @@ def test_global_shutdown_time_lowers_only_the_two_shutdown_keys(tmp_path):
     assert read_shutdown_time(paths) == SHUTDOWN - 7200
 
 
-@pytest.mark.parametrize("global_time", [None, SHUTDOWN, SHUTDOWN + 1])
+@pytest.mark.parametrize("global_time", [SHUTDOWN, SHUTDOWN + 1])
 def test_global_shutdown_time_never_raises_the_deadline(tmp_path, global_time):
     paths = create_machine_directory(tmp_path, MACHINE_UUID)
     write_mjf(paths, FULL)
@@ -170,6 +172,27 @@ def test_rewrite_without_mjf_changes_nothing(tmp_path):
 
 
 def test_lowered_shutdown_time_is_pure():
-    assert lowered_shutdown_time(1000, 900) == 900
-    assert lowered_shutdown_time(1000, 1000) is None
-    assert lowered_shutdown_time(1000, None) is None
+    assert lowered_shutdown_time(10000, 9000, now=100, notice_seconds=600) == 9000
+    assert lowered_shutdown_time(10000, 10000, now=100, notice_seconds=600) is None
+    assert lowered_shutdown_time(10000, None, now=100, notice_seconds=600) is None
+
+
+@pytest.mark.parametrize("current, global_time, now, expected", [
+    (10000, 0, 5000, 5600),          # a global shutdown_time in the past: now + the notice
+    (10000, 5100, 5000, 5600),       # one sooner than the notice: now + the notice
+    (10000, 5600, 5000.5, 5601),     # a fraction of a second never shortens the notice
+    (10000, 7000, 5000, 7000),       # one later than the notice is kept
+    (5500, 0, 5000, None),           # already due within the notice: left alone, never raised
+    (5600, 0, 5000, None),
+])
+def test_a_lowering_never_goes_below_now_plus_the_notice(current, global_time, now, expected):
+    new_time = lowered_shutdown_time(current, global_time, now, notice_seconds=600)
+    assert new_time == expected
+    if new_time is not None:
+        assert new_time >= now + 600 and new_time < current
+
+
+def test_the_announced_notice_is_the_default_floor():
+    assert MjfInputs.__dataclass_fields__["notice_seconds"].default is None
+    now = 1_700_000_000
+    assert lowered_shutdown_time(now + 86400, now, now) == now + SHUTDOWN_NOTICE_SECONDS

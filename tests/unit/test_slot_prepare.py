@@ -44,13 +44,14 @@ def test_preparing_writes_every_mjf_key_and_a_templated_user_data(setup):
     machinefeatures = {p.name: p.read_text() for p in paths.machinefeatures.iterdir()}
     jobfeatures = {p.name: p.read_text() for p in paths.jobfeatures.iterdir()}
     assert machinefeatures == {"total_cpu": "2", "hs06": "20.0", "shutdowntime": str(int(START) + 7200),
-                               "phys_cores": "2", "log_cores": "2", "jobslots": "1", "rack": "r12"}
+                               "phys_cores": "2", "log_cores": "2", "jobslots": "1", "grace_secs": "600",
+                               "rack": "r12"}
     wall = 7200 - 10
     assert jobfeatures == {
         "allocated_cpu": "2", "wall_limit_secs": str(wall), "cpu_limit_secs": str(2 * wall),
         "jobstart_secs": str(int(START) + 10), "shutdowntime_job": str(int(START) + 7200),
         "max_rss_bytes": str(2000 * MIB), "hs06_job": "20.0", "job_id": terms.uuid, "max_swap_bytes": "0",
-        "scratch_limit_bytes": str(6 * 10 ** 9), "grace_secs_job": "1", "allocated_CPU": "2",
+        "scratch_limit_bytes": str(6 * 10 ** 9), "grace_secs_job": "600", "allocated_CPU": "2",
         "cpufactor_lrms": "1.0", "cpu_limit_secs_lrms": str(2 * wall), "wall_limit_secs_lrms": str(wall),
         "mem_limit_MB": str(2000 * MIB // 10 ** 6)}
     assert paths.user_data.read_text() == (

@@ -45,7 +45,7 @@ def test_next_heartbeat_check_is_when_the_verdict_can_change():
 
 def test_the_wall_clock_grace_lets_the_kill_land_within_two_seconds():
     from vac.machine.joboutputs import EXCEEDED_WALLCLOCK
-    assert slot_rules.grace_seconds(EXCEEDED_WALLCLOCK) < 2
+    assert slot_rules.stop_grace_seconds(EXCEEDED_WALLCLOCK) < 2
 
 
 def test_machine_transitions():

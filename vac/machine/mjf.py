@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,13 @@ from vac.machine.layout import FEATURES_FILE_MODE, MachinePaths
 log = logging.getLogger(__name__)
 
 MIB = 1048576
+# The notice a running machine gets when its shutdown time is lowered, announced
+# as grace_secs (machinefeatures) and grace_secs_job (jobfeatures), as
+# HSF-TN-2016-02 requires where shutdown times can change. 10 minutes lets a
+# pilot that re-reads MJF between payloads stop taking work and its payload
+# upload its outputs, while a site's global shutdown_time still holds within
+# minutes (vac drain --deadline or vac stop-machine end machines sooner).
+SHUTDOWN_NOTICE_SECONDS = 600
 _OPTION_NAME = re.compile(r"[a-z0-9_]+")
 
 
@@ -28,7 +36,7 @@ class MjfInputs:
     hs06_per_processor: float | None = None
     scratch_bytes: int | None = None
     max_swap_bytes: int | None = None
-    grace_seconds: int | None = None
+    notice_seconds: int | None = None    # grace_secs and grace_secs_job
     machinefeatures_options: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -57,6 +65,8 @@ def machinefeatures(inputs: MjfInputs) -> dict[str, str]:
     })
     if inputs.hs06_per_processor is not None:
         values["hs06"] = _number(inputs.hs06_per_processor * inputs.processors)
+    if inputs.notice_seconds is not None:
+        values["grace_secs"] = str(int(inputs.notice_seconds))
     return values
 
 
@@ -89,8 +99,8 @@ def jobfeatures(inputs: MjfInputs) -> dict[str, str]:
         values["max_swap_bytes"] = str(inputs.max_swap_bytes)
     if inputs.scratch_bytes is not None:
         values["scratch_limit_bytes"] = str(inputs.scratch_bytes)
-    if inputs.grace_seconds is not None:
-        values["grace_secs_job"] = str(inputs.grace_seconds)
+    if inputs.notice_seconds is not None:
+        values["grace_secs_job"] = str(int(inputs.notice_seconds))
     return values
 
 
@@ -111,11 +121,17 @@ def write_mjf(paths: MachinePaths, inputs: MjfInputs) -> None:
     _write_keys(paths.jobfeatures, jobfeatures(inputs), paths.root)
 
 
-def lowered_shutdown_time(current: int, global_shutdown_time: int | None) -> int | None:
-    """The new shutdown time if a global `shutdown_time` is earlier than `current`, else None."""
-    if global_shutdown_time is None or global_shutdown_time >= current:
+def lowered_shutdown_time(current: int, global_shutdown_time: int | None, now: float,
+                          notice_seconds: int = SHUTDOWN_NOTICE_SECONDS) -> int | None:
+    """The new shutdown time of a running machine if a global `shutdown_time` lowers it, else None.
+
+    Never earlier than `now` + the announced notice (grace_secs): a payload was
+    promised that much warning of a changed shutdown time.
+    """
+    if global_shutdown_time is None:
         return None
-    return int(global_shutdown_time)
+    new_time = max(int(global_shutdown_time), math.ceil(now) + int(notice_seconds))
+    return new_time if new_time < current else None
 
 
 def read_shutdown_time(paths: MachinePaths) -> int | None:
@@ -126,8 +142,11 @@ def read_shutdown_time(paths: MachinePaths) -> int | None:
         return None
 
 
-def rewrite_shutdown_time(paths: MachinePaths, global_shutdown_time: int | None) -> int | None:
-    """Lower `shutdowntime` and `shutdowntime_job` in place if `global_shutdown_time` is earlier.
+def rewrite_shutdown_time(paths: MachinePaths, new_time: int) -> int | None:
+    """Lower `shutdowntime` and `shutdowntime_job` in place to `new_time` if it is earlier.
+
+    `new_time` was decided by lowered_shutdown_time (with its notice) when the
+    lowering came; a retry after a failed write writes the same time.
 
     Returns the new shutdown time, or None if nothing changed. Only these two keys
     change (INTERFACES.md §4): the MJF note defines them as the moving deadline that
@@ -140,10 +159,9 @@ def rewrite_shutdown_time(paths: MachinePaths, global_shutdown_time: int | None)
         log.warning("machine %s: no readable shutdowntime_job in %s; not rewriting it",
                     paths.machine_uuid, paths.jobfeatures)
         return None
-    new_time = lowered_shutdown_time(current, global_shutdown_time)
-    if new_time is None:
+    if new_time >= current:
         return None
-    value = str(new_time).encode()
+    value = str(int(new_time)).encode()
     # Job deadline first, so that even between the two writes shutdowntime_job
     # never lies after shutdowntime.
     write_atomic(paths.jobfeatures / "shutdowntime_job", value, FEATURES_FILE_MODE, temp_dir=paths.root)

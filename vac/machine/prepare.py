@@ -30,8 +30,6 @@ MAX_TERMS_BYTES = 256 * 1024
 MIB = 1048576
 # Used when the site sets no pids_limit: room for the threads of many payload jobs.
 DEFAULT_PIDS_PER_PROCESSOR = 4096
-# What a payload gets between SIGTERM and SIGKILL at its shutdown time (grace_secs_job).
-SHUTDOWN_GRACE_SECONDS = 1
 
 
 class BadTerms(ValueError):
@@ -189,7 +187,7 @@ def mjf_inputs(terms: MachineTerms, start_time: float) -> mjf.MjfInputs:
         shutdown_time=terms.shutdown_at, mb_per_processor=terms.factory["mb_per_processor"],
         hs06_per_processor=terms.factory.get("hs06_per_processor"), scratch_bytes=scratch_bytes(terms),
         # No swap: the container's memory+swap limit equals its memory limit.
-        max_swap_bytes=0, grace_seconds=SHUTDOWN_GRACE_SECONDS,
+        max_swap_bytes=0, notice_seconds=mjf.SHUTDOWN_NOTICE_SECONDS,
         machinefeatures_options=dict(terms.factory.get("machinefeatures_options") or {}))
 
 

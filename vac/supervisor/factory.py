@@ -16,6 +16,7 @@ import time
 from vac.config.model import DEFAULT_FIZZLE_SECONDS
 from vac.config.settings import changed_restart_only, keep_restart_only
 from vac.ipc import messages
+from vac.machine import mjf
 from vac.machine.layout import machine_name
 from vac.space import status as space_status
 from vac.supervisor import aborts, scheduler, scheduler_inputs
@@ -29,6 +30,8 @@ from vac.vocabulary.slot_ids import slot_id, slot_number
 log = logging.getLogger(__name__)
 
 FINISHED_REMEMBERED = 4096
+# mb_per_processor is in MiB, as Vac reads it; VacQuery answers bytes_per_processor.
+BYTES_PER_MB = 1024 * 1024
 
 
 class Factory:
@@ -157,7 +160,8 @@ class Factory:
         return space_status.local_statuses(
             factory_name=self.factory_name, machinetypes=self.machinetypes, machines=self.table.machines(),
             outcomes=self.last_outcomes.values(),
-            hs06_per_processor=self.config.settings.hs06_per_processor_or_default, now=self.clock())
+            hs06_per_processor=self.config.settings.hs06_per_processor_or_default,
+            bytes_per_processor=self.config.settings.mb_per_processor * BYTES_PER_MB, now=self.clock())
 
     def space_hs06(self):
         """HS06 per machinetype the other factories of the space run now (as they last answered)."""
@@ -173,12 +177,16 @@ class Factory:
         if shutdown_time is None:
             return []
         out = []
+        now = self.clock()
         for slot, machine in self.table.machines():
             uuid = machine["uuid"]
-            if machine["shutdown_at"] > shutdown_time and self._lowered.get(uuid) != shutdown_time:
+            if self._lowered.get(uuid) == shutdown_time:
+                continue
+            # Not below now + the notice announced as grace_secs: sent once per global value.
+            new_time = mjf.lowered_shutdown_time(machine["shutdown_at"], shutdown_time, now)
+            if new_time is not None:
                 self._lowered[uuid] = shutdown_time
-                out.append((slot_id(slot), messages.LowerShutdown(uuid=uuid,
-                                                                  shutdown_at=int(shutdown_time))))
+                out.append((slot_id(slot), messages.LowerShutdown(uuid=uuid, shutdown_at=new_time)))
         return out
 
     def next_deadline(self):

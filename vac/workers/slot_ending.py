@@ -22,7 +22,7 @@ class EndingSteps:
     def _stop(self, message: ShutdownMessage | None) -> None:
         """End the running container: SIGTERM, grace, SIGKILL; write `message` unless it has one."""
         m = self.machine
-        m.stop_grace = slot_rules.grace_seconds(message) if message is not None else slot_rules.END_GRACE_SECONDS
+        m.stop_grace = slot_rules.stop_grace_seconds(message) if message is not None else slot_rules.END_GRACE_SECONDS
         # The engine first: a full or failing state disk must not hold back the limit.
         self._submit_stop()
         self._set_state(SlotState.STOPPING)

@@ -77,8 +77,8 @@ def next_heartbeat_check(now: float, started_at: float, fizzle_seconds: float, h
     return now - heartbeat_age + heartbeat_seconds + 0.001
 
 
-def grace_seconds(message: ShutdownMessage) -> float:
-    """How long a payload ended for `message` gets between SIGTERM and SIGKILL."""
+def stop_grace_seconds(message: ShutdownMessage) -> float:
+    """How long a payload ended for `message` gets between SIGTERM and SIGKILL (not MJF's grace_secs, a notice)."""
     if message == EXCEEDED_WALLCLOCK:
         return WALLCLOCK_GRACE_SECONDS
     if message in (HEARTBEAT_NOT_CREATED, HEARTBEAT_NOT_UPDATED):
