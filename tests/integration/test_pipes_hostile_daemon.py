@@ -123,7 +123,18 @@ def documents(draw, image):
     # A second entry for "good" skips that one, and only the first counts.
     first_good = next(i for i, e in enumerate(entries) if isinstance(e, dict) and e.get("suffix") == "good")
     body = json.dumps(document).encode()
-    return body, first_good == position and len(body) <= MAX_DOCUMENT_BYTES, ()
+    return body, first_good == position and len(body) <= MAX_DOCUMENT_BYTES and is_strict_json(body), ()
+
+
+def is_strict_json(body):
+    """False for JSON with Infinity or NaN, which Python writes and a pipe may not hold."""
+    def refuse(name):
+        raise ValueError(name)
+    try:
+        json.loads(body, parse_constant=refuse)
+    except ValueError:
+        return False
+    return True
 
 
 def machines_created_since(state_dir, since):
