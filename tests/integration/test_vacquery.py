@@ -165,3 +165,50 @@ def test_a_vac_0301_peer_answering_with_float_counts_is_counted(tmp_path, daemon
         client.close()
     finally:
         peer.stop()
+
+
+# Every field a machinetype_status carries, and its type (INTERFACES.md section 9).
+MACHINETYPE_STATUS_FIELDS = {
+    "message_type": str, "vac_version": str, "daemon_version": str, "vacquery_version": str, "cookie": str,
+    "space": str, "factory": str, "time_sent": int, "site": str, "num_machinetypes": int, "machinetype": str,
+    "bytes_per_processor": int, "running_hs06": (int, float), "running_machines": int, "running_cpus": int,
+    "running_processors": int, "num_before_fizzle": int, "shutdown_message": (str, type(None)),
+    "shutdown_time": (int, type(None)), "shutdown_machine": (str, type(None)), "max_wallclock_seconds": int,
+    "max_processors": int}
+
+
+def ask(port, query, count, timeout=15.0):
+    """Send `query` until `count` answers come back (vacd answers nothing until the root has told it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as asker:
+        asker.settimeout(1)
+        answers, deadline = [], time.monotonic() + timeout
+        while len(answers) < count:
+            assert time.monotonic() < deadline, f"vacd never answered {query}"
+            if not answers:
+                asker.sendto(json.dumps(query).encode(), ("127.0.0.1", port))
+            try:
+                answers.append(json.loads(asker.recvfrom(10240)[0]))
+            except TimeoutError:
+                answers = []
+        return answers
+
+
+def test_vacd_answers_machinetypes_queries_in_every_form_with_every_field(tmp_path, daemon_factory):  # noqa: F811
+    port = free_udp_port()
+    config = tmp_path / "vac.conf"
+    config.write_text(CONFIG.format(space=SPACE, peer_port=free_udp_port(), port=port, draining="yes"))
+    daemon = daemon_factory(config)
+    daemon.wait_log("vacquery: answering on 127.0.0.1")
+    for i, form in enumerate([{"message_type": "machinetypes_query"}, {"method": "machinetypes"},
+                              {"method": "machinetypes", "message_type": "machinetypes_query"}]):
+        query = dict(form, vac_version="Vac 03.01 -", vacquery_version="VacQuery 01.03", space=SPACE,
+                     cookie=f"c0ffee{i}")
+        answers = ask(port, query, 2)
+        assert sorted(a["machinetype"] for a in answers) == ["alpha", "beta"], form
+        for answer in answers:
+            assert set(answer) == set(MACHINETYPE_STATUS_FIELDS), form
+            for field, kind in MACHINETYPE_STATUS_FIELDS.items():
+                assert isinstance(answer[field], kind) and not isinstance(answer[field], bool), (form, field)
+            assert answer["message_type"] == "machinetype_status" and answer["cookie"] == f"c0ffee{i}"
+            assert answer["num_machinetypes"] == 2 and answer["bytes_per_processor"] == 2048 * 2**20
+            assert answer["max_processors"] == 1 and answer["running_processors"] == answer["running_cpus"] == 0

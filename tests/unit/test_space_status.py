@@ -5,7 +5,10 @@ from types import SimpleNamespace
 from vac.space.status import STALE_SECONDS, local_statuses, space_hs06
 
 NOW = 1_800_000_000.0
-TYPES = {"alpha": SimpleNamespace(fizzle_seconds=600), "beta": SimpleNamespace(fizzle_seconds=60)}
+TYPES = {"alpha": SimpleNamespace(fizzle_seconds=600, accounting_fqan="/alpha/Role=pilot", max_wallclock_seconds=3600,
+                                  max_processors=4),
+         "beta": SimpleNamespace(fizzle_seconds=60, accounting_fqan=None, max_wallclock_seconds=7200,
+                                 max_processors=1)}
 
 
 def machine(machinetype, processors, started_at):
@@ -21,17 +24,21 @@ def test_each_machinetype_gets_its_running_figures_and_last_outcome():
                  "machine_name": "f1-06.example.org"},
                 {"machinetype": "beta", "code": None, "text": "", "ended_at": NOW - 5, "machine_name": "x"}]
     alpha, beta = local_statuses(factory_name="f1.example.org", machinetypes=TYPES, machines=machines,
-                                 outcomes=outcomes, hs06_per_processor=10.0, now=NOW)
+                                 outcomes=outcomes, hs06_per_processor=10.0, bytes_per_processor=2 * 2**30, now=NOW)
     assert (alpha.machinetype, alpha.num_machinetypes, alpha.running_hs06, alpha.running_machines,
             alpha.running_processors, alpha.num_before_fizzle) == ("alpha", 2, 30.0, 2, 3, 1)
     assert (alpha.shutdown_message, alpha.shutdown_time, alpha.shutdown_machine) == (
         "300 Nothing to do", int(NOW - 50), "f1-05.example.org")
     assert (beta.running_hs06, beta.num_before_fizzle, beta.shutdown_message) == (40.0, 1, None)
+    # What Vac 03.01 adds, from the configuration.
+    assert (alpha.bytes_per_processor, alpha.fqan, alpha.max_wallclock_seconds, alpha.max_processors) == (
+        2 * 2**30, "/alpha/Role=pilot", 3600, 4)
+    assert (beta.fqan, beta.max_wallclock_seconds, beta.max_processors) == (None, 7200, 1)
 
 
 def test_a_machinetype_with_nothing_running_is_still_answered():
     (alpha, beta) = local_statuses(factory_name="f1.example.org", machinetypes=TYPES, machines=[], outcomes=[],
-                                   hs06_per_processor=1.0, now=NOW)
+                                   hs06_per_processor=1.0, bytes_per_processor=2**30, now=NOW)
     assert (alpha.running_hs06, beta.running_machines) == (0.0, 0)
 
 

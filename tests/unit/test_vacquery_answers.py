@@ -6,6 +6,7 @@ import logging
 import pytest
 
 from vac.space import protocol
+from vac.space.protocol import MachinetypeStatus
 from vac.workers import vacquery
 
 SPACE = "vac01.example.org"
@@ -48,3 +49,47 @@ def test_a_bad_answer_is_dropped_and_logged_at_a_bounded_rate_and_the_round_stan
     assert status.factories["f2.example.org"]["machinetypes"] == {
         "alpha": {"running_hs06": 80.0, "running_machines": 2, "running_processors": 8}}
     assert "f3.example.org" not in status.factories
+
+
+class Recorder:
+    def __init__(self):
+        self.sent = []
+
+    def sendto(self, data, address):
+        self.sent.append((json.loads(data), address))
+
+    def close(self):
+        pass
+
+
+def statuses(count):
+    return [MachinetypeStatus(factory="f1.example.org", machinetype=f"type{i}", num_machinetypes=count,
+                              running_hs06=0.0, running_machines=0, running_processors=0, num_before_fizzle=0)
+            for i in range(count)]
+
+
+def test_queries_in_every_form_are_answered_within_the_caps(node):
+    node.sock.close()
+    node.sock = Recorder()
+    node.local = statuses(vacquery.MAX_ANSWER_DATAGRAMS_PER_QUERY + 6)
+    for i, query in enumerate([{"message_type": "machinetypes_query"}, {"method": "machinetypes"},
+                               {"method": "machinetypes", "message_type": "machinetypes_query"}]):
+        node.sock.sent = []
+        node._on_datagram(json.dumps(dict(query, space=SPACE, cookie=f"c{i}")).encode(), (f"192.0.2.{i}", 995),
+                          10.0 + i)
+        # One query is answered with at most the cap, and the answer names only what it carries.
+        assert len(node.sock.sent) == vacquery.MAX_ANSWER_DATAGRAMS_PER_QUERY, query
+        assert {m["num_machinetypes"] for m, _ in node.sock.sent} == {vacquery.MAX_ANSWER_DATAGRAMS_PER_QUERY}
+        assert {m["cookie"] for m, _ in node.sock.sent} == {f"c{i}"}
+    # Many askers at once: no more than the overall rate is sent, and no answer is cut short.
+    node.sock.sent = []
+    for i in range(100):
+        node._on_datagram(json.dumps({"method": "machinetypes", "space": SPACE, "cookie": "x"}).encode(),
+                          (f"198.51.100.{i}", 995), 20.0)
+    assert len(node.sock.sent) <= vacquery.ANSWER_DATAGRAMS_PER_SECOND
+    assert len(node.sock.sent) % vacquery.MAX_ANSWER_DATAGRAMS_PER_QUERY == 0 and node.sock.sent
+    # A second later the bucket has refilled.
+    before = len(node.sock.sent)
+    node._on_datagram(json.dumps({"method": "machinetypes", "space": SPACE, "cookie": "y"}).encode(),
+                      ("203.0.113.1", 995), 21.0)
+    assert len(node.sock.sent) == before + vacquery.MAX_ANSWER_DATAGRAMS_PER_QUERY

@@ -1,5 +1,6 @@
 """VacQuery datagrams: what we send, what we accept, and that nothing a peer sends can crash us."""
 
+import dataclasses
 import json
 
 from hypothesis import given, strategies as st
@@ -110,7 +111,8 @@ def test_a_vac_0301_answer_with_float_counts_is_accepted():
     assert protocol.parse_machinetype_status(vac_answer(), SPACE) == ("c" * 64, MachinetypeStatus(
         factory="f3.example.org", machinetype="lhcb-prod", num_machinetypes=3, running_hs06=80.0,
         running_machines=2, running_processors=8, num_before_fizzle=1, shutdown_message="300 Nothing to do",
-        shutdown_time=1_799_999_000, shutdown_machine="f3-01.example.org"))
+        shutdown_time=1_799_999_000, shutdown_machine="f3-01.example.org", bytes_per_processor=2147483648,
+        fqan="/lhcb/Role=pilot", max_wallclock_seconds=172800, max_processors=4))
     _, status = protocol.parse_machinetype_status(
         vac_answer(num_machinetypes=3.0, running_machines=2.0, num_before_fizzle=1.0, shutdown_time=1.8e9), SPACE)
     assert (status.num_machinetypes, status.running_machines, status.num_before_fizzle) == (3, 2, 1)
@@ -122,6 +124,7 @@ def test_missing_optional_keys_and_the_deprecated_cpus_spelling():
                 "running_machines", "num_before_fizzle", "shutdown_message", "shutdown_time", "shutdown_machine",
                 "fqan", "max_wallclock_seconds", "max_processors")
     _, bare = protocol.parse_machinetype_status(vac_answer(**{k: ... for k in optional}), SPACE)
+    assert bare.bytes_per_processor is bare.fqan is bare.max_processors is bare.max_wallclock_seconds is None
     assert (bare.running_machines, bare.num_before_fizzle, bare.running_processors) == (0, 0, 8)
     assert bare.shutdown_message is bare.shutdown_time is bare.shutdown_machine is None
     # An older Vac names processors cpus only; the newer spelling wins when both are there.
@@ -146,3 +149,51 @@ def test_fields_that_are_present_are_typed_and_bounded():
     assert protocol.read_machinetype_status(query, SPACE).startswith(protocol.NOT_AN_ANSWER)
     assert protocol.read_machinetype_status(vac_answer(), "other.example.org").startswith(protocol.NOT_AN_ANSWER)
     assert protocol.read_machinetype_status(b"[1]", SPACE).startswith(protocol.NOT_AN_ANSWER)
+
+
+def test_the_legacy_method_forms_of_every_query():
+    for method, kind in [("machinetypes", "machinetypes_query"), ("machines", "machines_query"),
+                         ("factories", "factory_query")]:
+        alone = json.dumps({"method": method, "space": SPACE, "cookie": "c"}).encode()
+        assert protocol.parse_query(alone) == protocol.Query(kind, SPACE, "c")
+        beside = json.dumps({"method": method, "message_type": kind, "space": SPACE, "cookie": "c"}).encode()
+        assert protocol.parse_query(beside) == protocol.Query(kind, SPACE, "c")
+    # message_type, when it names a query, is what is asked.
+    both = json.dumps({"method": "machines", "message_type": "machinetypes_query", "space": SPACE,
+                       "cookie": "c"}).encode()
+    assert protocol.parse_query(both).message_type == "machinetypes_query"
+    for bad in [{"method": "everything", "space": SPACE, "cookie": "c"}, {"method": ["machines"], "space": SPACE,
+                "cookie": "c"}, {"method": "machines", "cookie": "c"}, {"method": "machines", "space": SPACE}]:
+        assert protocol.parse_query(json.dumps(bad).encode()) is None, bad
+
+
+# The worst case of bytes out per byte in that README states for one query.
+DOCUMENTED_AMPLIFICATION = 2600
+
+
+def test_the_worst_amplification_of_one_query_is_what_readme_states():
+    from vac.workers.vacquery import MAX_ANSWER_DATAGRAMS_PER_QUERY
+    space = "a"       # the shortest space makes the shortest query; answers repeat it too
+    query = json.dumps({"method": "machinetypes", "space": space, "cookie": "c"}, separators=(",", ":")).encode()
+    assert protocol.parse_query(query) is not None
+    largest = [MachinetypeStatus(
+        factory="f" * 253, machinetype=f"{i:03d}" + "m" * 61, num_machinetypes=1, running_hs06=protocol.MAX_HS06,
+        running_machines=protocol.MAX_COUNT, running_processors=protocol.MAX_COUNT,
+        num_before_fizzle=protocol.MAX_COUNT, shutdown_message="x" * 5000, shutdown_time=protocol.MAX_COUNT,
+        shutdown_machine="y" * 5000, bytes_per_processor=protocol.MAX_COUNT, fqan="z" * 5000,
+        max_wallclock_seconds=protocol.MAX_COUNT, max_processors=protocol.MAX_COUNT) for i in range(MAX_ANSWER_DATAGRAMS_PER_QUERY + 10)]
+    out = protocol.machinetype_statuses(largest[:MAX_ANSWER_DATAGRAMS_PER_QUERY], space=space, site="s" * 5000,
+                                        query_cookie="c", daemon_version="vac 99.99.99", now=protocol.MAX_COUNT)
+    ratio = sum(map(len, out)) / len(query)
+    assert DOCUMENTED_AMPLIFICATION * 0.9 < ratio <= DOCUMENTED_AMPLIFICATION
+
+
+def test_our_answers_carry_vac_0301s_exact_field_set_and_leave_out_what_a_machinetype_lacks():
+    full = dataclasses.replace(protocol.parse_machinetype_status(vac_answer(), SPACE)[1], num_machinetypes=1)
+    (data,) = protocol.machinetype_statuses([full], space=SPACE, site="UKI-EXAMPLE", query_cookie="c" * 64,
+                                            daemon_version="vac 1.0", now=1_800_000_100)
+    assert set(json.loads(data)) == set(VAC_0301_ANSWER)
+    assert protocol.parse_machinetype_status(data, SPACE) == ("c" * 64, full)
+    (data,) = answers()
+    assert set(VAC_0301_ANSWER) - set(json.loads(data)) == {"bytes_per_processor", "fqan", "max_wallclock_seconds",
+                                                            "max_processors"}

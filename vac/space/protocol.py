@@ -24,6 +24,10 @@ MAX_DATAGRAM = 10240
 MAX_TEXT = 256
 MACHINETYPES_QUERY = "machinetypes_query"
 MACHINETYPE_STATUS = "machinetype_status"
+MACHINES_QUERY = "machines_query"
+FACTORY_QUERY = "factory_query"
+# The `method` of Vac's older queries, and the query each one is.
+LEGACY_METHODS = {"machinetypes": MACHINETYPES_QUERY, "machines": MACHINES_QUERY, "factories": FACTORY_QUERY}
 _NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,252}")
 _MACHINETYPE = re.compile(r"[a-z0-9-]{1,64}")
 # Bounds of what a peer may claim: a count (also a time in seconds) is an
@@ -37,8 +41,9 @@ NOT_AN_ANSWER = "not an answer"
 _RUNNING_COUNTS = {"running_machines": ("running_machines",),
                    "running_processors": ("running_processors", "running_cpus"),
                    "num_before_fizzle": ("num_before_fizzle",)}
-# Optional figures Vac 03.01 may add: typed and bounded when present, not used.
+# Optional figures Vac 03.01 adds: typed and bounded when present.
 _OPTIONAL_COUNTS = ("bytes_per_processor", "max_wallclock_seconds", "max_processors")
+_OMITTED_WHEN_NONE = _OPTIONAL_COUNTS + ("fqan",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +66,12 @@ class MachinetypeStatus:
     shutdown_message: str | None = None
     shutdown_time: int | None = None
     shutdown_machine: str | None = None
+    # What Vac 03.01 adds: memory per processor, and (optional) the
+    # machinetype's accounting FQAN, longest wallclock and most processors.
+    bytes_per_processor: int | None = None
+    fqan: str | None = None
+    max_wallclock_seconds: int | None = None
+    max_processors: int | None = None
 
 
 def cookie(salt: bytes, factory: str) -> str:
@@ -75,13 +86,20 @@ def machinetypes_query(space: str, query_cookie: str, daemon_version: str) -> by
 
 
 def parse_query(data: bytes) -> Query | None:
-    """A query of any type, or None for anything that is not one."""
+    """A query of any type, or None for anything that is not one.
+
+    Vac's older clients name the query by `method` only ("machinetypes",
+    "machines", "factories"), newer ones by `message_type`, some by both:
+    message_type, when it names a query, is what is asked.
+    """
     message = _loads(data)
     if message is None:
         return None
     kind, space, query_cookie = (message.get(k) for k in ("message_type", "space", "cookie"))
-    if not (_short_text(kind) and kind.endswith("_query") and _short_text(space)
-            and _short_text(query_cookie)):
+    if not (_short_text(kind) and kind.endswith("_query")):
+        method = message.get("method")
+        kind = LEGACY_METHODS.get(method) if isinstance(method, str) else None
+    if kind is None or not (_short_text(space) and _short_text(query_cookie)):
         return None
     return Query(kind, space, query_cookie)
 
@@ -102,11 +120,15 @@ def machinetype_statuses(statuses: list[MachinetypeStatus], *, space: str, site:
         message.update({
             "message_type": MACHINETYPE_STATUS, "vac_version": daemon_version, "daemon_version": daemon_version,
             "vacquery_version": f"VacQuery {VACQUERY_VERSION}", "cookie": query_cookie, "space": space,
-            "site": site, "time_sent": now, "num_machinetypes": len(statuses),
+            "site": _clip(site), "time_sent": now, "num_machinetypes": len(statuses),
             # Vac's older name of the same figure.
             "running_cpus": status.running_processors,
             "shutdown_message": _clip(status.shutdown_message),
-            "shutdown_machine": _clip(status.shutdown_machine)})
+            "shutdown_machine": _clip(status.shutdown_machine), "fqan": _clip(status.fqan)})
+        # Vac leaves out what a machinetype does not have, rather than sending null.
+        for key in _OMITTED_WHEN_NONE:
+            if message[key] is None:
+                del message[key]
         out.append(_dumps(message))
     return out
 
@@ -165,13 +187,15 @@ def read_machinetype_status(data: bytes, space: str) -> tuple[str, MachinetypeSt
         if time_ is None:
             return "shutdown_time is not a time"
     for key in _OPTIONAL_COUNTS:
-        if m.get(key) is not None and _as_count(m[key]) is None:
-            return f"{key} is not a whole number from 0 to {MAX_COUNT}"
-    if m.get("fqan") is not None and not _optional_text(m["fqan"]):
+        if m.get(key) is not None:
+            counts[key] = _as_count(m[key])
+            if counts[key] is None:
+                return f"{key} is not a whole number from 0 to {MAX_COUNT}"
+    if not _optional_text(m.get("fqan")):
         return "fqan is not text"
     return answer_cookie, MachinetypeStatus(
         factory=factory, machinetype=machinetype, num_machinetypes=num_machinetypes, running_hs06=float(hs06),
-        shutdown_message=message, shutdown_time=time_, shutdown_machine=machine, **counts)
+        shutdown_message=message, shutdown_time=time_, shutdown_machine=machine, fqan=m.get("fqan"), **counts)
 
 
 def _dumps(message: dict) -> bytes:

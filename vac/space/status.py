@@ -16,7 +16,8 @@ STALE_SECONDS = 150.0
 
 
 def local_statuses(*, factory_name: str, machinetypes: Mapping, machines: Iterable[tuple[int, dict]],
-                   outcomes: Iterable[dict], hs06_per_processor: float, now: float) -> list[MachinetypeStatus]:
+                   outcomes: Iterable[dict], hs06_per_processor: float, bytes_per_processor: int,
+                   now: float) -> list[MachinetypeStatus]:
     """One status per machinetype: what runs of it here and how its last machine ended.
 
     machines: (slot, machine summary) of the slot table; outcomes: the last
@@ -34,7 +35,8 @@ def local_statuses(*, factory_name: str, machinetypes: Mapping, machines: Iterab
     statuses = []
     for name in sorted(held):
         running = held[name]
-        fizzle = getattr(machinetypes.get(name), "fizzle_seconds", 600)
+        config = machinetypes.get(name)
+        fizzle = getattr(config, "fizzle_seconds", 600)
         outcome = last.get(name)
         statuses.append(MachinetypeStatus(
             factory=factory_name, machinetype=name, num_machinetypes=len(held),
@@ -44,7 +46,10 @@ def local_statuses(*, factory_name: str, machinetypes: Mapping, machines: Iterab
             num_before_fizzle=sum(1 for m in running if now < m["started_at"] + fizzle),
             shutdown_message=f"{outcome['code']} {outcome['text']}" if outcome else None,
             shutdown_time=int(outcome["ended_at"]) if outcome else None,
-            shutdown_machine=outcome.get("machine_name") if outcome else None))
+            shutdown_machine=outcome.get("machine_name") if outcome else None,
+            bytes_per_processor=bytes_per_processor, fqan=getattr(config, "accounting_fqan", None),
+            max_wallclock_seconds=getattr(config, "max_wallclock_seconds", None),
+            max_processors=getattr(config, "max_processors", None)))
     return statuses
 
 

@@ -30,6 +30,11 @@ RESOLVE_SECONDS = 300.0
 # Answers per asking address: a burst, then this many per second.
 ANSWER_BURST = 10
 ANSWER_RATE = 2.0
+# Datagrams one query is answered with at most, and answered per second to
+# everyone together (a burst of one second's worth): with the per-address
+# limit they bound what spoofed queries can make us send (README: the space).
+MAX_ANSWER_DATAGRAMS_PER_QUERY = 64
+ANSWER_DATAGRAMS_PER_SECOND = 500
 MAX_DATAGRAMS_PER_WAKE = 256
 # A peer that sends answers we cannot read is named in the log at most this often.
 BAD_ANSWER_LOG_SECONDS = 60.0
@@ -94,6 +99,7 @@ class SpaceQuery:
         self._resolver.start()
         self._resolve.set()           # before the first round
         self._buckets: dict[str, tuple[float, float]] = {}
+        self._sent_tokens, self._sent_at = float(ANSWER_DATAGRAMS_PER_SECOND), None
         self._round = None            # cookie -> {"name", "expected", "got": {machinetype: status}}
         self._round_end = None
         self._resends: list[float] = []
@@ -255,9 +261,12 @@ class SpaceQuery:
             return
         if query.message_type != protocol.MACHINETYPES_QUERY or self.local is None:
             return
-        if not self._may_answer(address[0], now):
+        # Beyond the cap the answer names only the machinetypes it carries, so
+        # the asker does not ask again for the rest.
+        statuses = self.local[:MAX_ANSWER_DATAGRAMS_PER_QUERY]
+        if not self._may_answer(address[0], now) or not self._may_send(len(statuses), now):
             return
-        for datagram in protocol.machinetype_statuses(self.local, space=self.space, site=self.site,
+        for datagram in protocol.machinetype_statuses(statuses, space=self.space, site=self.site,
                                                       query_cookie=query.cookie, daemon_version=self.version,
                                                       now=int(self.clock())):
             try:
@@ -274,6 +283,18 @@ class SpaceQuery:
         more = f" ({self._bad_unlogged} more dropped since the last line)" if self._bad_unlogged else ""
         log.warning("vacquery: dropped an answer from %s: %s%s", host, reason, more)
         self._bad_logged_at, self._bad_unlogged = now, 0
+
+    def _may_send(self, datagrams, now):
+        """The overall bucket of answer datagrams, whoever asks: a whole answer or none."""
+        refill = ANSWER_DATAGRAMS_PER_SECOND if self._sent_at is None else \
+            max(now - self._sent_at, 0.0) * ANSWER_DATAGRAMS_PER_SECOND
+        tokens = min(ANSWER_DATAGRAMS_PER_SECOND, self._sent_tokens + refill)
+        self._sent_at = now
+        if tokens < datagrams:
+            self._sent_tokens = tokens
+            return False
+        self._sent_tokens = tokens - datagrams
+        return True
 
     def _may_answer(self, host, now):
         """A token bucket per asking address."""
