@@ -10,6 +10,7 @@ import pytest
 
 from daemon_client import daemon_factory  # noqa: F401 (a fixture)
 from docker_daemon import Machinetype, Site, titles
+from vac.accounting.apel import FinishedMachine, write_job_record
 from vac.config.load import load_configuration
 from vac.machine.layout import create_machine_directory
 from vac.machine.prepare import MachineTerms, write_terms
@@ -285,3 +286,39 @@ def wait_for(predicate, what, daemon, timeout=30):
     while not predicate():
         assert time.monotonic() < deadline, f"not within {timeout} s: {what}\n{daemon.text()[-4000:]}"
         time.sleep(0.1)
+
+
+APEL_CONF = """[settings]
+reaper_interval_seconds = 1
+gocdb_sitename = UKI-REAPER-TEST
+"""
+
+
+@pytest.mark.docker
+def test_vacd_s_reaper_queues_the_month_s_apel_sync_record_once(
+        tmp_path, daemon_factory, busybox_image, factory_label):  # noqa: F811
+    site = Site(tmp_path, factory_label, busybox_image, [Machinetype("gate")], processors=1)
+    site.write_config(draining=True)
+    (tmp_path / "apel.conf").write_text(APEL_CONF)
+    now = time.time()
+    for n in range(2):
+        machine_dir = tmp_path / f"finished-{n}"
+        machine_dir.mkdir()
+        write_job_record(site.state_dir, machine_dir, FinishedMachine(
+            machine_uuid=UUIDS[n], machinetype="gate", space="crash.vac.example", factory=factory_label,
+            processors=1, start_time=int(now) - 7200, end_time=int(now) - 60, cpu_seconds=10,
+            mb_per_processor=128, hs06_per_processor=10.0, gocdb_sitename="UKI-REAPER-TEST"), 60)
+    daemon = daemon_factory(site.config, extra_args=("--config", str(tmp_path / "apel.conf")))
+
+    def sync_messages():
+        return [path.read_text() for path in (site.state_dir / "apel-outgoing").rglob("*")
+                if path.is_file() and path.read_text().startswith("APEL-sync-message: v0.1")]
+    wait_for(sync_messages, "the daily APEL sync message", daemon)
+    ended = time.gmtime(int(now) - 60)
+    [text] = sync_messages()
+    assert (f"Site: UKI-REAPER-TEST\nSubmitHost: crash.vac.example/vac-{factory_label}\n"
+            f"NumberOfJobs: 2\nMonth: {ended.tm_mon}\nYear: {ended.tm_year}\n%%\n") in text
+    wait_for(lambda: "last sweep" in (reaper_title(daemon) or ""), "the reaper sweeping", daemon)
+    time.sleep(3)   # three more sweeps: the message is due again only in a day
+    assert len(sync_messages()) == 1
+    assert "reaper (pid" not in daemon.text(), "the reaper never failed and restarted"

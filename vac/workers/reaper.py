@@ -68,8 +68,8 @@ def run(channel, spec):
         if now < next_sweep or jobs.running("sweep"):
             continue
         # Directories and history whatever the live set; sweep() decides on containers.
-        jobs.submit("sweep", sweep, runtime, factory, state_dir, live, slots, grace,
-                    apel_sync_site=apel_sync_site)
+        # submit() takes positional arguments only: now=None (the clock), then the site.
+        jobs.submit("sweep", sweep, runtime, factory, state_dir, live, slots, grace, None, apel_sync_site)
         next_sweep = now + interval
     runtime.close()
     log.info("reaper stopping: %s", loop.stop_reason)
