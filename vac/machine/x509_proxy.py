@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from vac.machine.userdata import UserDataError
+from vac.machine.userdata import UserDataError, read_local_file
 
 CERT_FILE_NAME = "x509cert.pem"
 KEY_FILE_NAME = "x509key.pem"
@@ -52,13 +52,9 @@ class Credentials:
 
 def _read(path: Path) -> bytes:
     try:
-        with open(path, "rb") as stream:
-            data = stream.read(MAX_CREDENTIAL_BYTES + 1)
-    except OSError as error:
-        raise ProxyError(f"user_data_proxy: cannot read {path}: {error.strerror or error}") from error
-    if len(data) > MAX_CREDENTIAL_BYTES:
-        raise ProxyError(f"user_data_proxy: {path} is more than the limit of {MAX_CREDENTIAL_BYTES} bytes")
-    return data
+        return read_local_file(path, MAX_CREDENTIAL_BYTES)
+    except UserDataError as error:
+        raise ProxyError(f"user_data_proxy: {error}") from error
 
 
 def read_credentials(files_dir: Path) -> Credentials:
