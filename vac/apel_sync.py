@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-from vac.accounting import apel
-
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _MONTH_ARGUMENT = re.compile(r"([0-9]{4})([0-9]{2})")
 # APEL's Year column has 4 digits; before 1970 nothing was accounted.
@@ -62,6 +60,9 @@ def main_apel_sync(args, out=None, err=None, now: float | None = None) -> int:
     except ValueError as error:
         print(f"vac apel-sync: {error}", file=err)
         return EXIT_USAGE
+    # Imported here, as the configuration is: every other `vac` command starts
+    # without them, and `vac status` is run by monitoring every few minutes.
+    from vac.accounting import apel
     from vac.config.load import try_load_configuration
     try:
         config, problems = try_load_configuration(args.config)
