@@ -192,7 +192,7 @@ def test_singularity_machinetypes_need_a_singularity_user(tmp_path):
     _, problems = try_load_configuration([str(path)], cpu_count=8)
     assert [str(problem) for problem in problems] == [
         f"{path} [machinetype s] machine_model = 'singularity': "
-        "singularity machinetypes need singularity_user in [settings]"]
+        "singularity machinetypes need singularity_user or singularity_user_prefix in [settings]"]
 
 
 def test_a_bad_value_is_not_echoed_by_cross_checks(tmp_path):

@@ -81,6 +81,10 @@ def test_our_own_defaults(tmp_path):
     ("vacmon_hostport = vacmon.example.com:8884 b.example:1", "vacmon_hostport",
      ("vacmon.example.com:8884", "b.example:1")),
     ("singularity_user = nobody", "singularity_user", "nobody"),
+    ("singularity_command = /opt/apptainer/bin/apptainer", "singularity_command", "/opt/apptainer/bin/apptainer"),
+    ("singularity_command = singularity", "singularity_command", "singularity"),
+    ("singularity_cgroups = vac", "singularity_cgroups", "vac"),
+    ("singularity_sweep_seconds = 5", "singularity_sweep_seconds", 5),
     ("state_dir = /srv/vac", "state_dir", "/srv/vac"),
     ("control_socket = /srv/vac/c.sock", "control_socket", "/srv/vac/c.sock"),
     ("admin_group = vacadmin", "admin_group", "vacadmin"),
@@ -153,6 +157,12 @@ def test_lvm_backend_uses_vacs_volume_group_name_unless_set(tmp_path):
     ("singularity_user = root", "singularity_user = 'root': Singularity machines must not run as root"),
     ("singularity_user = no-such-user-vac", "singularity_user = 'no-such-user-vac': no such user on this host"),
     ("singularity_user = Bad;User", "singularity_user = 'Bad;User': not a valid user or group name"),
+    ("singularity_user_prefix = Bad;", "singularity_user_prefix = 'Bad;': not a valid start of a user name"),
+    ("singularity_user_prefix = nosuchvacprefix\nslots = 5", "singularity_user_prefix = 'nosuchvacprefix': each of the 5 slots needs its account: nosuchvacprefix00: no such user on this host; nosuchvacprefix01: no such user on this host; nosuchvacprefix02: no such user on this host and 2 more"),
+    ("singularity_user = nobody\nsingularity_user_prefix = vacsing", "singularity_user_prefix = 'vacsing': set singularity_user (one account) or singularity_user_prefix (one per slot), not both"),
+    ("singularity_command = bin/apptainer", "singularity_command = 'bin/apptainer': must be an absolute path"),
+    ("singularity_cgroups = v1", "singularity_cgroups = 'v1': must be one of auto, systemd, vac"),
+    ("singularity_sweep_seconds = 0", "singularity_sweep_seconds = '0': must be at least 1"),
     ("state_dir = relative/dir", "state_dir = 'relative/dir': must be an absolute path"),
     ("state_dir = /var/lib/../vac", "state_dir = '/var/lib/../vac': must not contain \"..\" components"),
     ("control_socket = /run/vac/$(x)", "control_socket = '/run/vac/$(x)': contains the shell metacharacter '$'"),
@@ -296,3 +306,14 @@ def test_a_reload_names_the_restart_only_settings_it_changes_and_keeps_their_run
 
 def test_every_restart_only_name_is_a_setting():
     assert set(RESTART_ONLY) <= {field.name for field in dataclasses.fields(Settings)}
+
+
+def test_singularity_accounts_are_one_for_all_or_one_per_slot():
+    shared = Settings(vac_space="s.example", total_processors=3, singularity_user="nobody")
+    assert shared.singularity_account(2) == "nobody"
+    assert shared.singularity_accounts == ("nobody",)
+    per_slot = Settings(vac_space="s.example", total_processors=3, slots=12, singularity_user_prefix="vacsing")
+    assert per_slot.singularity_account(3) == "vacsing03"
+    assert per_slot.singularity_account(11) == "vacsing11"
+    assert per_slot.singularity_accounts[0] == "vacsing00" and len(per_slot.singularity_accounts) == 12
+    assert Settings(vac_space="s.example", total_processors=1).singularity_accounts == ()

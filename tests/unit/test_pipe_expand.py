@@ -127,7 +127,7 @@ def test_singularity_entries_need_a_singularity_user():
     expansion = expand(document(entry("s", machine_model="singularity", root_image="/cvmfs/x/y")),
                        settings=settings)
     assert expansion.machinetypes == {}
-    assert "singularity_user is not set in [settings]" in str(expansion.problems[0])
+    assert "neither singularity_user nor singularity_user_prefix is set in [settings]" in str(expansion.problems[0])
 
 
 def test_user_data_options_and_files_from_a_pipe():

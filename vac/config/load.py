@@ -175,9 +175,9 @@ def _local_machinetype(name, checked, where, settings, pipe_prefixes, problems, 
             continue
         problems.append(ConfigProblem(where, section, option, value, reason))
     if (machinetype is not None and machinetype.machine_model == "singularity"
-            and settings is not None and settings.singularity_user is None):
+            and settings is not None and not settings.singularity_accounts):
         problems.append(ConfigProblem(
             where, section, "machine_model", "singularity",
-            "singularity machinetypes need singularity_user in [settings]"))
+            "singularity machinetypes need singularity_user or singularity_user_prefix in [settings]"))
         return None
     return machinetype

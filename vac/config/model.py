@@ -11,6 +11,12 @@ from types import MappingProxyType
 from vac.config.problems import ConfigProblem
 
 MACHINE_MODELS = ("docker", "singularity")
+SINGULARITY_CGROUPS = ("auto", "systemd", "vac")
+
+
+def singularity_slot_account(prefix: str, slot: int) -> str:
+    """Slot 3's account with prefix vacsing: vacsing03 (two digits at least, like machine names)."""
+    return f"{prefix}{slot:02d}"
 SCRATCH_BACKENDS = ("directory", "loop", "lvm")
 # Vac's volume group name, used when scratch_backend = lvm and volume_group is unset.
 DEFAULT_VOLUME_GROUP = "vac_volume_group"
@@ -42,6 +48,16 @@ class Settings:
     udp_timeout_seconds: float = 10.0
     vacmon_hostport: tuple[str, ...] = ()
     singularity_user: str | None = None
+    # Options of vac's own for Singularity machines (docs/singularity.md).
+    # One account per slot, <prefix>NN, instead of singularity_user's one for all.
+    singularity_user_prefix: str | None = None
+    # The Apptainer or Singularity executable; None: apptainer, else singularity, on PATH.
+    singularity_command: str | None = None
+    # Where machine cgroups go: "systemd" (a transient scope each), "vac" (a /vac
+    # subtree of our own) or "auto" (systemd when it is PID 1).
+    singularity_cgroups: str = "auto"
+    # How often the reaper looks for processes of the accounts outside their machines.
+    singularity_sweep_seconds: int = 2
     user_data_options: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     user_data_files: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     machinefeatures_options: Mapping[str, str] = field(default_factory=lambda: EMPTY)
@@ -75,6 +91,19 @@ class Settings:
         # slots defaults to one per processor, the most machines the processors allow.
         if self.slots is None:
             object.__setattr__(self, "slots", self.total_processors)
+
+    def singularity_account(self, slot: int) -> str | None:
+        """The account slot `slot`'s Singularity machines run as, or None if none is set."""
+        if self.singularity_user_prefix is not None:
+            return singularity_slot_account(self.singularity_user_prefix, slot)
+        return self.singularity_user
+
+    @property
+    def singularity_accounts(self) -> tuple[str, ...]:
+        """Every account the factory's Singularity machines may run as."""
+        if self.singularity_user_prefix is not None:
+            return tuple(singularity_slot_account(self.singularity_user_prefix, slot) for slot in range(self.slots))
+        return (self.singularity_user,) if self.singularity_user is not None else ()
 
     @property
     def hs06_per_processor_or_default(self) -> float:

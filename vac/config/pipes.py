@@ -196,9 +196,9 @@ def _expand_entry(pipe, index, entry, share_total, local_machinetypes, settings,
         problems.append(problem("target_share", entry.get("target_share"),
                                 f"the share is not a finite number{skipped}"))
     if (machinetype is not None and machinetype.machine_model == "singularity"
-            and settings.singularity_user is None):
+            and not settings.singularity_accounts):
         problems.append(problem("machine_model", "singularity",
-                                f"singularity_user is not set in [settings]{skipped}"))
+                                f"neither singularity_user nor singularity_user_prefix is set in [settings]{skipped}"))
     if problems:
         return None, problems_unknown + problems
     return machinetype, problems_unknown

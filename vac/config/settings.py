@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from vac.config import values
 from vac.config.files import RawValue
 from vac.config.machinetypes import check_user_data_file
-from vac.config.model import SCRATCH_BACKENDS, Settings, frozen_mapping
+from vac.config.model import SCRATCH_BACKENDS, SINGULARITY_CGROUPS, Settings, frozen_mapping, singularity_slot_account
 from vac.config.problems import ConfigProblem
 from vac.config.values import BadValue
 from vac.vocabulary.live_set import LIVE_SET_MAX_AGE_SECONDS, ORPHAN_GRACE_FLOOR_SECONDS
@@ -106,12 +106,37 @@ def _account(text):
 
 def _singularity_user(text):
     _account(text)
+    check_singularity_account(text)
+    return text
+
+
+def check_singularity_account(name):
+    """BadValue unless `name` is an account of this host other than root (uid or gid 0)."""
     try:
-        entry = pwd.getpwnam(text)
+        entry = pwd.getpwnam(name)
     except KeyError:
         raise BadValue("no such user on this host") from None
-    if entry.pw_uid == 0:
+    if entry.pw_uid == 0 or entry.pw_gid == 0:
         raise BadValue("Singularity machines must not run as root")
+
+
+def _singularity_user_prefix(text):
+    # The slot's two digits follow: the account names stay within useradd's 32 characters.
+    if not _ACCOUNT_RE.fullmatch(text) or text.endswith("$") or len(text) > 29:
+        raise BadValue("not a valid start of a user name")
+    return text
+
+
+def _singularity_command(text):
+    _one_word(text)
+    if "/" in text:
+        values.check_absolute_path(text)
+    return text
+
+
+def _singularity_cgroups(text):
+    if text not in SINGULARITY_CGROUPS:
+        raise BadValue("must be one of " + ", ".join(SINGULARITY_CGROUPS))
     return text
 
 
@@ -216,7 +241,9 @@ CONVERTERS = {
     "volume_group": _volume_group, "shutdown_time": _int(0), "draining": _draining,
     "overload_per_processor": _positive_number, "gocdb_sitename": _site_name,
     "udp_timeout_seconds": _positive_number, "vacmon_hostport": _hostports,
-    "singularity_user": _singularity_user,
+    "singularity_user": _singularity_user, "singularity_user_prefix": _singularity_user_prefix,
+    "singularity_command": _singularity_command, "singularity_cgroups": _singularity_cgroups,
+    "singularity_sweep_seconds": _int(1),
     "state_dir": _path, "control_socket": _path, "admin_group": _account,
     "readonly_group": _account, "slots": _int(1), "scratch_backend": _scratch_backend,
     "docker_url": _docker_url, "docker_timeout_seconds": _int(1), "pids_limit": _int(1),
@@ -273,11 +300,32 @@ def read_settings(raw: Mapping[str, RawValue] | None, where: str, *,
     if "volume_group" in fields and fields.get("scratch_backend", "directory") != "lvm":
         problem("volume_group", raw["volume_group"],
                 "not used: set scratch_backend = lvm to put scratch space in it", warnings)
+    if "singularity_user" in fields and "singularity_user_prefix" in fields:
+        problem("singularity_user_prefix", raw["singularity_user_prefix"],
+                "set singularity_user (one account) or singularity_user_prefix (one per slot), not both")
+    elif "singularity_user_prefix" in fields:
+        _check_slot_accounts(fields, raw["singularity_user_prefix"], problem)
     if problems:
         return None, problems, warnings
     for key in PREFIXES.values():
         fields[key] = frozen_mapping(sorted(fields[key].items()))
     return Settings(**fields), problems, warnings
+
+
+def _check_slot_accounts(fields, raw_value, problem):
+    """Every slot's account must exist and not be root (the first few failures are named)."""
+    slots = fields.get("slots") or fields["total_processors"]
+    bad = []
+    for slot in range(slots):
+        account = singularity_slot_account(fields["singularity_user_prefix"], slot)
+        try:
+            check_singularity_account(account)
+        except BadValue as error:
+            bad.append(f"{account}: {error}")
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        problem("singularity_user_prefix", raw_value,
+                f"each of the {slots} slots needs its account: " + "; ".join(bad[:3]) + more)
 
 
 def _prefixed(prefix: str, name: str, text: str) -> str:
@@ -303,7 +351,8 @@ RESTART_ONLY = (
     "docker_url", "docker_timeout_seconds", "heartbeat_timeout_seconds",
     "reaper_interval_seconds", "orphan_grace_seconds", "cvmfs_keepalive_seconds",
     "metrics_listen", "metrics_textfile", "vacquery_listen", "vac_space", "factories",
-    "udp_timeout_seconds", "gocdb_sitename")
+    "udp_timeout_seconds", "gocdb_sitename", "singularity_user", "singularity_user_prefix",
+    "singularity_sweep_seconds")
 
 
 def changed_restart_only(running: Settings, loaded: Settings) -> tuple[str, ...]:
