@@ -98,6 +98,10 @@ def tree_settings(config):
                         gocdb_sitename=settings.gocdb_sitename,
                         apel_sync_site=settings.gocdb_sitename if apel.sends_outgoing(
                             settings.gocdb_sitename, settings.hs06_per_processor) else None,
+                        singularity={"command": settings.singularity_command,
+                                     "cgroups": settings.singularity_cgroups,
+                                     "accounts": list(settings.singularity_accounts),
+                                     "sweep_seconds": float(settings.singularity_sweep_seconds)},
                         heartbeat_timeout=timeout, heartbeat_interval=min(5.0, timeout / 6))
 
 

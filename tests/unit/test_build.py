@@ -40,7 +40,9 @@ def test_settings_reach_the_specs():
         slots=2, cvmfs_repositories=("atlas.cern.ch", "lhcb.cern.ch"), state_dir="/srv/vac",
         heartbeat_interval=1.0, heartbeat_timeout=7.0, slot_shutdown=30.0, helper_shutdown=3.0,
         helper_intensity=Intensity(2, 9.0), top_intensity=Intensity(1, 99.0), degraded_retry=45.0,
-        slot_restart=SlotRestartPolicy(max_failed_starts=3), cvmfs_keepalive_seconds=45.0)
+        slot_restart=SlotRestartPolicy(max_failed_starts=3), cvmfs_keepalive_seconds=45.0,
+        singularity={"command": None, "cgroups": "vac", "accounts": ["vacsing00", "vacsing01"],
+                     "sweep_seconds": 2.0})
     spec = build_tree(settings)
     services, pool = spec.children
     keeper, reaper_spec = services.children[:2]
@@ -48,9 +50,11 @@ def test_settings_reach_the_specs():
     assert reaper_spec.args == {
         "state_dir": "/srv/vac", "slots": 2, "factory_name": "localhost",
         "docker_url": "unix:///var/run/docker.sock", "docker_timeout_seconds": 30.0,
-        "interval_seconds": 60.0, "grace_seconds": 120.0, "apel_sync_site": None}
+        "interval_seconds": 60.0, "grace_seconds": 120.0, "apel_sync_site": None,
+        "singularity": settings.singularity}
     slot_args = pool.children[1].args
     assert (slot_args["slot"], slot_args["state_dir"]) == (1, "/srv/vac")
+    assert slot_args["singularity"]["accounts"] == ["vacsing00", "vacsing01"]
     every_child = (*services.children, *pool.children)
     assert {(c.heartbeat_interval, c.heartbeat_timeout) for c in every_child} == {(1.0, 7.0)}
     assert {c.shutdown for c in services.children} == {3.0}

@@ -111,3 +111,45 @@ def test_bad_terms_are_refused(setup, change):
 def test_terms_that_are_not_a_map_are_refused():
     with pytest.raises(BadTerms):
         MachineTerms.from_spec(["not", "a", "map"])
+
+
+def _singularity_terms(tmp_path, **settings_changes):
+    state_dir = tmp_path / "state"
+    settings = make_settings(state_dir, **settings_changes)
+    files = Path(settings.machinetypes_dir) / "busy-test" / "files"
+    files.mkdir(parents=True)
+    (files / "template").write_text("mjf=##user_data_machinefeatures_url##\n")
+    machinetype = make_machinetype("template", machine_model="singularity", root_image="pilot.sif",
+                                   tmp_binds=("/scratch",))
+    return MachineTerms.from_spec(place_spec(settings, machinetype, 3, START)), files
+
+
+def test_a_singularity_machine_belongs_to_its_slots_account(tmp_path):
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    terms, files = _singularity_terms(tmp_path, singularity_user="nobody")
+    paths = create_directory(terms)
+    prepared = prepare_machine(terms, paths, START, PAYLOAD_PATHS)
+    owner = (nobody.pw_uid, nobody.pw_gid)
+    root_info = paths.root.stat()
+    # The account's group may enter the machine directory, not list it.
+    assert (root_info.st_uid, root_info.st_gid, stat.S_IMODE(root_info.st_mode)) == (0, nobody.pw_gid, 0o710)
+    user_data = paths.user_data.stat()
+    assert (user_data.st_uid, user_data.st_gid, stat.S_IMODE(user_data.st_mode)) == (*owner, 0o500)
+    for directory in (paths.joboutputs, paths.scratch, prepared.tmp_binds[0][0]):
+        info = directory.stat()
+        assert (info.st_uid, info.st_gid) == owner, directory
+    request = container_request(terms, paths, list(prepared.tmp_binds), 1)
+    # A file name is the machinetype's file; the account and the scratch area go to the runtime.
+    assert request.image == str(files / "pilot.sif")
+    assert (request.model, request.account, request.scratch) == ("singularity", "nobody", paths.scratch)
+
+
+def test_a_singularity_machine_without_an_account_or_with_roots_is_refused(tmp_path):
+    terms, _ = _singularity_terms(tmp_path)
+    with pytest.raises(BadTerms, match="needs singularity_user or singularity_user_prefix"):
+        create_directory(terms)
+    raw = dict(terms.raw, factory={**terms.raw["factory"], "singularity_account": "root"})
+    with pytest.raises(BadTerms, match="is root's: refused"):
+        create_directory(MachineTerms.from_spec(raw))

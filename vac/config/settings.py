@@ -352,7 +352,7 @@ RESTART_ONLY = (
     "reaper_interval_seconds", "orphan_grace_seconds", "cvmfs_keepalive_seconds",
     "metrics_listen", "metrics_textfile", "vacquery_listen", "vac_space", "factories",
     "udp_timeout_seconds", "gocdb_sitename", "singularity_user", "singularity_user_prefix",
-    "singularity_sweep_seconds")
+    "singularity_command", "singularity_cgroups", "singularity_sweep_seconds")
 
 
 def changed_restart_only(running: Settings, loaded: Settings) -> tuple[str, ...]:

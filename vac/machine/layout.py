@@ -11,11 +11,14 @@ when the clock steps back and cannot be derived from a container):
         machine.json                         0600  the machine's terms (prepare.py)
         finished                             0600  marker: finalised exactly once
         apel-record                          0644  APEL record as first written
-        user_data                            0755  templated script (0700 with a proxy)
+        user_data                            0755  templated script (0700 with a proxy;
+                                                   Singularity: the account's, 0500)
         machinefeatures/  jobfeatures/       0755  files 0644, mounted read-only
         joboutputs/                          0755  mounted read-write, the container's
         scratch/                             0700  scratch area or its mount point
         scratch.img                          0600  loop-device image (loop backend)
+        singularity/                         0700  a Singularity machine's launcher plan, pid,
+                                                   exit status and output (docs/singularity.md)
 
 What the container needs: Docker bind mounts are made by dockerd as root, so
 the host-side 0700 parent is no obstacle, while inside the container the mounted
@@ -26,7 +29,7 @@ unprivileged host account can enter; a user_data that holds an X.509 proxy's
 key is itself 0700 and root's, so inside the container only root reads it
 (such a machinetype's image must run /user_data as root: no USER). Singularity runs as `singularity_user`, so
 the machine directory is then 0710 with that account's group (`container_gid`)
-and joboutputs and scratch belong to that account.
+and joboutputs, scratch and user_data belong to that account.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ JOBOUTPUTS_DIR_MODE = 0o755
 USER_DATA_MODE = 0o755
 # With an X.509 proxy's key in it: only root, which a container without a USER runs as.
 USER_DATA_SECRET_MODE = 0o700
+# A Singularity machine's, owned by its account, which runs it.
+USER_DATA_ACCOUNT_MODE = 0o500
 SCRATCH_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import pwd
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -167,6 +168,33 @@ def files_directory(terms: MachineTerms) -> Path:
     return Path(terms.factory["machinetypes_dir"]) / name / "files"
 
 
+def container_owner(terms: MachineTerms) -> tuple[int, int] | None:
+    """(uid, gid) of the account a Singularity machine runs as; None for Docker (root in the container).
+
+    BadTerms if a Singularity machine has no account, or the account is gone or is root.
+    """
+    if terms.machinetype["machine_model"] != "singularity":
+        return None
+    account = terms.factory.get("singularity_account")
+    if not isinstance(account, str) or not account:
+        raise BadTerms("a singularity machine needs singularity_user or singularity_user_prefix")
+    try:
+        entry = pwd.getpwnam(account)
+    except KeyError:
+        raise BadTerms(f"the Singularity account {account} does not exist on this host") from None
+    if entry.pw_uid == 0 or entry.pw_gid == 0:
+        raise BadTerms(f"the Singularity account {account} is root's: refused")
+    return entry.pw_uid, entry.pw_gid
+
+
+def root_image_path(terms: MachineTerms) -> str:
+    """The image as the runtime takes it: a Singularity file name is resolved under the machinetype's files/."""
+    image = terms.machinetype["root_image"]
+    if terms.machinetype["machine_model"] != "singularity" or image.startswith("/") or userdata.is_http_url(image):
+        return image
+    return str(files_directory(terms) / image)
+
+
 def scratch_bytes(terms: MachineTerms) -> int | None:
     """The machine's scratch size: the machinetype's disk_gb_per_processor, else the factory's."""
     per_processor = terms.machinetype.get("disk_gb_per_processor")
@@ -234,7 +262,9 @@ def container_request(terms: MachineTerms, paths: MachinePaths, tmp_binds: list[
     return ContainerRequest(
         factory=terms.factory["factory_name"], slot=terms.slot, machine_uuid=terms.uuid,
         machinetype=terms.machinetype_name, generation=generation, machine_name=terms.machine_name,
-        image=terms.machinetype["root_image"], command=terms.machinetype["container_command"],
+        image=root_image_path(terms), command=terms.machinetype["container_command"],
+        model=terms.machinetype["machine_model"], account=terms.factory.get("singularity_account"),
+        scratch=paths.scratch,
         processors=terms.processors, memory_bytes=memory_bytes(terms), pids_limit=pids_limit,
         user_data=paths.user_data, machinefeatures=paths.machinefeatures, jobfeatures=paths.jobfeatures,
         joboutputs=paths.joboutputs,
@@ -266,7 +296,9 @@ class PreparedMachine:
 
 def create_directory(terms: MachineTerms) -> MachinePaths:
     """Create the machine directory and keep the terms in it (first step, before the record)."""
-    paths = create_machine_directory(terms.state_dir, terms.uuid)
+    owner = container_owner(terms)
+    paths = create_machine_directory(terms.state_dir, terms.uuid, container_gid=owner[1] if owner else None,
+                                     container_owner=owner)
     write_terms(paths, terms)
     return paths
 
@@ -285,9 +317,10 @@ def prepare_machine(terms: MachineTerms, paths: MachinePaths, start_time: float,
     proxy = proxy_text(terms, start_time)
     values = dataclasses.replace(values, x509_proxy=proxy)
     template = userdata.obtain_template(terms.machinetype["user_data"], files_directory(terms))
-    userdata.write_user_data(paths, userdata.render(template, values), holds_key=proxy is not None)
+    owner = container_owner(terms)
+    userdata.write_user_data(paths, userdata.render(template, values), holds_key=proxy is not None, owner=owner)
     if backend is None:
         backend = scratch_backend(terms.factory)
-    scratch_dir = backend.create(paths, scratch_bytes(terms))
-    binds = scratch.make_tmp_binds(scratch_dir, list(terms.machinetype.get("tmp_binds") or ()))
+    scratch_dir = backend.create(paths, scratch_bytes(terms), owner)
+    binds = scratch.make_tmp_binds(scratch_dir, list(terms.machinetype.get("tmp_binds") or ()), owner)
     return PreparedMachine(paths, tuple(binds))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Iterable, Mapping
 from vac import __version__
 from vac.http_fetch import DEFAULT_TIMEOUT_SECONDS, GRID_CA_PATH, FetchFailed, FetchTimedOut, fetch
 from vac.machine.atomicfile import write_atomic
-from vac.machine.layout import USER_DATA_MODE, USER_DATA_SECRET_MODE, MachinePaths
+from vac.machine.layout import USER_DATA_ACCOUNT_MODE, USER_DATA_MODE, USER_DATA_SECRET_MODE, MachinePaths
 
 log = logging.getLogger(__name__)
 
@@ -226,13 +227,22 @@ def render(template: Template, values: TemplateValues, max_template_bytes: int =
     return _PATTERN.sub(substitute, template.text)
 
 
-def write_user_data(paths: MachinePaths, text: str, holds_key: bool = False) -> None:
+def write_user_data(paths: MachinePaths, text: str, holds_key: bool = False,
+                    owner: tuple[int, int] | None = None) -> None:
     """Store the rendered script as the machine's user_data (mode 0755, INTERFACES.md §3).
 
     With a proxy's private key in it (`holds_key`), 0700: the temporary file
     is created with that mode, so the key is never readable by others, not
     even for a moment, and inside the container only root can read it.
+    With an `owner` (a Singularity machine's account, which runs it), it is
+    that account's and 0500: it reads and runs it, nobody else.
     """
+    data = text.encode("utf-8", errors="surrogateescape")
+    if owner is not None:
+        write_atomic(paths.user_data, data, USER_DATA_SECRET_MODE)
+        os.chown(paths.user_data, *owner, follow_symlinks=False)
+        os.chmod(paths.user_data, USER_DATA_ACCOUNT_MODE, follow_symlinks=False)
+        return
     mode = USER_DATA_SECRET_MODE if holds_key else USER_DATA_MODE
-    write_atomic(paths.user_data, text.encode("utf-8", errors="surrogateescape"), mode)
+    write_atomic(paths.user_data, data, mode)
 

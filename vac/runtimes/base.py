@@ -117,6 +117,12 @@ class ContainerRequest:
     tmp_binds: tuple[tuple[Path, str], ...] = ()
     environment: tuple[tuple[str, str], ...] = ()
     swap_bytes: int = 0
+    # The machine_model: which runtime runs it ("docker" or "singularity").
+    model: str = "docker"
+    # The account a Singularity machine runs as (Docker: None, the image's user).
+    account: str | None = None
+    # The machine's scratch area: Singularity's --workdir (Docker binds only tmp_binds from it).
+    scratch: Path | None = None
 
     def __post_init__(self):
         if self.slot < 0:
@@ -151,6 +157,8 @@ class ContainerHandle:
     created_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    # Which runtime made it: the machine_model of its machine.
+    runtime: str = "docker"
 
     @property
     def machine_uuid(self) -> str | None:

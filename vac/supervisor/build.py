@@ -33,6 +33,9 @@ class TreeSettings:
     # The site whose APEL records are sent (gocdb_sitename with hs06_per_processor):
     # the reaper then queues the daily sync message. None: records are not sent.
     apel_sync_site: str | None = None
+    # Singularity machines (plain data, vac.runtimes.singularity.SingularitySettings.from_plain):
+    # the executable, where cgroups go, the accounts and the reaper's sweep interval.
+    singularity: dict | None = None
     # vacd's defaults (heartbeat_timeout_seconds = 30): a heartbeat every 5 s.
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 30.0
@@ -88,7 +91,8 @@ def build_tree(settings):
                             "docker_timeout_seconds": settings.docker_timeout_seconds,
                             "interval_seconds": settings.reaper_interval_seconds,
                             "grace_seconds": settings.orphan_grace_seconds,
-                            "apel_sync_site": settings.apel_sync_site},
+                            "apel_sync_site": settings.apel_sync_site,
+                            "singularity": settings.singularity},
                       restart=Restart.PERMANENT, shutdown=settings.helper_shutdown, **timings),
             ChildSpec(id="pipe-fetcher", target=pipe_fetcher.run,
                       args={"state_dir": settings.state_dir},
@@ -105,7 +109,8 @@ def build_tree(settings):
                       args={"slot": n, "state_dir": settings.state_dir,
                             "factory_name": settings.factory_name,
                             "docker_url": settings.docker_url,
-                            "docker_timeout_seconds": settings.docker_timeout_seconds},
+                            "docker_timeout_seconds": settings.docker_timeout_seconds,
+                            "singularity": settings.singularity},
                       restart=Restart.TRANSIENT, shutdown=settings.slot_shutdown,
                       role="slot", **timings)
             for n in range(settings.slots)))

@@ -6,7 +6,7 @@ FACTORY_KEYS = (
     "vac_space", "mb_per_processor", "hs06_per_processor", "disk_gb_per_processor",
     "gocdb_sitename", "machinefeatures_options", "user_data_options", "user_data_files",
     "state_dir", "scratch_backend", "volume_group", "docker_url", "docker_timeout_seconds",
-    "pids_limit", "machinetypes_dir", "singularity_user")
+    "pids_limit", "machinetypes_dir")
 
 
 def machine_spec(*, uuid, slot, factory_name, machine_name, settings, machinetype, placement,
@@ -14,6 +14,8 @@ def machine_spec(*, uuid, slot, factory_name, machine_name, settings, machinetyp
     """Everything a slot worker needs to run one machine, as plain data (Place.machine)."""
     factory = {key: to_plain(getattr(settings, key)) for key in FACTORY_KEYS}
     factory["factory_name"] = factory_name
+    # The account this slot's Singularity machines run as (None when none is set).
+    factory["singularity_account"] = settings.singularity_account(slot)
     return {
         "uuid": uuid,
         "slot": slot,
