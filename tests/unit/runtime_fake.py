@@ -13,8 +13,8 @@ import itertools
 from dataclasses import dataclass, field, replace
 
 from vac.runtimes.base import (ContainerGone, ContainerHandle, ContainerNotStarted,
-                               ContainerRequest, ContainerState, ExitInfo, ImageMissing, RuntimeUnavailable,
-                               StartFailed, Usage, request_labels)
+                               ContainerRequest, ContainerState, ExitInfo, ImageMissing, PayloadPaths,
+                               RuntimeUnavailable, StartFailed, Usage, request_labels)
 from vac.runtimes.docker_api import PAYLOAD_PATHS, container_name, image_reference
 from vac.vocabulary.labels import LABEL_FACTORY, LABEL_SLOT
 
@@ -77,6 +77,10 @@ class FakeRuntime:
     """The runtime protocol in memory; `engine_down` makes every call raise RuntimeUnavailable."""
 
     payload_paths = PAYLOAD_PATHS
+
+    def payload_paths_for(self, model: str) -> PayloadPaths:
+        """Where this runtime's containers see their machine's MJF and joboutputs."""
+        return self.payload_paths
     clock: FakeClock = field(default_factory=FakeClock)
     images: set[str] = field(default_factory=set)
     pullable: dict[str, float] = field(default_factory=dict)     # image -> seconds a pull takes
@@ -166,7 +170,7 @@ class FakeRuntime:
         self._record("inspect", container_id)
         return self._container(container_id).handle
 
-    def find(self, factory: str, slot: int | None = None) -> list[ContainerHandle]:
+    def find(self, factory: str, slot: int | None = None, models=None) -> list[ContainerHandle]:
         self._record("find", factory if slot is None else f"{factory}/{slot}")
         found = []
         for container in self.containers.values():

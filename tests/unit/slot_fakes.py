@@ -42,6 +42,9 @@ class FakeRuntime:
 
     payload_paths = PAYLOAD_PATHS
 
+    def payload_paths_for(self, model):
+        return self.payload_paths
+
     def __init__(self, clock, images=("docker://busybox:latest",)):
         self.clock = clock
         self.images = set(images)
@@ -115,7 +118,7 @@ class FakeRuntime:
         self._call("inspect", container_id)
         return self._get(container_id)
 
-    def find(self, factory, slot=None):
+    def find(self, factory, slot=None, models=None):
         self._call("find", factory, slot)
         return [h for h in self.containers.values()
                 if h.labels.get("vac.factory") == factory and (slot is None or h.slot == slot)]

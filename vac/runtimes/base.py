@@ -13,7 +13,7 @@ import enum
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, NamedTuple, Protocol, runtime_checkable
+from typing import Iterable, Mapping, NamedTuple, Protocol, runtime_checkable
 
 from vac.vocabulary.labels import (LABEL_FACTORY, LABEL_GENERATION, LABEL_MACHINE, LABEL_MACHINE_NAME,
                                    LABEL_MACHINETYPE, LABEL_SLOT)
@@ -22,6 +22,8 @@ from vac.vocabulary.labels import (LABEL_FACTORY, LABEL_GENERATION, LABEL_MACHIN
 # Seconds an engine call may take before it counts as unanswered, unless the
 # site sets docker_timeout_seconds.
 DEFAULT_ENGINE_TIMEOUT_SECONDS = 30.0
+# A Singularity machine's container id: this, then its machine's UUID.
+SINGULARITY_ID_PREFIX = "singularity-"
 
 class ContainerRuntimeError(Exception):
     """Base of every error a runtime raises on purpose."""
@@ -210,8 +212,8 @@ def request_labels(request: ContainerRequest) -> dict[str, str]:
 class ContainerRuntime(Protocol):
     """What a slot worker needs from a container engine."""
 
-    # The paths its containers see their machine's MJF and joboutputs at.
-    payload_paths: PayloadPaths
+    def payload_paths_for(self, model: str) -> PayloadPaths:
+        """The paths containers of `model` see their machine's MJF and joboutputs at."""
 
     def ensure_image(self, image: str, deadline: float) -> None:
         """Make `image` present locally (pulling it by `deadline`) or raise ImageMissing."""
@@ -225,8 +227,13 @@ class ContainerRuntime(Protocol):
     def inspect(self, container_id: str) -> ContainerHandle:
         """The container's current handle; ContainerGone if it does not exist."""
 
-    def find(self, factory: str, slot: int | None = None) -> list[ContainerHandle]:
-        """Every container (any state) labelled with `factory` (and `slot`), oldest first."""
+    def find(self, factory: str, slot: int | None = None,
+             models: Iterable[str] | None = None) -> list[ContainerHandle]:
+        """Every container (any state) labelled with `factory` (and `slot`), oldest first.
+
+        `models`: the machine models whose containers must be listed (None: all);
+        a runtime serving none of them may skip itself when it cannot answer.
+        """
 
     def wait(self, handle: ContainerHandle, deadline: float) -> ExitInfo | None:
         """Block until the container exits (its ExitInfo) or `deadline` passes (None)."""

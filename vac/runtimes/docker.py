@@ -25,7 +25,7 @@ import urllib3.exceptions
 
 from vac.runtimes.base import (DEFAULT_ENGINE_TIMEOUT_SECONDS, ContainerHandle, ContainerNotStarted, ContainerRequest,
                                ContainerRuntimeError, ContainerGone, ContainerState, ExitInfo, ImageMissing,
-                               RuntimeUnavailable, StartFailed, Usage)
+                               PayloadPaths, RuntimeUnavailable, StartFailed, Usage)
 from vac.runtimes.docker_api import (PAYLOAD_PATHS, create_kwargs, exit_info_from_inspect, handle_from_inspect,
                                      image_reference, usage_from_stats)
 from vac.runtimes.mounts import host_propagation
@@ -90,6 +90,10 @@ class DockerRuntime:
     """The runtime protocol (vac.runtimes.base.ContainerRuntime) on a Docker engine."""
 
     payload_paths = PAYLOAD_PATHS
+
+    def payload_paths_for(self, model: str) -> PayloadPaths:
+        """Where this runtime's containers see their machine's MJF and joboutputs."""
+        return self.payload_paths
 
     def __init__(self, base_url: str | None = None, timeout: float = DEFAULT_TIMEOUT_SECONDS, clock=time.monotonic,
                  propagation_of=host_propagation):
@@ -246,7 +250,7 @@ class DockerRuntime:
         """The current handle of a container given by id or name; ContainerGone if it does not exist."""
         return handle_from_inspect(self._inspect_attrs(container_id))
 
-    def find(self, factory: str, slot: int | None = None) -> list[ContainerHandle]:
+    def find(self, factory: str, slot: int | None = None, models=None) -> list[ContainerHandle]:
         """Containers in any state labelled with `factory` (and `slot`), oldest first."""
         labels = [f"{LABEL_FACTORY}={factory}"]
         if slot is not None:

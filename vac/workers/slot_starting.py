@@ -65,8 +65,7 @@ class StartingSteps:
         self._log(logging.INFO, "placed: %s on %d processor(s) until %d", terms.machinetype_name,
                   terms.processors, terms.shutdown_at)
         self._set_state(SlotState.PREPARING)
-        self._submit("prepare", slot_steps.prepare, terms, paths, record, now, self._prepare,
-                     self.runtime.payload_paths)
+        self._submit("prepare", slot_steps.prepare, terms, paths, record, now, self._prepare, self.runtime)
 
     def _on_prepare(self, result: JobResult) -> None:
         m = self.machine

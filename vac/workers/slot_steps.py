@@ -13,19 +13,18 @@ from pathlib import Path
 
 from vac import history
 from vac.machine.joboutputs import ShutdownMessage
-from vac.machine.layout import MachinePaths, iter_machine_directories
-from vac.machine.prepare import MachineTerms, PreparedMachine, create_directory, scratch_backend
+from vac.machine.layout import MachinePaths, create_machine_directory, iter_machine_directories
+from vac.machine.prepare import BadTerms, MachineTerms, PreparedMachine, create_directory, scratch_backend
 from vac.machine.record import MachineRecord, is_finished, read_record, write_record
 from vac.machine.scratch import DirectoryScratch
-from vac.runtimes.base import (ContainerGone, ContainerHandle, ContainerRequest, ContainerRuntime, ExitInfo,
-                               PayloadPaths)
+from vac.runtimes.base import ContainerGone, ContainerHandle, ContainerRequest, ContainerRuntime, ExitInfo
 from vac.vocabulary.slot_states import MachineState, machine_state
 from vac.workers import finishing, slot_rules
 
 # Each wait on the engine is bounded; the slot starts the next one at once.
 WAIT_CHUNK_SECONDS = 60.0
 IMAGE_DEADLINE_SECONDS = slot_rules.IMAGE_DEADLINE_SECONDS
-SUPPORTED_MODELS = ("docker",)
+SUPPORTED_MODELS = ("docker", "singularity")
 
 
 class UnsupportedModel(ValueError):
@@ -34,13 +33,16 @@ class UnsupportedModel(ValueError):
 
 def scan(runtime: ContainerRuntime, factory: str, slot: int, state_dir: Path) -> slot_rules.AdoptionPlan:
     """What a predecessor left in `slot`: its unfinished records and its labelled containers."""
-    containers = runtime.find(factory, slot)
     records = []
     for paths in iter_machine_directories(state_dir):
         record = read_record(paths)
         if record is None or record.slot != slot or machine_state(record.state) is MachineState.DONE:
             continue
         records.append((record, is_finished(paths)))
+    # An engine must answer when a record says a machine of its model may be there;
+    # one that no record needs is only asked for orphans, if it answers.
+    models = {record.machine_model for record, _ in records}
+    containers = runtime.find(factory, slot, models=models)
     return slot_rules.adoption_plan(records, containers)
 
 
@@ -51,14 +53,20 @@ def remove_containers(runtime: ContainerRuntime, handles) -> None:
 
 
 def prepare(terms: MachineTerms, paths: MachinePaths, record: MachineRecord, now: float,
-            prepare_machine, payload_paths: PayloadPaths) -> PreparedMachine:
+            prepare_machine, runtime: ContainerRuntime) -> PreparedMachine:
     """PREPARING: the directory and record first (so a failure can be finalised), then the rest."""
-    create_directory(terms)
+    try:
+        create_directory(terms)
+    except BadTerms:
+        # A Singularity machine whose account is missing: a plain directory, so its failure is finalised.
+        create_machine_directory(terms.state_dir, terms.uuid)
+        write_record(paths, record)
+        raise
     write_record(paths, record)
     model = terms.machinetype["machine_model"]
     if model not in SUPPORTED_MODELS:
         raise UnsupportedModel(f"machine_model {model} is not run by this slot worker")
-    return prepare_machine(terms, paths, now, payload_paths)
+    return prepare_machine(terms, paths, now, runtime.payload_paths_for(model))
 
 
 def create(runtime: ContainerRuntime, request: ContainerRequest) -> ContainerHandle:
