@@ -13,6 +13,8 @@ from typing import Callable, Iterable, Mapping
 
 from vac.runtimes.base import (SINGULARITY_ID_PREFIX, ContainerHandle, ContainerRequest, ContainerRuntime, ExitInfo,
                                ImageMissing, PayloadPaths, RuntimeUnavailable, StartFailed, Usage)
+from vac.runtimes.docker import DEFAULT_BASE_URL, DockerRuntime
+from vac.runtimes.singularity import SingularityRuntime, SingularitySettings
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,15 @@ class ModelRuntimes:
         for runtime in self._built.values():
             runtime.close()
         self._built.clear()
+
+
+def runtimes_from_spec(spec: Mapping, engine_timeout: float) -> ModelRuntimes:
+    """Docker and Singularity for a worker's spec (docker_url, state_dir, singularity), each built when needed."""
+    singularity = SingularitySettings.from_plain(spec.get("singularity"))
+    return ModelRuntimes({
+        "docker": lambda: DockerRuntime(base_url=spec.get("docker_url") or DEFAULT_BASE_URL, timeout=engine_timeout),
+        "singularity": lambda: SingularityRuntime(spec["state_dir"], singularity, timeout=engine_timeout),
+    })
 
 
 def _model_of_id(container_id: str) -> str:

@@ -139,7 +139,10 @@ def finish(runtime: ContainerRuntime, paths: MachinePaths, record: MachineRecord
 def clean(runtime: ContainerRuntime, factory: str, slot: int, paths: MachinePaths,
           terms: MachineTerms | None) -> None:
     """CLEANING: remove every container of the machine (found by its labels) and destroy its scratch space."""
-    for handle in runtime.find(factory, slot):
+    record = read_record(paths)
+    # Its own engine must answer; another (a Docker engine on a Singularity-only host) need not.
+    models = {record.machine_model} if record is not None else None
+    for handle in runtime.find(factory, slot, models=models):
         if handle.machine_uuid == paths.machine_uuid:
             runtime.remove(handle)
     backend = scratch_backend(terms.factory) if terms is not None else DirectoryScratch()

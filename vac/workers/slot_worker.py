@@ -1,6 +1,6 @@
 """The slot worker: one process per slot, running one machine at a time.
 
-run() builds the Docker runtime after the fork, adopts what a predecessor
+run() builds its runtimes (Docker, Singularity) after the fork, adopts what a predecessor
 left in the slot, then runs machines the root places. Its loop selects on the
 root's channel, a signal wake-up pipe, the results of blocking jobs and the
 machine's joboutputs watch, with a timeout no later than the next deadline,
@@ -16,7 +16,8 @@ import logging
 import socket
 import time
 
-from vac.runtimes.docker import DEFAULT_BASE_URL, DEFAULT_TIMEOUT_SECONDS, DockerRuntime
+from vac.runtimes.by_model import runtimes_from_spec
+from vac.runtimes.docker import DEFAULT_TIMEOUT_SECONDS
 from vac.workers.harness import WorkerLoop
 from vac.workers.job_runner import JobRunner
 from vac.workers.machine_run import SlotMachine
@@ -33,7 +34,7 @@ def run(channel, spec):
     slot = int(spec["slot"])
     loop = WorkerLoop(channel, spec, role=f"slot {slot:02d}")
     engine_timeout = float(spec.get("docker_timeout_seconds") or DEFAULT_TIMEOUT_SECONDS)
-    runtime = DockerRuntime(base_url=spec.get("docker_url") or DEFAULT_BASE_URL, timeout=engine_timeout)
+    runtime = runtimes_from_spec(spec, engine_timeout)
     machine = SlotMachine(slot=slot, factory_name=spec.get("factory_name") or socket.getfqdn(),
                           state_dir=spec["state_dir"], runtime=runtime, jobs=JobRunner(), report=loop.report,
                           send=channel.send, engine_timeout=engine_timeout)
