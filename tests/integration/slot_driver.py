@@ -25,8 +25,10 @@ HEARTBEAT_INTERVAL = 0.5
 class SlotDriver:
     """One forked slot worker and everything it has sent."""
 
-    def __init__(self, state_dir, factory, slot, log_path, docker_url=None):
+    def __init__(self, state_dir, factory, slot, log_path, docker_url=None, singularity=None):
         self.docker_url = docker_url
+        # The factory's Singularity settings as the root hands them to slots (SingularitySettings.from_plain).
+        self.singularity = singularity
         self.state_dir = state_dir
         self.factory = factory
         self.slot = slot
@@ -43,6 +45,8 @@ class SlotDriver:
                 "factory_name": self.factory, "docker_timeout_seconds": 20}
         if self.docker_url is not None:
             spec["docker_url"] = self.docker_url
+        if self.singularity is not None:
+            spec["singularity"] = self.singularity
         pid = os.fork()
         if pid == 0:
             root_sock.close()
@@ -158,11 +162,17 @@ def _child(sock, spec, log_path):
         os._exit(status)
 
 
-def place(state_dir, factory, slot, template, now=None, shutdown_in=600, **machinetype_changes):
-    """A Place message for a busybox machine whose user_data is `template`."""
+def place(state_dir, factory, slot, template, now=None, shutdown_in=600, settings_changes=None,
+          **machinetype_changes):
+    """A Place message for a busybox machine whose user_data is `template`.
+
+    settings_changes are further factory settings (singularity_user_prefix for a Singularity machine).
+    """
     now = time.time() if now is None else now
-    settings = Settings(vac_space="space.example.org", total_processors=4, state_dir=str(state_dir),
-                        mb_per_processor=256, hs06_per_processor=10.0, gocdb_sitename="UKI-TEST", pids_limit=200)
+    settings_fields = dict(vac_space="space.example.org", total_processors=4, state_dir=str(state_dir),
+                           mb_per_processor=256, hs06_per_processor=10.0, gocdb_sitename="UKI-TEST", pids_limit=200)
+    settings_fields.update(settings_changes or {})
+    settings = Settings(**settings_fields)
     fields = dict(name="busybox-test", machine_model="docker", root_image="docker://vac-test-busybox:latest",
                   user_data=str(template), target_share=1.0, fizzle_seconds=1, max_wallclock_seconds=600,
                   min_wallclock_seconds=600, files_name="busybox-test")
