@@ -6,7 +6,7 @@ import pytest
 
 from vac.cgroups.layout import (
     choose_tracking, parse_layout, parse_proc_cgroup, release_offers_kill)
-from vac.cgroups.machine import Limits, MachineCgroup, machine_uuid_of
+from vac.cgroups.machine import CgroupError, Limits, MachineCgroup, machine_uuid_of
 
 SAMPLES = Path(__file__).parent / "cgroup_samples"
 CGROUP = Path("/sys/fs/cgroup")
@@ -164,3 +164,60 @@ def test_limits_must_be_positive():
     (f"machine-{UUID.upper()}", None), ("machine-..", None), (f"vac-machine-{UUID}", None), ("payload", None)])
 def test_machine_cgroup_names_carry_a_canonical_uuid(name, uuid):
     assert machine_uuid_of(name) == uuid
+
+
+# What goes where on a v2 host (EL9), on a stand-in directory tree: this
+# host's test VM is hybrid, where the v2 controllers cannot be had.
+
+def fake_v2_layout(root):
+    """A v2 layout whose unified mount is `root`, with the files the kernel would show."""
+    (root / "cgroup.subtree_control").write_text("")
+    return parse_layout(f"29 23 0:26 / {root} rw - cgroup2 cgroup2 rw\n", "0::/\n",
+                        "cpuset cpu io memory hugetlb pids")
+
+
+def kernel_files(directory, **contents):
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in contents.items():
+        (directory / name.replace("_", ".", 1)).write_text(text)
+
+
+def test_on_v2_limits_are_written_on_the_machine_and_its_parents_hand_the_controllers_down(tmp_path):
+    layout = fake_v2_layout(tmp_path)
+    kernel_files(tmp_path / "vac", cgroup_subtree_control="memory\n")
+    machine_dir = tmp_path / f"vac/machine-{UUID}"
+    kernel_files(machine_dir, cpu_max="", memory_max="", pids_max="")  # no memory.swap.max: no swap
+    machine = MachineCgroup(layout, f"/vac/machine-{UUID}", "unified")
+
+    machine.create(Limits(cpus=4, memory_bytes=8 << 30, pids=4096))
+
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    assert (tmp_path / "vac/cgroup.subtree_control").read_text().startswith("+cpu +pids")
+    assert (machine_dir / "cpu.max").read_text() == "400000 100000"
+    assert (machine_dir / "memory.max").read_text() == str(8 << 30)
+    assert (machine_dir / "pids.max").read_text() == "4096"
+    assert not (machine_dir / "memory.swap.max").exists()
+    assert (machine_dir / "launcher").is_dir() and (machine_dir / "payload").is_dir()
+
+
+def test_on_v2_usage_and_oom_come_from_the_machine_cgroup(tmp_path):
+    layout = fake_v2_layout(tmp_path)
+    machine_dir = tmp_path / f"vac/machine-{UUID}"
+    kernel_files(machine_dir, cpu_stat="usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n",
+                 memory_current="1000\n", memory_events="low 0\nhigh 0\nmax 3\noom 1\noom_kill 0\n")
+    kernel_files(machine_dir / "payload", memory_events="low 0\nhigh 0\nmax 0\noom 0\noom_kill 1\n")
+    machine = MachineCgroup(layout, f"/vac/machine-{UUID}", "unified")
+
+    assert machine.usage() == (2.5, 1000), "memory.current before 5.19, without memory.peak"
+    (machine_dir / "memory.peak").write_text("123456789\n")
+    assert machine.usage() == (2.5, 123456789)
+    assert machine.oom_killed()
+
+
+def test_unreadable_usage_is_a_cgroup_error(tmp_path):
+    machine = MachineCgroup(fake_v2_layout(tmp_path), f"/vac/machine-{UUID}", "unified")
+
+    with pytest.raises(CgroupError, match="usage"):
+        machine.usage()
+    assert not machine.oom_killed()
+    assert not machine.exists()

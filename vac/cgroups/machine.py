@@ -108,6 +108,13 @@ def _write(path: Path, text: str, missing_ok: bool = False) -> None:
         os.close(descriptor)
 
 
+def _make_cgroup(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CgroupError(error.errno, f"cannot make cgroup {directory}: {error.strerror}") from None
+
+
 def _keyed(text: str) -> dict[str, str]:
     """Lines of "key value" (cgroup.events, cpu.stat, memory.events) as a dict."""
     values = {}
@@ -218,10 +225,7 @@ class MachineCgroup:
             if self._limits_v2:
                 self._enable_controllers()
         for directory in self.mkdirs():
-            try:
-                directory.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise CgroupError(error.errno, f"cannot make cgroup {directory}: {error.strerror}") from None
+            _make_cgroup(directory)
         if limits is not None:
             if self._limits_v2:
                 self._write_limits_v2(limits)
@@ -243,8 +247,12 @@ class MachineCgroup:
         directory = self.layout.unified
         for part in [""] + self._relative.split("/")[:-1]:
             directory = directory / part if part else directory
-            directory.mkdir(exist_ok=True)
-            enabled = set(_read(directory / "cgroup.subtree_control").split())
+            _make_cgroup(directory)
+            try:
+                enabled = set(_read(directory / "cgroup.subtree_control").split())
+            except OSError as error:
+                raise CgroupError(error.errno, f"cannot read {directory}/cgroup.subtree_control: "
+                                               f"{error.strerror}") from None
             wanted = sorted(LIMIT_CONTROLLERS_V2 - enabled)
             if wanted:
                 _write(directory / "cgroup.subtree_control", " ".join("+" + name for name in wanted))
@@ -410,13 +418,18 @@ def _tracking_root(layout: CgroupLayout, tracking: str) -> Path:
     return layout.unified if tracking_of(layout, tracking) == "unified" else layout.v1["freezer"]
 
 
-def machine_cgroup_names(layout: CgroupLayout, base: str, tracking: str = "auto") -> list[str]:
-    """Names of the machine-* cgroups directly under `base` in the tracking hierarchy, sorted."""
+def machine_cgroup_names(layout: CgroupLayout, base: str, tracking: str = "auto", scopes: bool = False) -> list[str]:
+    """Names of the machine-<uuid> cgroups directly under `base` in the tracking hierarchy, sorted.
+
+    scopes: also systemd's vac-machine-<uuid>.scope ones (which systemd removes itself).
+    """
     directory = _tracking_root(layout, tracking) / base.strip("/")
     try:
         with os.scandir(directory) as entries:
             return sorted(entry.name for entry in entries
-                          if entry.name.startswith(MACHINE_PREFIX) and entry.is_dir(follow_symlinks=False))
+                          if machine_uuid_of(entry.name) is not None
+                          and (scopes or entry.name.startswith(MACHINE_PREFIX))
+                          and entry.is_dir(follow_symlinks=False))
     except FileNotFoundError:
         return []
 
