@@ -2,8 +2,9 @@
 
 Site writes a factory's configuration and machinetype files and reads what the
 factory leaves in its state directory (machine records, `finished` markers,
-APEL records). CreateEvents records every container the engine creates for a
-factory label. The rest finds and kills the daemon's processes and stops and
+APEL records); given SingularitySettings, its pool runs Singularity
+machinetypes too. CreateEvents records every container the engine creates
+for a factory label. The rest finds and kills the daemon's processes and stops and
 starts the host's dockerd the way scripts/bootstrap runs it.
 """
 
@@ -22,10 +23,13 @@ import psutil
 import pytest
 import requests
 
+from vac.runtimes.base import SINGULARITY_ID_PREFIX
+
 # One template for every machinetype: it waits until the test releases it by
 # creating joboutputs/go, then leaves the machinetype's own shutdown_message.
+# $JOBOUTPUTS: joboutputs is elsewhere in a Singularity machine than in a Docker one.
 GATED_USER_DATA = """#!/bin/sh
-out=/var/spool/joboutputs
+out=$JOBOUTPUTS
 echo "##user_data_machinetype## machine ##user_data_uuid##"
 touch $out/ready
 while [ ! -e $out/go ]; do sleep 0.1; done
@@ -46,10 +50,16 @@ docker_timeout_seconds = {docker_timeout}
 draining = {draining}
 """
 
+SINGULARITY_SETTINGS = """singularity_user_prefix = {user_prefix}
+singularity_command = {command}
+singularity_cgroups = {cgroups}
+singularity_sweep_seconds = {sweep_seconds}
+"""
+
 MACHINETYPE = """
 [machinetype {name}]
-machine_model = docker
-root_image = docker://{image}
+machine_model = {model}
+root_image = {image}
 user_data = {name}.user_data
 user_data_option_message = {message}
 target_share = {share}
@@ -71,6 +81,19 @@ class Machinetype:
     user_data: str = GATED_USER_DATA
     # Further "name = value" lines of its section.
     options: tuple[str, ...] = ()
+    # docker, or singularity (the Site then needs SingularitySettings).
+    model: str = "docker"
+
+
+@dataclasses.dataclass(frozen=True)
+class SingularitySettings:
+    """What a Site's factory needs to run Singularity machinetypes: one account per slot, PREFIX00 …"""
+    user_prefix: str
+    command: str
+    # An unpacked image directory every slot account can read.
+    image: str
+    cgroups: str = "vac"
+    sweep_seconds: int = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,10 +121,11 @@ class Site:
     """A factory's configuration and state directory under one test's tmp_path."""
 
     def __init__(self, tmp_path, factory, image, machinetypes, processors=2, docker_url=None, docker_timeout=10,
-                 heartbeat_timeout=20):
+                 heartbeat_timeout=20, singularity=None):
         self.tmp_path = tmp_path
         self.factory = factory
         self.image = image
+        self.singularity = singularity
         self.processors = processors
         self.docker_url = docker_url
         self.docker_timeout = docker_timeout
@@ -124,13 +148,21 @@ class Site:
                                heartbeat_timeout=self.heartbeat_timeout)
         if self.docker_url is not None:
             text += f"docker_url = {self.docker_url}\n"
-        text += "".join(MACHINETYPE.format(name=mt.name, image=self.image, message=mt.message,
+        if self.singularity is not None:
+            text += SINGULARITY_SETTINGS.format(**dataclasses.asdict(self.singularity))
+        text += "".join(MACHINETYPE.format(name=mt.name, model=mt.model, image=self.image_of(mt), message=mt.message,
                                            share=mt.share, fizzle=FIZZLE_SECONDS, backoff=mt.backoff,
                                            wallclock=mt.wallclock, options="\n".join(mt.options))
                         for mt in self.machinetypes.values())
         tmp = self.config.with_suffix(".tmp")
         tmp.write_text(text)
         os.rename(tmp, self.config)
+
+    def image_of(self, machinetype):
+        """The root_image of a machinetype of this site."""
+        if machinetype.model == "singularity":
+            return self.singularity.image
+        return f"docker://{self.image}"
 
     def machines(self):
         """Every machine with a readable record, in the order the slots created them."""
@@ -312,7 +344,9 @@ class CreateEvents:
 def assert_one_container_each(events, site):
     """Each machine that got a container got exactly one, the one its record names."""
     created = events.per_machine()
-    machines = {m.uuid: m for m in site.machines()}
+    # Singularity machines have no container in the engine.
+    machines = {m.uuid: m for m in site.machines()
+                if m.container_id is None or not m.container_id.startswith(SINGULARITY_ID_PREFIX)}
     assert set(created) == {uuid for uuid, m in machines.items() if m.container_id is not None}, (
         f"containers created {created} for machines {machines}")
     for uuid, ids in created.items():
@@ -353,10 +387,16 @@ def slot_worker(daemon, slot, other_than=None, timeout=15):
         time.sleep(0.05)
 
 
-def kill_tree(daemon):
-    """SIGKILL the root and every process below it at once, as a power cut of the tree would."""
+def kill_tree(daemon, spare=None):
+    """SIGKILL the root and every process below it at once, as a power cut of the tree would.
+
+    spare(process) picks processes that are below the root without being the
+    tree's: Singularity machines, whose launchers the root inherits as the
+    tree's subreaper, live on in their own cgroups as Docker containers do.
+    """
     root = psutil.Process(daemon.proc.pid)
-    processes = [root, *root.children(recursive=True)]
+    processes = [root, *(process for process in root.children(recursive=True)
+                         if spare is None or not spare(process))]
     for process in processes:
         try:
             process.send_signal(signal.SIGKILL)

@@ -8,6 +8,7 @@ accounts cannot pass through: state directories and images of these tests
 live in a world-traversable temporary directory instead.
 """
 
+import json
 import os
 import pwd
 import shutil
@@ -107,6 +108,14 @@ def _cgroup_pids(directory):
     return pids
 
 
+def machine_pids(machine_uuid):
+    """The pids in the machine's cgroups (launcher and payload), in every hierarchy."""
+    pids = set()
+    for directory in machine_cgroup_directories(machine_uuid):
+        pids |= _cgroup_pids(directory)
+    return pids
+
+
 def _kill_pids(pids):
     for pid in pids:
         try:
@@ -136,6 +145,15 @@ def remove_machine_cgroups(machine_uuid):
                 pass
 
 
+def in_a_machine_cgroup(process):
+    """True if the process is in a Singularity machine's cgroup (launcher or payload), in any hierarchy."""
+    try:
+        text = Path(f"/proc/{process.pid}/cgroup").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return any("/vac/machine-" in line.split(":", 2)[-1] for line in text.splitlines())
+
+
 def account_processes(uids):
     """Processes whose real or effective uid is one of `uids`."""
     found = []
@@ -160,6 +178,20 @@ def _alive(process):
         return process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def pid_alive(pid):
+    """True while the process runs (a zombie has ended)."""
+    try:
+        return _alive(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return False
+
+
+def launcher_of(state_dir, machine_uuid):
+    """The pid and start time a machine's launcher recorded."""
+    record = json.loads((Path(state_dir) / "machines" / machine_uuid / "singularity" / "launcher.pid").read_text())
+    return record["pid"], record["start_time"]
 
 
 def machine_uuids(state_dir):

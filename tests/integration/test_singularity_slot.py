@@ -24,8 +24,8 @@ import pytest
 import test_slot_worker as docker_slot_tests
 from singularity_site import (STANDIN, account_processes, busybox_directory_image,  # noqa: F401 (fixtures)
                               clean_up_machines, cvmfs_repository, machine_cgroup_directories,
-                              machine_cgroups_exist, needs_singularity_tools, reachable_state_dir, shared_root,
-                              slot_accounts)
+                              launcher_of, machine_cgroups_exist, machine_pids, needs_singularity_tools,
+                              pid_alive, reachable_state_dir, shared_root, slot_accounts)
 from slot_driver import SlotDriver, place
 from test_slot_worker import TEMPLATE, assert_accounted_once, joboutputs, wait_for_file
 from vac.machine.layout import MachinePaths, machine_name
@@ -128,8 +128,8 @@ def expected_mjf(machine_uuid, shutdown_at, jobstart):
     jobfeatures = {
         "allocated_cpu": "1", "wall_limit_secs": limit, "cpu_limit_secs": limit, "jobstart_secs": str(jobstart),
         "shutdowntime_job": str(shutdown_at), "max_rss_bytes": str(MB_PER_PROCESSOR * MIB), "hs06_job": "10.0",
-        "job_id": machine_uuid, "max_swap_bytes": "0", "grace_secs_job": "600", "allocated_CPU": "1", "cpufactor_lrms": "1.0",
-        "cpu_limit_secs_lrms": limit, "wall_limit_secs_lrms": limit,
+        "job_id": machine_uuid, "max_swap_bytes": "0", "grace_secs_job": "600", "allocated_CPU": "1",
+        "cpufactor_lrms": "1.0", "cpu_limit_secs_lrms": limit, "wall_limit_secs_lrms": limit,
         "mem_limit_MB": str(MB_PER_PROCESSOR * MIB // 10 ** 6)}
     return {**{f"{PAYLOAD_PATHS.machinefeatures}/{key}": value for key, value in machinefeatures.items()},
             **{f"{PAYLOAD_PATHS.jobfeatures}/{key}": value for key, value in jobfeatures.items()}}
@@ -153,32 +153,6 @@ def cgroup_limits(machine_uuid):
         if "pids.max" in files and files["pids.max"].read_text().strip() != "max":
             values["pids"] = int(files["pids.max"].read_text())
     return values.get("memory"), values.get("cpus"), values.get("pids")
-
-
-def machine_processes(machine_uuid):
-    """The pids in the machine's cgroups (launcher and payload), in every hierarchy."""
-    pids = set()
-    for directory in machine_cgroup_directories(machine_uuid):
-        for current, _, _ in os.walk(directory):
-            try:
-                pids |= {int(pid) for pid in Path(current, "cgroup.procs").read_text().split()}
-            except FileNotFoundError:
-                pass
-    return pids
-
-
-def launcher_of(state_dir, machine_uuid):
-    """The launcher's pid and start time, as it recorded them."""
-    record = json.loads((MachinePaths.for_machine(state_dir, machine_uuid).root / "singularity" /
-                         "launcher.pid").read_text())
-    return record["pid"], record["start_time"]
-
-
-def alive(pid):
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def finish_cleanly(driver, finished, machine_uuid):
@@ -281,7 +255,7 @@ def test_the_wall_clock_limit_ends_a_payload_that_ignores_sigterm_with_its_child
     uuid = place_msg.machine["uuid"]
     worker.send(place_msg)
     wait_for_file(joboutputs(state_dir, uuid) / "ready")
-    processes = machine_processes(uuid)
+    processes = machine_pids(uuid)
     launcher, _ = launcher_of(state_dir, uuid)
     sleepers = [p for p in map(psutil.Process, processes - {launcher}) if p.name() == "sleep"]
     assert len(sleepers) >= 2 and any(p.pid == os.getsid(p.pid) for p in sleepers), "a daemon in its own session"
@@ -289,8 +263,8 @@ def test_the_wall_clock_limit_ends_a_payload_that_ignores_sigterm_with_its_child
     finished = worker.finished(uuid, timeout=20)
     assert (finished.code, finished.text) == (700, "Exceeded max_wallclock_seconds")
     assert shutdown_at <= finished.ended_at <= shutdown_at + 2, finished.ended_at - shutdown_at
-    assert [pid for pid in processes if alive(pid)] == []
-    assert [p for p in account_processes({slot_account(slot_accounts).pw_uid}) if alive(p.pid)] == []
+    assert [pid for pid in processes if pid_alive(pid)] == []
+    assert [p for p in account_processes({slot_account(slot_accounts).pw_uid}) if pid_alive(p.pid)] == []
     finish_cleanly(worker, finished, uuid)
     assert_accounted_once(state_dir, [finished], fizzle_seconds=1)
 
@@ -307,12 +281,12 @@ def test_a_killed_worker_s_machine_is_adopted_by_the_next_and_finalised_once(sit
     launcher = launcher_of(state_dir, uuid)
     first.signal(signal.SIGKILL)
     first.reap()
-    assert alive(launcher[0]), "the launcher outlives its worker"
+    assert pid_alive(launcher[0]), "the launcher outlives its worker"
 
     second = workers(idle=False)
     adopted = second.state("running")
     assert adopted.detail["machine"]["container_id"] == container_id
-    assert launcher_of(state_dir, uuid) == launcher and alive(launcher[0]), "the same launcher, not a new one"
+    assert launcher_of(state_dir, uuid) == launcher and pid_alive(launcher[0]), "the same launcher, not a new one"
     time.sleep(max(0.0, adopted.detail["machine"]["started_at"] + 1.2 - time.time()))
     (out / "go").touch()
     finished = second.finished(uuid)
@@ -338,11 +312,11 @@ def test_a_machine_that_ends_while_no_worker_runs_is_finalised_once_with_its_exi
     first.stop()          # SIGTERM: the worker goes at once and leaves its machine running
     assert time.monotonic() - began < 3
     assert os.WIFEXITED(first.exit_status) and os.WEXITSTATUS(first.exit_status) == 0
-    assert alive(launcher)
+    assert pid_alive(launcher)
     time.sleep(1.2)
     (out / "go").touch()
     deadline = time.monotonic() + 20
-    while alive(launcher):
+    while pid_alive(launcher):
         assert time.monotonic() < deadline, "the machine did not end"
         time.sleep(0.05)
     status = json.loads((MachinePaths.for_machine(state_dir, uuid).root / "singularity" / "exit_status").read_text())

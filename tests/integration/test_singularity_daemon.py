@@ -1,0 +1,108 @@
+"""The whole vacd running Singularity machines, alone and beside Docker ones, seen as a site sees it.
+
+The machines are busybox directory images run by the bubblewrap stand-in for
+apptainer, each as its slot's throwaway account in a cgroup of its own; they
+wait until the test releases them (docker_daemon.GATED_USER_DATA). After each
+test the factory is drained and must hold nothing: every machine finalised
+once, one APEL record for each that lived past fizzle_seconds, no container,
+no process of the accounts, no machine cgroup.
+"""
+
+import shutil
+
+import pytest
+
+from daemon_client import daemon_factory  # noqa: F401 (a fixture)
+from docker_daemon import create_events  # noqa: F401 (a fixture)
+from docker_daemon import Machinetype, Site, SingularitySettings, finish_and_check, kill_tree
+from singularity_site import (STANDIN, account_processes, busybox_directory_image,  # noqa: F401 (fixtures)
+                              clean_up_machines, in_a_machine_cgroup, machine_cgroup_directories,
+                              launcher_of, machine_cgroups_exist, needs_singularity_tools, pid_alive,
+                              reachable_directory, shared_root, slot_accounts)
+
+pytestmark = needs_singularity_tools
+
+SING = Machinetype("sing", model="singularity")
+
+
+@pytest.fixture
+def tmp_path(slot_accounts):  # noqa: F811
+    """The test's directory, one the slot accounts can pass through to their machines.
+
+    It replaces pytest's (under a 0700 directory of root's) for daemon_factory
+    too; afterwards no process of the accounts and no machine cgroup is left.
+    """
+    directory = reachable_directory("vac-singularity-daemon-")
+    yield directory
+    clean_up_machines(directory / "state", {account.pw_uid for account in slot_accounts[1]})
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def singularity(slot_accounts, busybox_directory_image):  # noqa: F811
+    return SingularitySettings(user_prefix=slot_accounts[0], command=str(STANDIN),
+                               image=str(busybox_directory_image))
+
+
+def assert_nothing_left(site, slot_accounts):  # noqa: F811
+    """No machine cgroup and no process of the slot accounts (vacd stopped, the factory drained)."""
+    for machine in site.machines():
+        assert not machine_cgroups_exist(machine.uuid), machine_cgroup_directories(machine.uuid)
+    uids = {account.pw_uid for account in slot_accounts[1]}
+    assert [p for p in account_processes(uids) if pid_alive(p.pid)] == []
+
+
+@pytest.mark.docker
+def test_after_the_whole_tree_is_killed_a_new_vacd_adopts_every_singularity_machine(
+        tmp_path, factory_label, busybox_image, singularity, slot_accounts, daemon_factory, docker_client,
+        create_events):  # noqa: F811
+    site = Site(tmp_path, factory_label, busybox_image, [SING], processors=2, singularity=singularity)
+    first_daemon = daemon_factory(site.config, log_name="vacd-1.log")
+    machines = site.wait_running(2, first_daemon)
+    assert [m.container_id for m in machines] == [f"singularity-{m.uuid}" for m in machines]
+
+    launchers = [launcher_of(site.state_dir, m.uuid)[0] for m in machines]
+    kill_tree(first_daemon, spare=in_a_machine_cgroup)
+    assert all(pid_alive(pid) for pid in launchers), "the machines live on without vacd"
+    assert not any(m.finished for m in site.machines())
+
+    daemon = daemon_factory(site.config, log_name="vacd-2.log")
+    for machine in machines:
+        daemon.wait_log(f"slot {machine.slot:02d} machine {machine.uuid}: adopted container {machine.container_id}")
+    assert [m.uuid for m in site.machines()] == [m.uuid for m in machines], "nothing placed twice"
+
+    for machine in machines:
+        site.release(machine.uuid)
+    for machine in machines:
+        done = site.wait_finished(machine.uuid, daemon)
+        assert (done.shutdown_code, done.container_id) == (200, machine.container_id)
+    finish_and_check(site, daemon, docker_client, create_events, [first_daemon.text()])
+    assert_nothing_left(site, slot_accounts)
+
+
+def split(machines):
+    """How many of `machines` are of each machinetype."""
+    counts = {}
+    for machine in machines:
+        counts[machine.machinetype] = counts.get(machine.machinetype, 0) + 1
+    return counts
+
+
+@pytest.mark.docker
+def test_a_mixed_docker_and_singularity_pool_holds_its_shares_generation_after_generation(
+        tmp_path, factory_label, busybox_image, singularity, slot_accounts, daemon_factory, docker_client,
+        create_events):  # noqa: F811
+    dock, sing = Machinetype("dock", share=1), Machinetype("sing", share=3, model="singularity")
+    site = Site(tmp_path, factory_label, busybox_image, [dock, sing], processors=4, singularity=singularity)
+    daemon = daemon_factory(site.config)
+    generations = []
+    for _ in range(3):
+        running = site.wait_running(4, daemon)
+        generations.append(split(running))
+        for machine in running:
+            site.release(machine.uuid)
+        for machine in running:
+            assert site.wait_finished(machine.uuid, daemon).shutdown_code == 200
+    assert generations == [{"dock": 1, "sing": 3}] * 3
+    finish_and_check(site, daemon, docker_client, create_events, [])
+    assert_nothing_left(site, slot_accounts)
