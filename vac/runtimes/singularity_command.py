@@ -26,6 +26,10 @@ LAUNCHER = Path(__file__).with_name("singularity_launcher.py")
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Where systemd puts each machine's transient scope.
 SYSTEMD_SLICE = "vac.slice"
+# vac's own subtree, where systemd does not run the host.
+VAC_CGROUP = "vac"
+# Where machine cgroups may be, whichever placement made them.
+SINGULARITY_CGROUP_BASES = (f"/{VAC_CGROUP}", f"/{SYSTEMD_SLICE}")
 CPU_PERIOD_PERCENT = 100
 
 
@@ -111,7 +115,7 @@ def systemd_cgroup_path(machine_uuid: str) -> str:
 
 def vac_cgroup_path(machine_uuid: str) -> str:
     """The cgroup of a machine in vac's own subtree."""
-    return f"/vac/machine-{machine_uuid}"
+    return f"/{VAC_CGROUP}/machine-{machine_uuid}"
 
 
 def systemd_run_argv(machine_uuid: str, limits: Mapping[str, int], command: list[str],

@@ -6,11 +6,14 @@ history are pruned at every sweep, whatever the slots are doing; containers
 are removed only on a fresh live set from the root that is newer than their
 start (reaper_rules), so the reaper never races a slot worker starting or
 adopting its machine. (Orphaned processes are reaped by the root itself, the
-tree's subreaper.)
+tree's subreaper.) Processes of the Singularity accounts outside a running
+machine are killed far more often, every singularity_sweep_seconds, in a
+job of their own (singularity_reaper).
 """
 
 import logging
 import os
+import pwd
 import shutil
 import sqlite3
 import time
@@ -26,9 +29,13 @@ from vac.machine.prepare import read_terms, scratch_backend
 from vac.machine.record import is_finished, read_record
 from vac.mountinfo import mount_at
 from vac.runtimes.base import ContainerRuntimeError
-from vac.runtimes.docker import DEFAULT_TIMEOUT_SECONDS, DockerRuntime
+from vac.cgroups import layout as cgroup_layout
+from vac.runtimes.by_model import runtimes_from_spec
+from vac.runtimes.docker import DEFAULT_TIMEOUT_SECONDS
+from vac.runtimes.singularity import SingularitySettings
+from vac.runtimes.singularity_command import SINGULARITY_CGROUP_BASES
 from vac.vocabulary.live_set import LIVE_SET_MAX_AGE_SECONDS
-from vac.workers import finishing, reaper_rules
+from vac.workers import finishing, reaper_rules, singularity_reaper
 from vac.workers.harness import WorkerLoop
 from vac.workers.job_runner import JobRunner
 
@@ -50,7 +57,9 @@ def run(channel, spec):
     interval = float(spec.get("interval_seconds", 60.0))
     grace = float(spec.get("grace_seconds", 120.0))
     apel_sync_site = spec.get("apel_sync_site")
-    runtime = DockerRuntime(spec.get("docker_url"), float(spec.get("docker_timeout_seconds") or DEFAULT_TIMEOUT_SECONDS))
+    runtime = runtimes_from_spec(spec, float(spec.get("docker_timeout_seconds") or DEFAULT_TIMEOUT_SECONDS))
+    singularity = SingularitySettings.from_plain(spec.get("singularity"))
+    escapes = EscapeSweep(state_dir, singularity) if singularity.accounts else None
     jobs = JobRunner()
     live = None
     next_sweep = time.monotonic() + min(interval, FIRST_SWEEP_SECONDS)
@@ -59,12 +68,20 @@ def run(channel, spec):
     loop.report("waiting")
     while not loop.stopping:
         now = time.monotonic()
-        for msg in loop.wait(max(next_sweep - now, 0), fds=(jobs,)):
+        wake = min(next_sweep, escapes.next_at) if escapes is not None else next_sweep
+        for msg in loop.wait(max(wake - now, 0), fds=(jobs,)):
             if isinstance(msg, messages.LiveSet):
                 live = reaper_rules.live_set_from_message(msg.made_at, msg.slots)
         for result in jobs.take_done():
-            _sweep_done(loop, result)
+            if result.name == "escapes":
+                escapes.done(result)
+            else:
+                _sweep_done(loop, result)
         now = time.monotonic()
+        if escapes is not None and now >= escapes.next_at and not jobs.running("escapes"):
+            # Its own job and timer: a slow engine or disk in the main sweep never delays it.
+            jobs.submit("escapes", escapes.sweep)
+            escapes.next_at = now + singularity.sweep_seconds
         if now < next_sweep or jobs.running("sweep"):
             continue
         # Directories and history whatever the live set; sweep() decides on containers.
@@ -73,6 +90,45 @@ def run(channel, spec):
         next_sweep = now + interval
     runtime.close()
     log.info("reaper stopping: %s", loop.stop_reason)
+
+
+class EscapeSweep:
+    """The Singularity accounts' rule (singularity_reaper.py), run every singularity_sweep_seconds."""
+
+    def __init__(self, state_dir, settings):
+        self.state_dir = state_dir
+        self.settings = settings
+        self.next_at = time.monotonic()
+        self._layout = None
+        self._missing_noted = set()
+
+    def account_uids(self):
+        """The uids of the accounts that exist (one created later is looked up again at each sweep)."""
+        uids = set()
+        for name in self.settings.accounts:
+            try:
+                uids.add(pwd.getpwnam(name).pw_uid)
+            except KeyError:
+                if name not in self._missing_noted:
+                    self._missing_noted.add(name)
+                    log.warning("reaper: Singularity account %s does not exist; nothing of it to kill", name)
+        return uids
+
+    def sweep(self):
+        if self._layout is None:
+            self._layout = cgroup_layout.detect()
+        # Machines of either placement are recognised: a restart with another
+        # singularity_cgroups must not condemn the machines started before it.
+        return singularity_reaper.sweep_singularity(self._layout, SINGULARITY_CGROUP_BASES, self.state_dir,
+                                                    self.account_uids())
+
+    def done(self, result):
+        if result.error is None:
+            return
+        if isinstance(result.error, OSError):
+            log.warning("reaper: the Singularity sweep failed (%s); trying again at the next one", result.error)
+            return
+        raise result.error
 
 
 def _sweep_done(loop, result):
@@ -117,7 +173,9 @@ def sweep(runtime, factory, state_dir, live, slots, grace_seconds, now=None, ape
 
 def reap_orphans(runtime, factory, state_dir, live, slots, grace_seconds, now):
     """Finalise and remove the containers no slot owns; their MachineFinished messages."""
-    handles = runtime.find(factory)
+    # Every runtime that answers: one that does not (no Docker engine on a Singularity-only host) hides nothing
+    # the slots could act on meanwhile.
+    handles = runtime.find(factory, models=())
     found = [(h.slot, h.machine_uuid, _latest_start(h)) for h in handles]
     orphans = {(slot, uuid) for slot, uuid, _ in
                reaper_rules.orphaned(found, live, slots, now, grace_seconds)}
