@@ -24,7 +24,7 @@ class AdoptingSteps:
     """SlotMachine's ADOPTING state (see machine_run.py)."""
 
     def _submit_scan(self) -> None:
-        # In a forked child: an idle slot then never holds a Docker client of its own.
+        # In a forked child: an idle slot then never holds an engine client (Docker's connection pool) of its own.
         self.jobs.submit("scan", slot_steps.scan, self.runtime, self.factory_name, self.slot,
                          self.state_dir, fork=True)
 
