@@ -8,8 +8,12 @@ once, one APEL record for each that lived past fizzle_seconds, no container,
 no process of the accounts, no machine cgroup.
 """
 
+import os
 import shutil
+import subprocess
+import time
 
+import psutil
 import pytest
 
 from daemon_client import daemon_factory  # noqa: F401 (a fixture)
@@ -23,6 +27,8 @@ from singularity_site import (STANDIN, account_processes, busybox_directory_imag
 pytestmark = needs_singularity_tools
 
 SING = Machinetype("sing", model="singularity")
+# What a sweep itself may take, beyond its interval, on a loaded test host.
+SWEEP_SLACK_SECONDS = 1.0
 
 
 @pytest.fixture
@@ -104,5 +110,60 @@ def test_a_mixed_docker_and_singularity_pool_holds_its_shares_generation_after_g
         for machine in running:
             assert site.wait_finished(machine.uuid, daemon).shutdown_code == 200
     assert generations == [{"dock": 1, "sing": 3}] * 3
+    finish_and_check(site, daemon, docker_client, create_events, [])
+    assert_nothing_left(site, slot_accounts)
+
+
+def account_process(uid, argv, timeout=10):
+    """The process of account `uid` running `argv`, once it runs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for process in account_processes({uid}):
+            try:
+                if process.cmdline() == argv and pid_alive(process.pid):
+                    return process
+            except psutil.NoSuchProcess:
+                pass
+        assert time.monotonic() < deadline, f"no process {argv} of uid {uid}"
+        time.sleep(0.02)
+
+
+@pytest.mark.docker
+def test_the_reaper_kills_a_slot_account_s_processes_outside_its_machines_within_one_sweep(
+        tmp_path, factory_label, busybox_image, singularity, slot_accounts, daemon_factory, docker_client,
+        create_events):  # noqa: F811
+    site = Site(tmp_path, factory_label, busybox_image, [SING], processors=2, singularity=singularity)
+    daemon = daemon_factory(site.config)
+    machines = site.wait_running(2, daemon)
+    launchers = [launcher_of(site.state_dir, m.uuid)[0] for m in machines]
+    account = slot_accounts[1][machines[0].slot]
+
+    # A login as the account, and a daemon it left behind in a session of its own.
+    login = subprocess.Popen(["su", "-s", "/bin/sh", account.pw_name, "-c", "exec sleep 600"])
+    try:
+        subprocess.run(["su", "-s", "/bin/sh", account.pw_name, "-c", "setsid -f sleep 601"], check=True,
+                       timeout=10)
+        escapees = [account_process(account.pw_uid, ["sleep", "600"]),
+                    account_process(account.pw_uid, ["sleep", "601"])]
+        started = time.monotonic()
+        assert escapees[1].pid == os.getsid(escapees[1].pid)
+        deadline = started + singularity.sweep_seconds + SWEEP_SLACK_SECONDS
+        while any(pid_alive(escapee.pid) for escapee in escapees):
+            assert time.monotonic() < deadline, "not killed within one sweep"
+            time.sleep(0.02)
+        assert login.wait(10) != 0
+    finally:
+        login.kill()
+        login.wait()
+    for escapee in escapees:
+        daemon.wait_log(f"reaper: killed pid {escapee.pid} of {account.pw_name}")
+
+    # The machines of the same accounts, in their payload cgroups, run on.
+    assert all(pid_alive(pid) for pid in launchers)
+    assert [m.uuid for m in site.machines() if m.state == "running" and not m.finished] == [m.uuid for m in machines]
+    for machine in machines:
+        site.release(machine.uuid)
+    for machine in machines:
+        assert site.wait_finished(machine.uuid, daemon).shutdown_code == 200
     finish_and_check(site, daemon, docker_client, create_events, [])
     assert_nothing_left(site, slot_accounts)
