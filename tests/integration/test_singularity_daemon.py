@@ -1,4 +1,6 @@
-"""The whole vacd running Singularity machines, alone and beside Docker ones, seen as a site sees it.
+"""The whole vacd running Singularity machines, alone and beside Docker ones, seen as a site sees it:
+adoption after the whole tree is killed, a mixed pool's shares, and the
+reaper's sweep of what the slot accounts run outside their machines.
 
 The machines are busybox directory images run by the bubblewrap stand-in for
 apptainer, each as its slot's throwaway account in a cgroup of its own; they
