@@ -7,6 +7,7 @@ import os
 import socket
 import sys
 import time
+from pathlib import Path
 
 from vac import __version__, logs
 from vac.accounting import apel
@@ -70,7 +71,27 @@ def check_config(args, out=sys.stdout, err=sys.stderr):
             print(problem, file=err)
         return 1
     out.write(render_effective(config))
+    for problem in proxy_problems(config, time.time()):
+        print(f"warning: {problem}", file=err)
     return 0
+
+
+def proxy_problems(config, now):
+    """For each local machinetype with user_data_proxy: why no proxy could be made for a machine started now.
+
+    A warning, not an error: the site may install the certificate after the
+    configuration; until then each machine of the type ends as 700 Failed to start.
+    """
+    from vac.machine import x509_proxy
+    problems = []
+    for name, machinetype in config.machinetypes.items():
+        if not machinetype.user_data_proxy:
+            continue
+        files_dir = Path(config.settings.machinetypes_dir) / (machinetype.files_name or name) / "files"
+        problem = x509_proxy.credential_problem(files_dir, now, now + machinetype.max_wallclock_seconds)
+        if problem is not None:
+            problems.append(f"[machinetype {name}] {problem}: its machines will end as 700 Failed to start")
+    return problems
 
 
 def factory_name(settings):
@@ -159,6 +180,8 @@ def main(argv=None):
     lock_state_dir(settings.state_dir)
     log.info("vacd %s starting: space %s, %d slots, state in %s",
              __version__, settings.vac_space, settings.slots, settings.state_dir)
+    for problem in proxy_problems(config, time.time()):
+        log.warning("%s", problem)
     factory = Factory(config, factory_name=factory_name(settings))
     # Before the loop, once: the loop itself never waits on the disk.
     recall(factory, settings.state_dir, time.time())

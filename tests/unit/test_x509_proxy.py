@@ -223,3 +223,34 @@ def test_a_pipe_machinetype_gets_a_proxy_only_from_the_sites_directory_of_the_pi
     with pytest.raises(ProxyError, match=r"cannot read .*/lhcb-pipe/files/x509cert.pem"):
         prepare_machine(terms, paths, NOW, PAYLOAD_PATHS)
     assert not paths.user_data.exists()
+
+
+def test_check_config_warns_of_a_missing_or_expiring_certificate_but_accepts_the_configuration(tmp_path, pki,
+                                                                                                capsys):
+    import io
+
+    from vac.daemon import check_config, parse_args
+
+    state_dir = tmp_path / "state"
+    config = tmp_path / "vac.conf"
+    config.write_text(f"[settings]\nvac_space = s.example\nstate_dir = {state_dir}\n"
+                      "[machinetype good]\nmachine_model = docker\nroot_image = docker://busybox\n"
+                      "user_data = ud\nuser_data_proxy = true\nmax_wallclock_seconds = 3600\n"
+                      "[machinetype short]\nmachine_model = docker\nroot_image = docker://busybox\n"
+                      "user_data = ud\nuser_data_proxy = true\nmax_wallclock_seconds = 172800\n"
+                      "[machinetype none]\nmachine_model = docker\nroot_image = docker://busybox\n"
+                      "user_data = ud\nuser_data_proxy = true\n")
+    for name, cert in (("good", pki["short_host"]), ("short", pki["short_host"])):
+        files = state_dir / "machinetypes" / name / "files"
+        files.mkdir(parents=True)
+        (files / "x509cert.pem").write_bytes(_pem(cert))
+        (files / "x509key.pem").write_bytes(_key_pem(pki["host_key"]))
+    out, err = io.StringIO(), io.StringIO()
+    # NOW is a day into the host certificate's validity: the short one ends half a day later.
+    assert check_config(parse_args(["--check-config", "--config", str(config)]), out, err) == 0
+    warnings = err.getvalue().splitlines()
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("warning: [machinetype none] user_data_proxy: ")
+    assert "x509cert.pem" in warnings[0] and warnings[0].endswith("its machines will end as 700 Failed to start")
+    assert warnings[1].startswith("warning: [machinetype short] user_data_proxy: the certificate in ")
+    assert "expires at" in warnings[1]

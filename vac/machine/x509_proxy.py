@@ -102,16 +102,12 @@ def _utc(moment: float) -> datetime:
     return datetime.fromtimestamp(int(moment), tz=timezone.utc)
 
 
-def make_proxy(cert_pem: bytes, key_pem: bytes, *, proxy_cn: str, legacy: bool, now: float,
-               not_after: float, where: str = CERT_FILE_NAME, key_bits: int = PROXY_KEY_BITS) -> str:
-    """The proxy PEM: proxy certificate, its unencrypted key, then the original chain.
+def checked_credentials(cert_pem: bytes, key_pem: bytes, *, now: float, not_after: float,
+                        where: str = CERT_FILE_NAME):
+    """(certificate, its RSA key, the certificate's PEM blocks) if they can sign a proxy valid until `not_after`.
 
-    `proxy_cn` is the RFC 3820 proxy's added CN (the machinetype's name);
-    a legacy proxy's is always `limited proxy`. ProxyError if the certificate
-    is unusable, expires before `not_after`, or does not match the key.
+    ProxyError says why not: no certificate or key, unreadable, not RSA, not a pair, not valid all that time.
     """
-    if key_bits < PROXY_KEY_BITS:
-        raise ProxyError(f"user_data_proxy: a proxy key of {key_bits} bits is less than {PROXY_KEY_BITS}")
     cert_blocks = _blocks(cert_pem, {b"CERTIFICATE"})
     if not cert_blocks:
         raise ProxyError(f"user_data_proxy: {where} holds no PEM certificate")
@@ -141,6 +137,32 @@ def make_proxy(cert_pem: bytes, key_pem: bytes, *, proxy_cn: str, legacy: bool, 
         raise ProxyError(f"user_data_proxy: the certificate in {where} expires at "
                          f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC, before the machine's "
                          f"shutdown time {_utc(not_after):%Y-%m-%d %H:%M:%S} UTC; no proxy is made")
+    return certificate, signing_key, cert_blocks
+
+
+def credential_problem(files_dir: Path, now: float, not_after: float) -> str | None:
+    """Why x509cert.pem and x509key.pem in `files_dir` could not make a proxy valid until `not_after`; None if they can."""
+    try:
+        credentials = read_credentials(files_dir)
+        checked_credentials(credentials.cert_pem, credentials.key_pem, now=now, not_after=not_after,
+                            where=str(credentials.cert_path))
+    except ProxyError as error:
+        return str(error)
+    return None
+
+
+def make_proxy(cert_pem: bytes, key_pem: bytes, *, proxy_cn: str, legacy: bool, now: float,
+               not_after: float, where: str = CERT_FILE_NAME, key_bits: int = PROXY_KEY_BITS) -> str:
+    """The proxy PEM: proxy certificate, its unencrypted key, then the original chain.
+
+    `proxy_cn` is the RFC 3820 proxy's added CN (the machinetype's name);
+    a legacy proxy's is always `limited proxy`. ProxyError if the certificate
+    is unusable, expires before `not_after`, or does not match the key.
+    """
+    if key_bits < PROXY_KEY_BITS:
+        raise ProxyError(f"user_data_proxy: a proxy key of {key_bits} bits is less than {PROXY_KEY_BITS}")
+    certificate, signing_key, cert_blocks = checked_credentials(cert_pem, key_pem, now=now, not_after=not_after,
+                                                                where=where)
 
     proxy_key = rsa.generate_private_key(public_exponent=RSA_PUBLIC_EXPONENT, key_size=key_bits)
     added_cn = LEGACY_PROXY_CN if legacy else proxy_cn
