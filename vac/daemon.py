@@ -117,8 +117,7 @@ def tree_settings(config):
                         vacquery_listen=settings.vacquery_listen,
                         udp_timeout_seconds=float(settings.udp_timeout_seconds),
                         gocdb_sitename=settings.gocdb_sitename,
-                        apel_sync_site=settings.gocdb_sitename if apel.sends_outgoing(
-                            settings.gocdb_sitename, settings.hs06_per_processor) else None,
+                        apel_sync_site=apel.sync_site(settings.gocdb_sitename, settings.hs06_per_processor),
                         singularity={"command": settings.singularity_command,
                                      "cgroups": settings.singularity_cgroups,
                                      "accounts": list(settings.singularity_accounts),

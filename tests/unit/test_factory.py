@@ -270,7 +270,7 @@ def test_a_refused_placement_frees_the_slot_and_a_repeated_finish_counts_once(tm
 
 
 def live_sets(factory, may_start=False):
-    return [m for c, m in factory.tick(may_start) if c == "reaper"]
+    return [m for c, m in factory.tick(may_start) if c == "reaper" and isinstance(m, messages.LiveSet)]
 
 
 def test_the_reaper_gets_the_live_set_whatever_the_slots_do_with_the_unsettled_marked(
@@ -290,7 +290,7 @@ def test_the_reaper_gets_the_live_set_whatever_the_slots_do_with_the_unsettled_m
     report_idle(factory, [0, 2])
     sent = factory.tick(True)
     places = [m.machine["uuid"] for c, m in sent if c != "reaper"]
-    live, = [m for c, m in sent if c == "reaper"]
+    live, = [m for c, m in sent if c == "reaper" and isinstance(m, messages.LiveSet)]
     assert live.made_at == clock.now
     assert [s["uuid"] for s in live.slots] == places, "placements in flight count as held"
     assert all(s["settled"] for s in live.slots)
@@ -363,3 +363,18 @@ def test_space_answers_count_until_stale_and_vacquery_hears_local_changes(tmp_pa
     assert factory.space_hs06() == {"work": 8.0}
     clock.now += 1000
     assert factory.space_hs06() == {}, "an answer that old no longer counts"
+
+
+def test_the_reaper_learns_with_each_live_set_whether_to_write_apel_sync_records(tmp_path, clock):
+    site = "gocdb_sitename = UKI-EXAMPLE\n"
+    factory = make_factory(config_file(tmp_path, processors=1, extra=site), clock)
+
+    def sync_sites():
+        return [m.site for c, m in factory.tick(False) if isinstance(m, messages.ApelSyncSite)]
+
+    assert sync_sites() == [None], "no outgoing records without hs06_per_processor"
+    # A reload that turns outgoing records on reaches the reaper with the next live set.
+    factory.apply_config(config_file(tmp_path, processors=1, extra=site + "hs06_per_processor = 10\n"))
+    assert sync_sites() == []
+    clock.now += 10
+    assert sync_sites() == ["UKI-EXAMPLE"]

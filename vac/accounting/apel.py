@@ -166,6 +166,11 @@ def sends_outgoing(gocdb_sitename: str | None, hs06_per_processor: float | None)
     return bool(gocdb_sitename) and hs06_per_processor is not None
 
 
+def sync_site(gocdb_sitename: str | None, hs06_per_processor: float | None) -> str | None:
+    """The site of the daily sync records: gocdb_sitename while records go to apel-outgoing, else None."""
+    return gocdb_sitename if sends_outgoing(gocdb_sitename, hs06_per_processor) else None
+
+
 def element_name(machine_uuid: str, attempt: int = 0) -> str:
     """The record's file name: 14 hex digits hashed from the machine UUID (a dirq element name).
 

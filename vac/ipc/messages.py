@@ -349,6 +349,13 @@ class LiveSet:
     slots: list
 
 
+@message("apel_sync_site")
+class ApelSyncSite:
+    """Root to reaper, with each live set: the site whose daily APEL sync records the reaper writes, or None
+    while outgoing records are off (gocdb_sitename and hs06_per_processor, which a reload may change)."""
+    site: str | None
+
+
 # Root and the metrics exporter.
 
 @message("metrics_snapshot")

@@ -13,6 +13,7 @@ import os
 import random
 import time
 
+from vac.accounting import apel
 from vac.config.model import DEFAULT_FIZZLE_SECONDS
 from vac.config.settings import changed_restart_only, keep_restart_only
 from vac.ipc import messages
@@ -152,7 +153,9 @@ class Factory:
                 draining=self.draining, paused=self.paused, histories=self.histories,
                 space_hs06=self.space_hs06(), unavailable_repositories=self.unavailable_repositories,
                 counters=self.counters))
-        out.extend(self.reaper.outgoing(now, self.table))
+        settings = self.config.settings
+        out.extend(self.reaper.outgoing(now, self.table,
+                                        apel.sync_site(settings.gocdb_sitename, settings.hs06_per_processor)))
         return out
 
     def local_statuses(self):

@@ -162,12 +162,14 @@ class ReaperHandshake:
     def __init__(self):
         self.sent_at = None
 
-    def outgoing(self, now, table):
-        """What every slot holds, for the reaper, when LIVE_SET_SECONDS have passed.
+    def outgoing(self, now, table, apel_sync_site):
+        """What every slot holds, for the reaper, when LIVE_SET_SECONDS have passed; with the APEL sync site.
 
         A slot whose worker is gone or not in a settled state is marked so: the
         reaper leaves its containers alone. Stamped with `now`, so the reaper
-        judges no container started after the root looked.
+        judges no container started after the root looked. The site goes with
+        it, so a reload that turns outgoing records on or off reaches the reaper
+        (and a restarted reaper learns it) within LIVE_SET_SECONDS.
         """
         if self.sent_at is not None and now - self.sent_at < LIVE_SET_SECONDS:
             return []
@@ -176,7 +178,8 @@ class ReaperHandshake:
             {"slot": e.slot, "state": e.state,
              "uuid": (e.machine or e.pending or {}).get("uuid"),
              "settled": e.worker_alive and e.state in SETTLED_STATES}
-            for e in table.entries.values()]))]
+            for e in table.entries.values()])),
+            (REAPER, messages.ApelSyncSite(site=apel_sync_site))]
 
     def next_at(self):
         return None if self.sent_at is None else self.sent_at + LIVE_SET_SECONDS

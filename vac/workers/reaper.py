@@ -72,6 +72,8 @@ def run(channel, spec):
         for msg in loop.wait(max(wake - now, 0), fds=(jobs,)):
             if isinstance(msg, messages.LiveSet):
                 live = reaper_rules.live_set_from_message(msg.made_at, msg.slots)
+            elif isinstance(msg, messages.ApelSyncSite):
+                apel_sync_site = msg.site
         for result in jobs.take_done():
             if result.name == "escapes":
                 escapes.done(result)
