@@ -36,6 +36,7 @@ def test_defaults_are_vacs(tmp_path):
     assert lhcb.machines_dir_days == 3.0
     assert lhcb.disk_gb_per_processor is None and lhcb.image_signing_dn is None
     assert lhcb.user_data_proxy is False and lhcb.legacy_proxy is False
+    assert lhcb.mjf_http is False
     assert lhcb.files_name == "lhcb" and lhcb.pipe is None
 
 
@@ -60,6 +61,7 @@ def test_defaults_are_vacs(tmp_path):
     ("image_signing_dn = /DC=ch/DC=cern/CN=x", "image_signing_dn", "/DC=ch/DC=cern/CN=x"),
     ("user_data_proxy = true", "user_data_proxy", True),
     ("legacy_proxy = yes", "legacy_proxy", True),
+    ("mjf_http = true", "mjf_http", True),
     ("user_data = https://lhcb.example.org/user_data?site=x&y=%2F", "user_data",
      "https://lhcb.example.org/user_data?site=x&y=%2F"),
     ("user_data = /etc/vac/lhcb.user_data", "user_data", "/etc/vac/lhcb.user_data"),
@@ -142,6 +144,7 @@ BAD = [
     (with_option("disk_gb_per_processor = 0"), "[machinetype lhcb] disk_gb_per_processor = '0': must be at least 1"),
     (with_option("user_data_proxy = maybe"), "[machinetype lhcb] user_data_proxy = 'maybe': not true or false"),
     (with_option("legacy_proxy = 2"), "[machinetype lhcb] legacy_proxy = '2': not true or false"),
+    (with_option("mjf_http = http"), "[machinetype lhcb] mjf_http = 'http': not true or false"),
     (with_option("container_command = /user_data --debug"), "[machinetype lhcb] container_command = '/user_data --debug': contains whitespace"),
     (with_option("container_command = user_data"), "[machinetype lhcb] container_command = 'user_data': must be an absolute path"),
     (with_option("container_command = /bin/sh;reboot"), "[machinetype lhcb] container_command = '/bin/sh;reboot': contains the shell metacharacter ';'"),

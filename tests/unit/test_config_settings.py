@@ -60,6 +60,7 @@ def test_our_own_defaults(tmp_path):
     assert settings.heartbeat_timeout_seconds == 30
     assert settings.metrics_listen is None
     assert settings.metrics_textfile is None
+    assert settings.mjf_http_listen is None
 
 
 @pytest.mark.parametrize("text, attribute, expected", [
@@ -104,6 +105,8 @@ def test_our_own_defaults(tmp_path):
     ("metrics_listen = [::1]:9712", "metrics_listen", "[::1]:9712"),
     ("metrics_textfile = /var/lib/node-exporter/vac.prom", "metrics_textfile",
      "/var/lib/node-exporter/vac.prom"),
+    ("mjf_http_listen = 172.17.0.1:9713", "mjf_http_listen", "172.17.0.1:9713"),
+    ("mjf_http_listen = 127.0.0.1:08080", "mjf_http_listen", "127.0.0.1:8080"),
     ("hs06_per_cpu = 9", "hs06_per_processor", 9.0),
     ("mb_per_cpu = 1024", "mb_per_processor", 1024),
     ("overload_per_cpu = 3", "overload_per_processor", 3.0),
@@ -179,6 +182,11 @@ def test_lvm_backend_uses_vacs_volume_group_name_unless_set(tmp_path):
     ("metrics_listen = 127.0.0.1:0", "metrics_listen = '127.0.0.1:0': the port must be between 1 and 65535"),
     ("metrics_textfile = vac.prom", "metrics_textfile = 'vac.prom': must be an absolute path"),
     ("metrics_textfile = /var/lib/node-exporter/vac.txt", "metrics_textfile = '/var/lib/node-exporter/vac.txt': must end in .prom, the files node_exporter reads"),
+    ("mjf_http_listen = 0.0.0.0:9713", "mjf_http_listen = '0.0.0.0:9713': 0.0.0.0 is not one address of this host (machines' URLs name it)"),
+    ("mjf_http_listen = [::1]:9713", "mjf_http_listen = '[::1]:9713': '[::1]' is not an IPv4 address"),
+    ("mjf_http_listen = docker0:9713", "mjf_http_listen = 'docker0:9713': 'docker0' is not an IPv4 address"),
+    ("mjf_http_listen = 172.17.0.1", "mjf_http_listen = '172.17.0.1': must be IP:PORT, e.g. 172.17.0.1:9713"),
+    ("mjf_http_listen = 172.17.0.1:0", "mjf_http_listen = '172.17.0.1:0': '0' is not a port between 1 and 65535"),
     ("scratch_backend = zfs", "scratch_backend = 'zfs': must be one of directory, loop, lvm"),
     ("docker_url = /var/run/docker.sock", "docker_url = '/var/run/docker.sock': must start with one of unix://, tcp://, http://, https://, ssh://"),
     ("docker_timeout_seconds = 0", "docker_timeout_seconds = '0': must be at least 1"),

@@ -98,6 +98,7 @@ ACCEPTED = [
     ("max_wallclock_seconds", 172800, "max_wallclock_seconds", 172800),
     ("min_processors", 1, "min_processors", 1),
     ("min_wallclock_seconds", 600, "min_wallclock_seconds", 600),
+    ("mjf_http", True, "mjf_http", True),
     ("root_image", "docker://gitlab-registry.cern.ch:5000/lhcb/pilot@sha256:" + "a" * 64,
      "root_image", "docker://gitlab-registry.cern.ch:5000/lhcb/pilot@sha256:" + "a" * 64),
     ("tmp_binds", "/scratch /tmp", "tmp_binds", ("/scratch", "/tmp")),

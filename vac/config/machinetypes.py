@@ -167,6 +167,7 @@ OPTIONS: dict[str, OptionSpec] = {
     "image_signing_dn": OptionSpec("text", check=check_one_line),
     "user_data_proxy": OptionSpec("bool"),
     "legacy_proxy": OptionSpec("bool"),
+    "mjf_http": OptionSpec("bool"),
 }
 _USER_DATA_OPTION_SPEC = OptionSpec("text", check=check_option_text)
 _USER_DATA_FILE_SPEC = OptionSpec("text", check=check_user_data_file)

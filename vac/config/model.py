@@ -18,6 +18,10 @@ def singularity_slot_account(prefix: str, slot: int) -> str:
     """Slot 3's account with prefix vacsing: vacsing03 (two digits at least, like machine names)."""
     return f"{prefix}{slot:02d}"
 SCRATCH_BACKENDS = ("directory", "loop", "lvm")
+# Where the mjf child listens when mjf_http_listen is unset: this port on the
+# address of Docker's default bridge, which containers reach as their gateway.
+DEFAULT_MJF_HTTP_BRIDGE = "docker0"
+DEFAULT_MJF_HTTP_PORT = 9713
 # Vac's volume group name, used when scratch_backend = lvm and volume_group is unset.
 DEFAULT_VOLUME_GROUP = "vac_volume_group"
 
@@ -86,6 +90,9 @@ class Settings:
     metrics_textfile: str | None = None
     # Where vacquery answers the other factories' VacQuery (IPv4 IP:PORT). None: it answers nobody.
     vacquery_listen: str | None = "0.0.0.0:995"
+    # Where the mjf child serves Machine/Job Features over HTTP (IPv4 IP:PORT).
+    # None: the address of Docker's docker0 bridge, port DEFAULT_MJF_HTTP_PORT.
+    mjf_http_listen: str | None = None
 
     def __post_init__(self):
         # slots defaults to one per processor, the most machines the processors allow.
@@ -157,6 +164,9 @@ class Machinetype:
     image_signing_dn: str | None = None
     user_data_proxy: bool = False
     legacy_proxy: bool = False
+    # MACHINEFEATURES and JOBFEATURES are http URLs served by the mjf child,
+    # not the mounted paths (which stay mounted): what DIRAC's readers need.
+    mjf_http: bool = False
     user_data_options: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     user_data_files: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     # The directory under machinetypes/ whose files/ holds this type's files:

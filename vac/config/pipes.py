@@ -31,7 +31,7 @@ PIPE_KEYS = frozenset((
     "accounting_fqan", "backoff_seconds", "container_command", "cvmfs_repositories",
     "fizzle_seconds", "disk_gb_per_processor", "heartbeat_file", "heartbeat_seconds",
     "image_signing_dn", "legacy_proxy", "machine_model", "max_processors",
-    "max_wallclock_seconds", "min_processors", "min_wallclock_seconds", "root_image",
+    "max_wallclock_seconds", "min_processors", "min_wallclock_seconds", "mjf_http", "root_image",
     "suffix", "target_share", "tmp_binds", "user_data", "user_data_proxy"))
 
 

@@ -90,6 +90,22 @@ def _vacquery_listen(text):
     return f"{host}:{int(port)}"
 
 
+def _mjf_http_listen(text):
+    """IPv4 'IP:PORT' of the mjf child: machines get URLs naming it, so it must be one address."""
+    host, colon, port = text.rpartition(":")
+    if not colon:
+        raise BadValue("must be IP:PORT, e.g. 172.17.0.1:9713")
+    _port(port)
+    try:
+        address = ipaddress.IPv4Address(host)
+    except ValueError:
+        raise BadValue(f"{host!r} is not an IPv4 address") from None
+    if address.is_unspecified or address.is_multicast:
+        # The URLs given to machines name this address: it must be one they can reach.
+        raise BadValue(f"{host} is not one address of this host (machines' URLs name it)")
+    return f"{address}:{int(port)}"
+
+
 def _hostports(text):
     pairs = tuple(text.lower().split())
     for pair in pairs:
@@ -251,7 +267,7 @@ CONVERTERS = {
     "reaper_interval_seconds": _int(1), "orphan_grace_seconds": _orphan_grace,
     "cvmfs_keepalive_seconds": _int(MIN_CVMFS_KEEPALIVE_SECONDS),
     "metrics_listen": _metrics_listen, "metrics_textfile": _metrics_textfile,
-    "vacquery_listen": _vacquery_listen,
+    "vacquery_listen": _vacquery_listen, "mjf_http_listen": _mjf_http_listen,
 }
 
 
@@ -352,7 +368,7 @@ RESTART_ONLY = (
     "reaper_interval_seconds", "orphan_grace_seconds", "cvmfs_keepalive_seconds",
     "metrics_listen", "metrics_textfile", "vacquery_listen", "vac_space", "factories",
     "udp_timeout_seconds", "gocdb_sitename", "singularity_user", "singularity_user_prefix",
-    "singularity_command", "singularity_cgroups", "singularity_sweep_seconds")
+    "singularity_command", "singularity_cgroups", "singularity_sweep_seconds", "mjf_http_listen")
 
 
 def changed_restart_only(running: Settings, loaded: Settings) -> tuple[str, ...]:
