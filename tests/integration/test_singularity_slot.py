@@ -338,8 +338,6 @@ def test_a_machine_that_ends_while_no_worker_runs_is_finalised_once_with_its_exi
     assert_accounted_once(state_dir, [finished], fizzle_seconds=1)
 
 
-@pytest.mark.xfail(strict=True, reason="the slot accounts only the CPU time it sampled while the machine ran (first "
-                   "after 1 s, then every 5 s); the cgroup's total, still there after the exit, is never read")
 def test_the_whole_cpu_time_of_the_machine_is_accounted(site, workers, machine_place):
     state_dir, _ = site
     worker = workers()

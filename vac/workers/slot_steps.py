@@ -17,7 +17,8 @@ from vac.machine.layout import MachinePaths, create_machine_directory, iter_mach
 from vac.machine.prepare import BadTerms, MachineTerms, PreparedMachine, create_directory, scratch_backend
 from vac.machine.record import MachineRecord, is_finished, read_record, write_record
 from vac.machine.scratch import DirectoryScratch
-from vac.runtimes.base import ContainerGone, ContainerHandle, ContainerRequest, ContainerRuntime, ExitInfo
+from vac.runtimes.base import (ContainerGone, ContainerHandle, ContainerRequest, ContainerRuntime,
+                               ContainerRuntimeError, ExitInfo)
 from vac.vocabulary.slot_states import MachineState, machine_state
 from vac.workers import finishing, slot_rules
 
@@ -133,6 +134,13 @@ def finish(runtime: ContainerRuntime, paths: MachinePaths, record: MachineRecord
             exit_info = runtime.exit_status(handle)
         except ContainerGone:
             exit_info = None
+    if handle is not None:
+        # The last reading: a Singularity machine's cgroup keeps its whole CPU time until it is cleaned,
+        # while the slot sampled it only every few seconds (Docker gives its last sample again).
+        try:
+            cpu_seconds = max(cpu_seconds, runtime.stats(handle).cpu_seconds)
+        except ContainerRuntimeError:
+            pass
     return finishing.finish_machine(paths, record, terms, exit_info, cpu_seconds, now, fallback)
 
 
