@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import pwd
-import select
 import signal
 import subprocess
 import time
@@ -21,14 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-import pyinotify
-
 from vac import __version__
 from vac.cgroups.layout import CgroupLayout, detect
 from vac.cgroups.machine import CgroupError, Limits, MachineCgroup
 from vac.machine.atomicfile import write_atomic
 from vac.machine.layout import PRIVATE_FILE_MODE, MachinePaths, is_machine_uuid, iter_machine_directories
 from vac.runtimes import image_cache
+from vac.runtimes.change_wait import ChangeWait
 from vac.runtimes.base import (DEFAULT_ENGINE_TIMEOUT_SECONDS, SINGULARITY_ID_PREFIX, ContainerGone, ContainerHandle,
                                ContainerNotStarted, ContainerRequest, ContainerState, ExitInfo,
                                ImageMissing, PayloadPaths, RuntimeUnavailable, StartFailed, Usage, request_labels)
@@ -347,7 +345,7 @@ class SingularityRuntime:
         folder, meta = self._meta(handle.id)
         if self._started_at(folder) is None:
             raise ContainerNotStarted(f"Singularity machine {handle.id} was made but never started")
-        with _EndWatch(folder, self._events_path(meta)) as watch:
+        with ChangeWait((folder, self._events_path(meta))) as watch:
             while True:
                 info = self.exit_status(handle)
                 if info is not None:
@@ -365,7 +363,7 @@ class SingularityRuntime:
 
     def _wait_ended(self, folder: Path, meta: dict, deadline: float) -> bool:
         """Until the payload's processes are gone and its end is recorded (or its launcher is gone too)."""
-        with _EndWatch(folder, self._events_path(meta)) as watch:
+        with ChangeWait((folder, self._events_path(meta))) as watch:
             while True:
                 ended = not self._payload_populated(meta) and (
                     (folder / EXIT_STATUS_FILE).exists() or not self._launcher_alive(folder))
@@ -456,33 +454,3 @@ def _reported_start(stdout: bytes) -> float:
         return float(words[1])
     except (IndexError, ValueError):
         return time.time()
-
-
-class _EndWatch:
-    """inotify on a machine's singularity/ folder (exit_status appears) and its payload's cgroup.events."""
-
-    MASK = pyinotify.IN_MOVED_TO | pyinotify.IN_CLOSE_WRITE | pyinotify.IN_CREATE | pyinotify.IN_MODIFY
-
-    def __init__(self, folder: Path, events_path: Path | None) -> None:
-        self._manager = pyinotify.WatchManager()
-        self._notifier = pyinotify.Notifier(self._manager, default_proc_fun=lambda event: None, timeout=0)
-        for path in (folder, events_path):
-            if path is not None:
-                # quiet: a cgroup gone already simply has nothing to report.
-                self._manager.add_watch(str(path), self.MASK, quiet=True)
-
-    def wait(self, seconds: float) -> None:
-        """Until something changed or `seconds` passed."""
-        ready, _, _ = select.select([self._manager.get_fd()], [], [], max(0.0, seconds))
-        if ready and self._notifier.check_events(timeout=0):
-            self._notifier.read_events()
-            self._notifier.process_events()
-
-    def __enter__(self) -> _EndWatch:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            self._notifier.stop()
-        except OSError as error:
-            log.debug("closing an inotify watch: %s", error)
