@@ -131,6 +131,15 @@ def test_create_kwargs_minimal_with_swap_and_a_test_cvmfs_root():
     }
 
 
+def test_mjf_http_urls_replace_the_paths_in_the_environment_and_the_directories_stay_mounted():
+    urls = {"machinefeatures_url": f"http://172.17.0.1:9713/{UUID}/{'a' * 32}/machinefeatures",
+            "jobfeatures_url": f"http://172.17.0.1:9713/{UUID}/{'a' * 32}/jobfeatures"}
+    kwargs = create_kwargs(make_request(environment=(("MACHINEFEATURES", "/elsewhere"),), **urls))
+    assert kwargs["environment"] == {"MACHINEFEATURES": urls["machinefeatures_url"],
+                                     "JOBFEATURES": urls["jobfeatures_url"], "JOBOUTPUTS": "/var/spool/joboutputs"}
+    assert kwargs["host_config"]["Mounts"] == create_kwargs(make_request())["host_config"]["Mounts"]
+
+
 def test_container_name_replaces_characters_docker_refuses():
     assert container_name(make_request(factory="f1 ex@mple")) == f"vac-f1-ex-mple-03-{UUID}"
 

@@ -40,6 +40,16 @@ def test_apptainer_gets_every_mount_of_the_singularity_column_and_the_environmen
         "/cvmfs/unpacked.cern.ch/lhcb", "/user_data"]
 
 
+def test_mjf_http_urls_go_in_the_environment_and_the_directories_stay_bound():
+    urls = {"machinefeatures_url": f"http://172.17.0.1:9713/{UUID}/{'b' * 32}/machinefeatures",
+            "jobfeatures_url": f"http://172.17.0.1:9713/{UUID}/{'b' * 32}/jobfeatures"}
+    argv = apptainer_argv("/usr/bin/apptainer", request(**urls), "/images/x")
+    assert argv[argv.index("--env"):-2] == [
+        "--env", f"MACHINEFEATURES={urls['machinefeatures_url']}", "--env", f"JOBFEATURES={urls['jobfeatures_url']}",
+        "--env", "JOBOUTPUTS=/tmp/joboutputs"]
+    assert f"{MACHINE}/jobfeatures:/tmp/jobfeatures:ro" in argv
+
+
 def test_a_path_apptainer_would_split_is_refused():
     with pytest.raises(StartFailed, match="':' and ','"):
         apptainer_argv("/usr/bin/apptainer", request(tmp_binds=((MACHINE / "a", "/a:b"),)), "/images/x")

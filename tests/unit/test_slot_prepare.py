@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from vac.machine.layout import MachinePaths
+from vac.machine.mjf_http import FeaturesUrls, read_token
 from vac.machine.prepare import (BadTerms, MachineTerms, container_request, create_directory, files_directory,
                                  prepare_machine, read_terms)
 from vac.runtimes.docker_api import PAYLOAD_PATHS
@@ -76,6 +77,48 @@ def test_the_container_request_carries_the_limits_labels_and_mounts(setup):
         "docker://busybox:latest", "/user_data", 2, 2000 * MIB, 8192)
     assert (request.user_data, request.joboutputs) == (paths.user_data, paths.joboutputs)
     assert request.cvmfs_repositories == ("lhcb.cern.ch",) and request.tmp_binds == tuple(binds)
+
+
+def _mjf_http_terms(setup, base_url="http://172.17.0.1:9713"):
+    terms, state_dir = setup
+    raw = {**terms.raw, "machinetype": {**terms.machinetype, "mjf_http": True},
+           "factory": {**terms.factory, "mjf_http_url": base_url}}
+    if base_url is None:
+        del raw["factory"]["mjf_http_url"]
+    return MachineTerms.from_spec(raw), state_dir
+
+
+def test_an_mjf_http_machine_gets_urls_in_its_user_data_and_environment_and_keeps_its_files(setup):
+    terms, state_dir = _mjf_http_terms(setup)
+    paths = create_directory(terms)
+    prepared = prepare_machine(terms, paths, START + 10, PAYLOAD_PATHS)
+    token = read_token(paths)
+    base = f"http://172.17.0.1:9713/{terms.uuid}/{token}"
+    assert prepared.urls == FeaturesUrls(f"{base}/machinefeatures", f"{base}/jobfeatures")
+    assert f"mjf={base}/machinefeatures {base}/jobfeatures /var/spool/joboutputs\n" in paths.user_data.read_text()
+    assert (paths.jobfeatures / "allocated_cpu").read_text() == "2", "the files are written as ever"
+    request = container_request(terms, paths, list(prepared.tmp_binds), 1, prepared.urls)
+    assert (request.machinefeatures_url, request.jobfeatures_url) == (prepared.urls.machinefeatures,
+                                                                      prepared.urls.jobfeatures)
+    assert request.machinefeatures == paths.machinefeatures, "and still mounted"
+    # Preparing again after a restart gives the same URLs.
+    assert prepare_machine(terms, paths, START + 20, PAYLOAD_PATHS).urls == prepared.urls
+
+
+def test_a_machine_without_mjf_http_gets_paths_and_no_token(setup):
+    terms, state_dir = setup
+    paths = create_directory(terms)
+    prepared = prepare_machine(terms, paths, START + 10, PAYLOAD_PATHS)
+    assert prepared.urls is None and read_token(paths) is None
+    request = container_request(terms, paths, list(prepared.tmp_binds), 1, prepared.urls)
+    assert (request.machinefeatures_url, request.jobfeatures_url) == (None, None)
+
+
+def test_an_mjf_http_machine_whose_terms_name_no_server_is_not_prepared(setup):
+    terms, state_dir = _mjf_http_terms(setup, base_url=None)
+    paths = create_directory(terms)
+    with pytest.raises(BadTerms, match="mjf_http: the terms name no server"):
+        prepare_machine(terms, paths, START + 10, PAYLOAD_PATHS)
 
 
 def test_the_apel_inputs_come_from_the_terms(setup):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from vac.config.model import DEFAULT_VOLUME_GROUP
-from vac.machine import mjf, scratch, userdata, x509_proxy
+from vac.machine import mjf, mjf_http, scratch, userdata, x509_proxy
 from vac.machine.atomicfile import write_atomic
 from vac.machine.layout import PRIVATE_FILE_MODE, MachinePaths, create_machine_directory
 from vac.runtimes.base import ContainerRequest, PayloadPaths
@@ -219,7 +219,21 @@ def mjf_inputs(terms: MachineTerms, start_time: float) -> mjf.MjfInputs:
         machinefeatures_options=dict(terms.factory.get("machinefeatures_options") or {}))
 
 
-def template_values(terms: MachineTerms, payload_paths: PayloadPaths) -> userdata.TemplateValues:
+def features_urls(terms: MachineTerms, paths: MachinePaths) -> mjf_http.FeaturesUrls | None:
+    """The machine's Machine/Job Features URLs if its machinetype sets mjf_http, else None.
+
+    Makes the machine's token the first time. BadTerms if the root gave no server address.
+    """
+    if not terms.machinetype.get("mjf_http"):
+        return None
+    base_url = terms.factory.get("mjf_http_url")
+    if not isinstance(base_url, str) or not base_url.startswith("http://"):
+        raise BadTerms("mjf_http: the terms name no server for Machine/Job Features over HTTP")
+    return mjf_http.features_urls(base_url, terms.uuid, mjf_http.ensure_token(paths))
+
+
+def template_values(terms: MachineTerms, payload_paths: PayloadPaths,
+                    urls: mjf_http.FeaturesUrls | None = None) -> userdata.TemplateValues:
     """The values that fill the user_data template (option files are read here)."""
     root_image = terms.machinetype["root_image"]
     files = dict(terms.machinetype.get("user_data_files") or {})
@@ -227,8 +241,9 @@ def template_values(terms: MachineTerms, payload_paths: PayloadPaths) -> userdat
         space=terms.factory["vac_space"], machinetype=terms.machinetype_name,
         machine_hostname=terms.machine_name, manager_hostname=terms.factory["factory_name"],
         machine_uuid=terms.uuid,
-        # Vac gave Docker containers the paths they see, not URLs of a web server.
-        machinefeatures_url=payload_paths.machinefeatures, jobfeatures_url=payload_paths.jobfeatures,
+        # Vac gave Docker containers the paths they see; mjf_http machinetypes get the URLs.
+        machinefeatures_url=urls.machinefeatures if urls else payload_paths.machinefeatures,
+        jobfeatures_url=urls.jobfeatures if urls else payload_paths.jobfeatures,
         joboutputs_url=payload_paths.joboutputs,
         root_image_url=root_image if userdata.is_http_url(root_image) else None,
         site=terms.factory.get("gocdb_sitename"),
@@ -256,8 +271,8 @@ def proxy_text(terms: MachineTerms, now: float) -> str | None:
 
 
 def container_request(terms: MachineTerms, paths: MachinePaths, tmp_binds: list[tuple[Path, str]],
-                      generation: int) -> ContainerRequest:
-    """The runtime request of the machine's container."""
+                      generation: int, urls: mjf_http.FeaturesUrls | None = None) -> ContainerRequest:
+    """The runtime request of the machine's container; `urls` go in MACHINEFEATURES and JOBFEATURES."""
     pids_limit = terms.factory.get("pids_limit") or DEFAULT_PIDS_PER_PROCESSOR * terms.processors
     return ContainerRequest(
         factory=terms.factory["factory_name"], slot=terms.slot, machine_uuid=terms.uuid,
@@ -269,7 +284,9 @@ def container_request(terms: MachineTerms, paths: MachinePaths, tmp_binds: list[
         user_data=paths.user_data, machinefeatures=paths.machinefeatures, jobfeatures=paths.jobfeatures,
         joboutputs=paths.joboutputs,
         cvmfs_repositories=tuple(terms.machinetype.get("cvmfs_repositories") or ()),
-        tmp_binds=tuple(tmp_binds))
+        tmp_binds=tuple(tmp_binds),
+        machinefeatures_url=urls.machinefeatures if urls else None,
+        jobfeatures_url=urls.jobfeatures if urls else None)
 
 
 def scratch_backend(factory: Mapping[str, Any]) -> scratch.ScratchBackend:
@@ -292,6 +309,8 @@ class PreparedMachine:
     """A machine whose directory, MJF, user_data and scratch exist."""
     paths: MachinePaths
     tmp_binds: tuple[tuple[Path, str], ...]
+    # Its Machine/Job Features URLs (mjf_http), None for paths.
+    urls: mjf_http.FeaturesUrls | None = None
 
 
 def create_directory(terms: MachineTerms) -> MachinePaths:
@@ -311,8 +330,9 @@ def prepare_machine(terms: MachineTerms, paths: MachinePaths, start_time: float,
     machine cannot be prepared; every step may be repeated after a restart.
     """
     mjf.write_mjf(paths, mjf_inputs(terms, start_time))
+    urls = features_urls(terms, paths)
     # The values (and their option files) first: a bad option file fails before any fetch.
-    values = template_values(terms, payload_paths)
+    values = template_values(terms, payload_paths, urls)
     # The proxy before any fetch too: an expired certificate fails the machine at once.
     proxy = proxy_text(terms, start_time)
     values = dataclasses.replace(values, x509_proxy=proxy)
@@ -323,4 +343,4 @@ def prepare_machine(terms: MachineTerms, paths: MachinePaths, start_time: float,
         backend = scratch_backend(terms.factory)
     scratch_dir = backend.create(paths, scratch_bytes(terms), owner)
     binds = scratch.make_tmp_binds(scratch_dir, list(terms.machinetype.get("tmp_binds") or ()), owner)
-    return PreparedMachine(paths, tuple(binds))
+    return PreparedMachine(paths, tuple(binds), urls)

@@ -125,6 +125,10 @@ class ContainerRequest:
     account: str | None = None
     # The machine's scratch area: Singularity's --workdir (Docker binds only tmp_binds from it).
     scratch: Path | None = None
+    # What MACHINEFEATURES and JOBFEATURES say when they are http URLs (mjf_http);
+    # None: the paths the directories are mounted at, which they are either way.
+    machinefeatures_url: str | None = None
+    jobfeatures_url: str | None = None
 
     def __post_init__(self):
         if self.slot < 0:

@@ -76,9 +76,13 @@ def mount_json(mount: Mount) -> dict:
 
 
 def container_environment(request: ContainerRequest) -> dict[str, str]:
-    """The request's environment plus the three MJF variables, which always win."""
+    """The request's environment plus the three MJF variables, which always win.
+
+    MACHINEFEATURES and JOBFEATURES are the request's URLs when it has them (mjf_http).
+    """
     environment = dict(request.environment)
-    environment.update(MACHINEFEATURES=MACHINEFEATURES_PATH, JOBFEATURES=JOBFEATURES_PATH,
+    environment.update(MACHINEFEATURES=request.machinefeatures_url or MACHINEFEATURES_PATH,
+                       JOBFEATURES=request.jobfeatures_url or JOBFEATURES_PATH,
                        JOBOUTPUTS=JOBOUTPUTS_PATH)
     return environment
 

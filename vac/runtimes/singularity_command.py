@@ -66,7 +66,9 @@ def apptainer_argv(executable: str, request: ContainerRequest, image: str) -> li
         argv += bind(path, f"/cvmfs/{repository}", True)
     for host_dir, container_path in request.tmp_binds:
         argv += bind(host_dir, container_path, False)
-    environment = [("MACHINEFEATURES", PAYLOAD_PATHS.machinefeatures), ("JOBFEATURES", PAYLOAD_PATHS.jobfeatures),
+    # The machine shares the host's network: mjf_http URLs reach the mjf child as they do from Docker.
+    environment = [("MACHINEFEATURES", request.machinefeatures_url or PAYLOAD_PATHS.machinefeatures),
+                   ("JOBFEATURES", request.jobfeatures_url or PAYLOAD_PATHS.jobfeatures),
                    ("JOBOUTPUTS", PAYLOAD_PATHS.joboutputs), *request.environment]
     for key, value in environment:
         argv += ["--env", f"{key}={value}"]

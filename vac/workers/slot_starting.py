@@ -87,7 +87,8 @@ class StartingSteps:
             self._finish(None)
             return
         try:
-            m.request = container_request(m.terms, m.paths, list(result.value.tmp_binds), FIRST_GENERATION)
+            m.request = container_request(m.terms, m.paths, list(result.value.tmp_binds), FIRST_GENERATION,
+                                          result.value.urls)
         except ValueError as error:
             self._fail_to_start(str(error))
             return
