@@ -32,7 +32,8 @@ def test_a_machine_runs_through_every_state_and_ends_with_its_message(world):
     state, detail = world.reports[-1]
     assert detail == {"slot": SLOT, "error": None, "machine": {
         "uuid": spec["uuid"], "machinetype": "busy-test", "processors": 1, "started_at": world.clock(),
-        "shutdown_at": spec["shutdown_at"], "superslot": 7, "container_id": container_id}}
+        "shutdown_at": spec["shutdown_at"], "superslot": 7, "container_id": container_id,
+        "created_at": world.clock(), "cpu_seconds": None, "heartbeat_at": None}}
     labels = world.runtime.containers[container_id].labels
     assert labels == {"vac.factory": FACTORY, "vac.slot": str(SLOT), "vac.machine": spec["uuid"],
                       "vac.machinetype": "busy-test", "vac.generation": "1", "vac.machine_name": "f1-03.example.com"}
@@ -194,6 +195,22 @@ def test_cpu_time_is_sampled_while_running_and_accounted_after_exit(world):
     [record_file] = world.apel_files()
     assert "CpuDuration: 42\n" in record_file.read_text()
     assert f"LocalJobId: {spec['uuid']}\n" in record_file.read_text()
+
+
+def test_the_root_hears_a_running_machines_cpu_time_once_it_reaches_the_record(world):
+    # The space's machines queries are answered with it, so it must reach the
+    # root; once a minute, with the record, not with every sample.
+    world.boot()
+    world.place()
+    world.runtime.cpu[world.container_id()] = 42.5
+    reports = len(world.reports)
+    world.tick_at(world.clock() + 2)
+    world.slot.on_jobs([world.jobs.take("stats")])
+    assert len(world.reports) == reports, "a sample alone is not reported"
+    world.tick_at(world.clock() + 61)
+    world.slot.on_jobs([world.jobs.take("stats")])
+    machine = world.reports[-1][1]["machine"]
+    assert machine["cpu_seconds"] == 42.5 and machine["heartbeat_at"] is not None
 
 
 def test_a_machine_shorter_than_fizzle_seconds_gets_no_accounting_record(world):

@@ -57,7 +57,12 @@ class Machine:
         return self.terms.placed_at if self.terms is not None else 0.0
 
     def summary(self) -> dict:
-        """The machine as StateReport.detail["machine"] shows it."""
+        """The machine as StateReport.detail["machine"] shows it.
+
+        Its CPU time and last sign of life are those last written to its record
+        (once a minute while it runs), so they cost the root one report a minute.
+        """
+        record = self.record
         return {
             "uuid": self.uuid,
             "machinetype": self.machinetype,
@@ -66,4 +71,7 @@ class Machine:
             "shutdown_at": int(self.shutdown_at),
             "superslot": self.terms.superslot if self.terms is not None else UNKNOWN_SUPERSLOT,
             "container_id": self.handle.id if self.handle is not None else None,
+            "created_at": float(record.created) if record is not None else self.started_at,
+            "cpu_seconds": record.cpu_seconds if record is not None else None,
+            "heartbeat_at": record.last_seen if record is not None else None,
         }

@@ -109,6 +109,8 @@ class RunningSteps:
             m.cpu_saved_at = now
             m.record = dataclasses.replace(m.record, cpu_seconds=m.cpu_seconds)
             self._save_record(m)
+            # The root answers the space's machines queries with it.
+            self._report()
 
     def _check_limits(self, m: Machine, now: float) -> None:
         if slot_rules.wall_limit_reached(now, m.shutdown_at):
