@@ -7,6 +7,7 @@ through JoboutputsDirectory, which never follows the container's symlinks.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pyinotify
@@ -20,44 +21,80 @@ WATCH_FLAGS = pyinotify.IN_DONT_FOLLOW | pyinotify.IN_ONLYDIR
 ANY_NAME = "*"
 
 
+class _SlotInotify:
+    """One inotify instance per process, shared by its watches and told apart by watch descriptor.
+
+    Making a pyinotify WatchManager looks for libc with ldconfig (about 13 ms
+    of CPU): a slot worker makes one, not one per machine.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.manager = pyinotify.WatchManager()
+        self.notifier = pyinotify.Notifier(self.manager, default_proc_fun=self._event, timeout=0)
+        self.watches: dict[int, JoboutputsWatch] = {}
+
+    def _event(self, event) -> None:
+        if event.mask & pyinotify.IN_Q_OVERFLOW:
+            # Events were lost: every name of every watch may have changed.
+            for watch in self.watches.values():
+                watch.note(ANY_NAME)
+            return
+        watch = self.watches.get(event.wd)
+        if watch is not None and event.name:
+            watch.note(event.name)
+
+    def pump(self) -> None:
+        """Hand out what is pending, without waiting."""
+        if self.notifier.check_events(timeout=0):
+            self.notifier.read_events()
+            self.notifier.process_events()
+
+
+_shared: _SlotInotify | None = None
+
+
+def _slot_inotify() -> _SlotInotify:
+    global _shared
+    # A forked child (a job of the slot) must not read its parent's events.
+    if _shared is None or _shared.pid != os.getpid():
+        _shared = _SlotInotify()
+    return _shared
+
+
 class JoboutputsWatch:
     """inotify on one joboutputs directory; select on fileno(), then call changed()."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._names: set[str] = set()
-        self._manager = pyinotify.WatchManager()
-        self._notifier = pyinotify.Notifier(self._manager, default_proc_fun=self._event, timeout=0)
+        self._inotify = _slot_inotify()
         try:
-            self._manager.add_watch(str(self.path), MASK | WATCH_FLAGS, quiet=False)
+            added = self._inotify.manager.add_watch(str(self.path), MASK | WATCH_FLAGS, quiet=False)
         except pyinotify.WatchManagerError as error:
-            self.close()
             raise OSError(f"cannot watch {self.path}: {error}") from error
+        self._wd = added[str(self.path)]
+        self._inotify.watches[self._wd] = self
 
     def fileno(self) -> int:
-        return self._manager.get_fd()
+        return self._inotify.manager.get_fd()
 
-    def _event(self, event) -> None:
-        if event.mask & pyinotify.IN_Q_OVERFLOW:
-            # Events were lost: every name may have changed.
-            self._names.add(ANY_NAME)
-        elif event.name:
-            self._names.add(event.name)
+    def note(self, name: str) -> None:
+        self._names.add(name)
 
     def changed(self) -> set[str]:
         """Names changed since the last call ('*' if events were lost); reads only what is pending."""
-        if self._notifier.check_events(timeout=0):
-            self._notifier.read_events()
-            self._notifier.process_events()
+        self._inotify.pump()
         names, self._names = self._names, set()
         return names
 
     def close(self) -> None:
         """Stop watching (idempotent)."""
-        if self._notifier is not None:
-            try:
-                self._notifier.stop()
-            except OSError as error:
-                log.debug("closing the inotify watch of %s: %s", self.path, error)
-            self._notifier = None
-
+        if self._wd is None:
+            return
+        self._inotify.watches.pop(self._wd, None)
+        try:
+            self._inotify.manager.rm_watch(self._wd, quiet=True)
+        except OSError as error:
+            log.debug("removing the inotify watch of %s: %s", self.path, error)
+        self._wd = None
