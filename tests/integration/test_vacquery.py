@@ -19,6 +19,8 @@ udp_timeout_seconds = 1
 total_processors = 2
 heartbeat_timeout_seconds = 20
 draining = {draining}
+# Placements must not wait for the load of whatever else the test host runs.
+overload_per_processor = 1000
 
 [machinetype alpha]
 machine_model = docker
@@ -212,3 +214,56 @@ def test_vacd_answers_machinetypes_queries_in_every_form_with_every_field(tmp_pa
             assert answer["message_type"] == "machinetype_status" and answer["cookie"] == f"c0ffee{i}"
             assert answer["num_machinetypes"] == 2 and answer["bytes_per_processor"] == 2048 * 2**20
             assert answer["max_processors"] == 1 and answer["running_processors"] == answer["running_cpus"] == 0
+
+
+# Every field of machine_status and factory_status (INTERFACES.md section 9), and the type each has.
+MACHINE_STATUS_FIELDS = {
+    "message_type": str, "vac_version": str, "daemon_version": str, "vacquery_version": str, "cookie": str,
+    "space": str, "factory": str, "time_sent": int, "site": str, "num_machines": int, "machine": str, "state": str,
+    "machine_model": (str, type(None)), "uuid": (str, type(None)), "created_time": (int, type(None)),
+    "started_time": (int, type(None)), "heartbeat_time": (int, type(None)), "num_cpus": (int, type(None)),
+    "num_processors": (int, type(None)), "cpu_seconds": (int, float), "cpu_percentage": (int, float),
+    "hs06": (int, float, type(None)), "machinetype": (str, type(None)), "shutdown_message": (str, type(None)),
+    "shutdown_time": (int, type(None))}
+FACTORY_STATUS_FIELDS = {
+    "message_type": str, "vac_version": str, "daemon_version": str, "vacquery_version": str, "cookie": str,
+    "space": str, "factory": str, "time_sent": int, "site": str,
+    **{name: int for name in (
+        "running_cpus", "running_processors", "running_machines", "max_cpus", "max_processors", "max_machines",
+        "total_cpus", "total_machines", "root_disk_avail_kb", "root_disk_avail_inodes", "vac_disk_avail_kb",
+        "vac_disk_avail_inodes", "daemon_disk_avail_kb", "daemon_disk_avail_inodes", "boot_time",
+        "factory_heartbeat_time", "responder_heartbeat_time", "swap_used_kb", "swap_free_kb", "mem_used_kb",
+        "mem_total_kb")},
+    "running_hs06": (int, float), "max_hs06": (int, float), "total_hs06": (int, float),
+    "load_average": (int, float), "kernel_version": str, "os_issue": str}
+
+
+def test_vacd_answers_machines_and_factory_queries_in_every_form_with_every_field(tmp_path, daemon_factory):  # noqa: F811
+    port = free_udp_port()
+    config = tmp_path / "vac.conf"
+    config.write_text(CONFIG.format(space=SPACE, peer_port=free_udp_port(), port=port, draining="yes"))
+    daemon = daemon_factory(config)
+    daemon.wait_log("vacquery: answering on 127.0.0.1")
+    forms = [("machines", {"message_type": "machines_query"}), ("machines", {"method": "machines"}),
+             ("machines", {"method": "machines", "message_type": "machines_query"}),
+             ("factories", {"message_type": "factory_query"}), ("factories", {"method": "factories"}),
+             ("factories", {"method": "factories", "message_type": "factory_query"})]
+    for i, (kind, form) in enumerate(forms):
+        query = dict(form, vac_version="Vac 03.01 -", vacquery_version="VacQuery 01.03", space=SPACE,
+                     cookie=f"c0ffee{i}")
+        fields = MACHINE_STATUS_FIELDS if kind == "machines" else FACTORY_STATUS_FIELDS
+        answers = ask(port, query, 2 if kind == "machines" else 1)
+        for answer in answers:
+            assert set(answer) == set(fields), form
+            for field, type_ in fields.items():
+                assert isinstance(answer[field], type_) and not isinstance(answer[field], bool), (form, field)
+            assert answer["cookie"] == f"c0ffee{i}" and answer["factory"] == "f1.vac-test.example.org"
+        if kind == "machines":
+            assert sorted(a["machine"] for a in answers) == ["f1-00.vac-test.example.org",
+                                                             "f1-01.vac-test.example.org"]
+            assert {(a["state"], a["num_machines"]) for a in answers} == {("Shut down", 2)}
+        else:
+            (factory,) = answers
+            assert (factory["max_processors"], factory["running_processors"], factory["max_hs06"]) == (2, 0, 2.0)
+            assert factory["mem_total_kb"] > 0 and factory["daemon_disk_avail_kb"] > 0
+            assert abs(factory["factory_heartbeat_time"] - time.time()) < 60

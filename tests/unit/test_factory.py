@@ -365,6 +365,37 @@ def test_space_answers_count_until_stale_and_vacquery_hears_local_changes(tmp_pa
     assert factory.space_hs06() == {}, "an answer that old no longer counts"
 
 
+def test_vacquery_gets_every_slot_and_the_factory_to_answer_with_and_hears_from_the_root_twice_a_minute(
+        tmp_path, clock):
+    extra = "hs06_per_processor = 10\nvacmon_hostport = vacmon.example.org:8884\n"
+    factory = make_factory(config_file(tmp_path, processors=2, extra=extra), clock)
+    sent = lambda: [msg for child, msg in factory.tick(False) if child == "vacquery"]  # noqa: E731
+    factory.on_message("vacquery", messages.StateReport(child_id="vacquery", state="waiting", detail={}))
+    report_idle(factory, range(2))
+    report_running(factory, 0, {"uuid": "u1", "machinetype": "work", "processors": 1, "started_at": clock.now - 100,
+                                "shutdown_at": int(clock.now) + 3500, "superslot": 1, "container_id": "c",
+                                "created_at": clock.now - 110, "cpu_seconds": 90.0, "heartbeat_at": clock.now - 5})
+    (first,) = sent()
+    assert [(m["machine"], m["state"], m["uuid"], m["cpu_seconds"]) for m in first.machines] == [
+        ("f1-00.example.com", "Running", "u1", 90.0), ("f1-01.example.com", "Shut down", None, 0.0)]
+    assert (first.factory["running_processors"], first.factory["running_hs06"], first.factory["max_processors"],
+            first.factory["max_hs06"]) == (1, 10.0, 2, 20.0)
+    assert first.vacmon == ["vacmon.example.org:8884"] and first.made_at == clock.now
+    clock.now += 10
+    assert sent() == [], "nothing changed"
+    clock.now += 25
+    (again,) = sent()
+    assert again.made_at == clock.now and again.machines == first.machines, "its heartbeat for factory_status"
+    # A machine ends: the slot tells of it, its machinetype of the abort.
+    factory.on_message("slot-00", messages.MachineFinished(
+        uuid="u1", machinetype="work", started_at=clock.now - 135, ended_at=clock.now, code=300,
+        text="Nothing to do", processors=1, cpu_seconds=120.0))
+    report_idle(factory, [0])
+    (ended,) = sent()
+    assert (ended.machines[0]["state"], ended.machines[0]["shutdown_message"]) == ("Shut down", "300 Nothing to do")
+    assert {s["machinetype"]: s["shutdown_message"] for s in ended.statuses}["work"] == "300 Nothing to do"
+
+
 def test_the_reaper_learns_with_each_live_set_whether_to_write_apel_sync_records(tmp_path, clock):
     site = "gocdb_sitename = UKI-EXAMPLE\n"
     factory = make_factory(config_file(tmp_path, processors=1, extra=site), clock)

@@ -1,5 +1,6 @@
 """Typed messages: every one round-trips; a confused peer gets a clean error (vac.ipc.messages)."""
 
+import dataclasses
 import types
 import typing
 
@@ -12,9 +13,12 @@ from vac.config.model import Machinetype
 from vac.ipc import messages
 from vac.ipc.framing import FrameDecoder, IpcError, encode_frame
 from vac.ipc.messages import (
-    PROTOCOL_VERSION, Heartbeat, MalformedMessage, PipeMachinetypes, Ready, StateReport, Stop,
+    PROTOCOL_VERSION, Heartbeat, LocalStatus, MalformedMessage, PipeMachinetypes, Ready, StateReport, Stop,
     UnknownMessage, decode, encode,
 )
+from vac.space.factory_status import FactoryStatus
+from vac.space.machine_status import MachineStatus
+from vac.space.protocol import MachinetypeStatus
 
 NoneType = type(None)
 SAMPLE_VALUES = {str: "lhcb-dc-prod", int: 4242, float: 7985.5, bool: True, bytes: b"\x00raw",
@@ -34,7 +38,19 @@ PIPE_MACHINETYPE = to_plain(Machinetype(
     name="lhcb-prod", machine_model="docker", root_image="docker://lhcb/pilot:1",
     user_data="https://lhcb.example.org/user_data", machinegroup="lhcb-prod",
     files_name="lhcb", pipe="lhcb"))
+LOCAL_MACHINETYPE = dataclasses.asdict(MachinetypeStatus(
+    factory="f1.example.org", machinetype="lhcb-prod", num_machinetypes=1, running_hs06=10.0, running_machines=1,
+    running_processors=1, num_before_fizzle=0, shutdown_message="300 Nothing to do", shutdown_time=1_800_000_000))
+LOCAL_MACHINE = dataclasses.asdict(MachineStatus(
+    factory="f1.example.org", num_machines=1, machine="f1-00.example.org", state="Running", uuid="u",
+    num_processors=1, cpu_seconds=12.5, hs06=10.0, machinetype="lhcb-prod"))
+LOCAL_FACTORY = dataclasses.asdict(FactoryStatus(factory="f1.example.org", running_processors=1, max_processors=8))
 CHECKED_EXAMPLES = {
+    LocalStatus: [
+        LocalStatus(statuses=[LOCAL_MACHINETYPE], machines=[LOCAL_MACHINE], factory=LOCAL_FACTORY,
+                    vacmon=["vacmon.example.org:8884"], made_at=1_800_000_000.5),
+        LocalStatus(statuses=[], machines=[], factory=LOCAL_FACTORY, vacmon=[], made_at=0.0),
+    ],
     PipeMachinetypes: [
         PipeMachinetypes(prefix="lhcb", url="https://lhcb.example.org/p", usable=True,
                          machinetypes=[PIPE_MACHINETYPE], problems=["one"], problems_total=3,
@@ -265,3 +281,22 @@ def test_an_error_about_a_huge_value_shows_only_its_start():
     with pytest.raises(MalformedMessage) as refused:
         decode([PROTOCOL_VERSION, "ready", {"child_id": "x", "pid": "9" * 100_000}])
     assert len(str(refused.value)) < 300
+
+
+@pytest.mark.parametrize("change", [
+    {"statuses": [dict(LOCAL_MACHINETYPE, running_hs06="10")]},
+    {"statuses": [dict(LOCAL_MACHINETYPE, surprise=1)]},
+    {"statuses": [LOCAL_MACHINETYPE] * 1001},
+    {"machines": [dict(LOCAL_MACHINE, num_processors=-1)]},
+    {"machines": [dict(LOCAL_MACHINE, state="x" * 2000)]},
+    {"machines": [LOCAL_MACHINE] * 65},
+    {"factory": dict(LOCAL_FACTORY, running_hs06=float("inf"))},
+    {"factory": {"factory": "f1.example.org"}},
+    {"vacmon": [7]},
+    {"made_at": float("nan")},
+], ids=repr)
+def test_what_vacquery_answers_the_space_with_is_checked_field_by_field(change):
+    # vacquery sends these to other factories: one the root could not have meant is refused.
+    version, tag, fields = encode(CHECKED_EXAMPLES[LocalStatus][0])
+    with pytest.raises(MalformedMessage, match="local_status"):
+        decode([version, tag, {**fields, **change}])

@@ -2,13 +2,16 @@
 
 from types import SimpleNamespace
 
-from vac.space.status import STALE_SECONDS, local_statuses, space_hs06
+from vac.space.factory_status import FactoryStatus
+from vac.space.machine_status import MachineStatus
+from vac.space.protocol import MAX_ANSWER_DATAGRAMS
+from vac.space.status import STALE_SECONDS, local_factory, local_machines, local_statuses, space_hs06
 
 NOW = 1_800_000_000.0
 TYPES = {"alpha": SimpleNamespace(fizzle_seconds=600, accounting_fqan="/alpha/Role=pilot", max_wallclock_seconds=3600,
-                                  max_processors=4),
+                                  max_processors=4, machine_model="docker"),
          "beta": SimpleNamespace(fizzle_seconds=60, accounting_fqan=None, max_wallclock_seconds=7200,
-                                 max_processors=1)}
+                                 max_processors=1, machine_model="singularity")}
 
 
 def machine(machinetype, processors, started_at):
@@ -51,3 +54,58 @@ def test_space_hs06_sums_fresh_answers_of_other_factories():
         "f1": {"answered_at": NOW, "machinetypes": {"alpha": {"running_hs06": 1000.0}}},
     }
     assert space_hs06(answers, now=NOW, exclude=("f1",)) == {"alpha": 25.0, "gamma": 7.0}
+
+
+def test_a_machine_that_ended_silently_before_fizzle_is_told_as_vacs_300():
+    outcomes = [{"machinetype": "beta", "code": None, "text": "", "started_at": NOW - 30, "ended_at": NOW - 5,
+                 "machine_name": "f1-01.example.org"},
+                {"machinetype": "alpha", "code": None, "text": "", "started_at": NOW - 5000, "ended_at": NOW - 5,
+                 "machine_name": "f1-02.example.org"}]
+    alpha, beta = local_statuses(factory_name="f1.example.org", machinetypes=TYPES, machines=[], outcomes=outcomes,
+                                 hs06_per_processor=1.0, bytes_per_processor=2**30, now=NOW)
+    assert beta.shutdown_message == "300 Vac detects fizzle after 25 seconds" and beta.shutdown_time == int(NOW - 5)
+    assert alpha.shutdown_message is None, "one that ran past fizzle_seconds just ended"
+
+
+def slot(number, state, machine=None):
+    return {"slot": number, "name": f"f1-{number:02d}.example.org", "state": state, "machine": machine}
+
+
+def test_each_slot_is_one_machine_status_as_vac_answers_it():
+    running = {"uuid": "u1", "machinetype": "alpha", "processors": 2, "started_at": NOW - 100, "created_at": NOW - 130,
+               "cpu_seconds": 150.0, "heartbeat_at": NOW - 10, "shutdown_at": NOW + 3600}
+    starting = {"uuid": "u2", "machinetype": "beta", "processors": 1, "started_at": NOW - 2}
+    outcomes = {2: {"machine": "u0", "machinetype": "beta", "code": 300, "text": "Nothing to do",
+                    "started_at": NOW - 500, "ended_at": NOW - 400, "processors": 1, "cpu_seconds": 50.0}}
+    statuses = local_machines(factory_name="f1.example.org", slots=[
+        slot(0, "running", running), slot(1, "starting", starting), slot(2, "idle"), slot(3, "idle")],
+        outcomes=outcomes, machinetypes=TYPES, hs06_per_processor=10.0)
+    common = {"factory": "f1.example.org", "num_machines": 4}
+    assert statuses == [
+        MachineStatus(**common, machine="f1-00.example.org", state="Running", machine_model="docker", uuid="u1",
+                      created_time=int(NOW - 130), started_time=int(NOW - 100), heartbeat_time=int(NOW - 10),
+                      num_processors=2, cpu_seconds=150.0, cpu_percentage=166.67, hs06=20.0, machinetype="alpha",
+                      fqan="/alpha/Role=pilot"),
+        MachineStatus(**common, machine="f1-01.example.org", state="Starting", machine_model="singularity",
+                      uuid="u2", created_time=int(NOW - 2), started_time=int(NOW - 2), num_processors=1, hs06=10.0,
+                      machinetype="beta"),
+        # An empty slot tells of the last machine it held, as Vac's do.
+        MachineStatus(**common, machine="f1-02.example.org", state="Shut down", machine_model="singularity",
+                      uuid="u0", started_time=int(NOW - 500), heartbeat_time=int(NOW - 400), num_processors=1,
+                      cpu_seconds=50.0, cpu_percentage=50.0, hs06=10.0, machinetype="beta",
+                      shutdown_message="300 Nothing to do", shutdown_time=int(NOW - 400)),
+        MachineStatus(**common, machine="f1-03.example.org", state="Shut down")]
+
+
+def test_only_the_first_slots_up_to_the_answer_cap_are_told():
+    statuses = local_machines(factory_name="f1.example.org", slots=[slot(n, "idle") for n in range(100)],
+                              outcomes={}, machinetypes=TYPES, hs06_per_processor=1.0)
+    assert len(statuses) == MAX_ANSWER_DATAGRAMS and {s.num_machines for s in statuses} == {MAX_ANSWER_DATAGRAMS}
+
+
+def test_the_factory_status_counts_what_runs_and_what_could():
+    machines = [(0, machine("alpha", 2, NOW)), (1, machine("beta", 4, NOW))]
+    assert local_factory(factory_name="f1.example.org", machines=machines, total_processors=8,
+                         hs06_per_processor=10.0) == FactoryStatus(
+        factory="f1.example.org", running_processors=6, running_machines=2, running_hs06=60.0, max_processors=8,
+        max_machines=8, max_hs06=80.0)

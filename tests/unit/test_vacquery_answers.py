@@ -6,8 +6,11 @@ import logging
 import pytest
 
 from vac.space import protocol
+from vac.space.factory_status import FactoryStatus
+from vac.space.machine_status import MachineStatus
 from vac.space.protocol import MachinetypeStatus
 from vac.workers import vacquery
+from vac.workers.space_responder import LocalAnswers
 
 SPACE = "vac01.example.org"
 
@@ -68,10 +71,22 @@ def statuses(count):
             for i in range(count)]
 
 
+def machines(count):
+    return [MachineStatus(factory="f1.example.org", num_machines=count, machine=f"f1-{i:02d}.example.org",
+                          state="Shut down") for i in range(count)]
+
+
+def local(machinetypes=2, slots=2):
+    return LocalAnswers(machinetypes=tuple(statuses(machinetypes)), machines=tuple(machines(slots)),
+                        factory=FactoryStatus(factory="f1.example.org", running_processors=3, running_machines=2,
+                                              running_hs06=30.0, max_processors=8, max_machines=8, max_hs06=80.0),
+                        made_at=1_800_000_000.0)
+
+
 def test_queries_in_every_form_are_answered_within_the_caps(node):
     node.sock.close()
     node.sock = Recorder()
-    node.local = statuses(vacquery.MAX_ANSWER_DATAGRAMS_PER_QUERY + 6)
+    node.responder.local = local(machinetypes=vacquery.MAX_ANSWER_DATAGRAMS_PER_QUERY + 6)
     for i, query in enumerate([{"message_type": "machinetypes_query"}, {"method": "machinetypes"},
                                {"method": "machinetypes", "message_type": "machinetypes_query"}]):
         node.sock.sent = []
@@ -93,3 +108,56 @@ def test_queries_in_every_form_are_answered_within_the_caps(node):
     node._on_datagram(json.dumps({"method": "machinetypes", "space": SPACE, "cookie": "y"}).encode(),
                       ("203.0.113.1", 995), 21.0)
     assert len(node.sock.sent) == before + vacquery.MAX_ANSWER_DATAGRAMS_PER_QUERY
+
+
+def test_machines_and_factory_queries_in_every_form_are_answered_with_every_field(node):
+    node.sock.close()
+    node.sock = Recorder()
+    node.responder.local = local(slots=3)
+    node.responder.host_figures = lambda: {"load_average": 1.5, "kernel_version": "6.1.0", "mem_total_kb": 1000,
+                                           "daemon_disk_avail_kb": 5}
+    forms = [({"message_type": "machines_query"}, "machine_status", 3),
+             ({"method": "machines"}, "machine_status", 3),
+             ({"message_type": "machines_query", "method": "machines"}, "machine_status", 3),
+             ({"message_type": "factory_query"}, "factory_status", 1), ({"method": "factories"}, "factory_status", 1),
+             ({"message_type": "factory_query", "method": "factories"}, "factory_status", 1)]
+    for i, (form, kind, count) in enumerate(forms):
+        node.sock.sent = []
+        node._on_datagram(json.dumps(dict(form, space=SPACE, cookie=f"c{i}")).encode(), (f"192.0.2.{i}", 995), 10.0)
+        assert [m["message_type"] for m, _ in node.sock.sent] == [kind] * count, form
+        assert {m["cookie"] for m, _ in node.sock.sent} == {f"c{i}"}
+    node.sock.sent = []
+    node._on_datagram(json.dumps({"method": "machines", "space": SPACE, "cookie": "m"}).encode(),
+                      ("192.0.2.50", 995), 11.0)
+    machine = node.sock.sent[0][0]
+    assert machine["num_machines"] == 3 and machine["machine"] == "f1-00.example.org"
+    assert machine["state"] == "Shut down" and machine["num_cpus"] == machine["num_processors"]
+    node.sock.sent = []
+    node._on_datagram(json.dumps({"method": "factories", "space": SPACE, "cookie": "f"}).encode(),
+                      ("192.0.2.51", 995), 11.0)
+    factory = node.sock.sent[0][0]
+    assert (factory["running_processors"], factory["running_cpus"], factory["max_processors"],
+            factory["total_cpus"], factory["max_hs06"], factory["total_hs06"]) == (3, 3, 8, 8, 80.0, 80.0)
+    assert (factory["load_average"], factory["kernel_version"], factory["mem_total_kb"]) == (1.5, "6.1.0", 1000)
+    assert factory["daemon_disk_avail_kb"] == factory["vac_disk_avail_kb"] == 5
+    assert factory["factory_heartbeat_time"] == 1_800_000_000 and factory["swap_used_kb"] == 0
+
+
+def test_a_factory_with_more_slots_than_the_cap_answers_with_the_first_and_says_so(node):
+    node.sock.close()
+    node.sock = Recorder()
+    # The root sends at most the cap (LocalStatus refuses more), numbering them so.
+    node.responder.local = local(slots=vacquery.MAX_ANSWER_DATAGRAMS_PER_QUERY)
+    node._on_datagram(json.dumps({"message_type": "machines_query", "space": SPACE, "cookie": "c"}).encode(),
+                      ("192.0.2.1", 995), 10.0)
+    assert len(node.sock.sent) == vacquery.MAX_ANSWER_DATAGRAMS_PER_QUERY
+    assert {m["num_machines"] for m, _ in node.sock.sent} == {vacquery.MAX_ANSWER_DATAGRAMS_PER_QUERY}
+
+
+def test_nothing_is_answered_before_the_root_has_said_what_runs_here(node):
+    node.sock.close()
+    node.sock = Recorder()
+    for kind in ("machinetypes_query", "machines_query", "factory_query"):
+        node._on_datagram(json.dumps({"message_type": kind, "space": SPACE, "cookie": "c"}).encode(),
+                          ("192.0.2.1", 995), 10.0)
+    assert node.sock.sent == []

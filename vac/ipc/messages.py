@@ -15,6 +15,9 @@ import typing
 from vac.config import plain
 from vac.config.values import BadValue
 from vac.ipc.framing import IpcError, Unencodable
+from vac.space import protocol
+from vac.space.factory_status import FactoryStatus
+from vac.space.machine_status import MachineStatus
 
 PROTOCOL_VERSION = 1
 
@@ -278,10 +281,44 @@ class Repositories:
     names: list
 
 
+# Most VacMon destinations vacquery sends to (Vac's vacmon_hostport lists one or two).
+MAX_VACMONS = 16
+
+
 @message("local_status")
 class LocalStatus:
-    """Root to vacquery: what this factory runs per machinetype, [MachinetypeStatus as a map]."""
+    """Root to vacquery: what this factory answers the space with, as of `made_at` (its wall clock).
+
+    statuses: [MachinetypeStatus as a map], one per machinetype; machines:
+    [MachineStatus as a map], one per slot (at most the answer's cap);
+    factory: FactoryStatus as a map, without the host's figures (vacquery
+    reads those); vacmon: the "host:port" destinations of VacMon.
+    """
     statuses: list
+    machines: list
+    factory: dict
+    vacmon: list
+    made_at: float
+
+    def __post_init__(self):
+        # vacquery answers other factories with these: each is rebuilt field by
+        # field, so a status the root could not have meant fails here, not in a datagram.
+        try:
+            if len(self.statuses) > protocol.MAX_MACHINETYPES or len(self.machines) > protocol.MAX_ANSWER_DATAGRAMS:
+                raise ValueError(f"{len(self.statuses)} machinetypes and {len(self.machines)} machines, more "
+                                 f"than {protocol.MAX_MACHINETYPES} and {protocol.MAX_ANSWER_DATAGRAMS}")
+            for status in self.statuses:
+                protocol.from_plain(protocol.MachinetypeStatus, status)
+            for status in self.machines:
+                protocol.from_plain(MachineStatus, status)
+            protocol.from_plain(FactoryStatus, self.factory)
+            if len(self.vacmon) > MAX_VACMONS or not all(
+                    isinstance(hostport, str) and 0 < len(hostport) <= 260 for hostport in self.vacmon):
+                raise ValueError(f"vacmon is not a list of at most {MAX_VACMONS} host:port texts")
+            if not math.isfinite(self.made_at):
+                raise ValueError("made_at is not a finite time")
+        except ValueError as error:
+            raise MalformedMessage(f"local_status: {error}") from None
 
 
 @message("space_status")

@@ -1,18 +1,107 @@
 """What this factory tells the space, and what the space adds to its scores (pure).
 
-local_statuses() turns the root's slot table and last outcomes into the
-machinetype_status answers; space_hs06() sums what the other factories
-answered recently into the HS06 the scheduler adds per machinetype.
+local_statuses(), local_machines() and local_factory() turn the root's slot
+table and last outcomes into the machinetype_status, machine_status and
+factory_status answers; space_hs06() sums what the other factories answered
+recently into the HS06 the scheduler adds per machinetype.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from vac.space.protocol import MachinetypeStatus
+from vac.space import machine_status
+from vac.space.factory_status import FactoryStatus
+from vac.space.machine_status import MachineStatus
+from vac.space.protocol import MAX_ANSWER_DATAGRAMS, MachinetypeStatus, clip
 
 # A factory that has not answered for this long no longer counts.
 STALE_SECONDS = 150.0
+# Vac's default, for a machinetype no longer configured.
+DEFAULT_FIZZLE_SECONDS = 600
+# The vocabulary's slot states as Vac names the state of a slot's machine.
+_VAC_STATES = {"preparing": machine_status.STARTING, "starting": machine_status.STARTING,
+               "running": machine_status.RUNNING, "stopping": machine_status.RUNNING,
+               "finishing": machine_status.SHUT_DOWN, "cleaning": machine_status.SHUT_DOWN,
+               "idle": machine_status.SHUT_DOWN}
+
+
+def shutdown_message(outcome: Mapping, fizzle_seconds: float) -> str | None:
+    """How a finished machine's end is told to the space: its shutdown_message, or
+    Vac's 300 for a machine that ended without one before fizzle_seconds."""
+    if outcome.get("code") is not None:
+        return clip(f"{outcome['code']} {outcome['text']}")
+    started_at = outcome.get("started_at")
+    if started_at is not None and outcome["ended_at"] - started_at < fizzle_seconds:
+        return f"300 Vac detects fizzle after {int(outcome['ended_at'] - started_at)} seconds"
+    return None
+
+
+def local_machines(*, factory_name: str, slots: Iterable[Mapping], outcomes: Mapping[int, Mapping],
+                   machinetypes: Mapping, hs06_per_processor: float) -> list[MachineStatus]:
+    """One status per slot, as a machines_query is answered (the first MAX_ANSWER_DATAGRAMS slots).
+
+    slots: {"slot", "name", "state", "machine"} in slot order, machine as the
+    slot table holds it (None when empty); outcomes: slot -> its last finished
+    machine ({machine, machinetype, code, text, started_at, ended_at, processors, cpu_seconds}).
+    An empty slot is answered "Shut down" with the last machine it held, as Vac does.
+    """
+    slots = list(slots)[:MAX_ANSWER_DATAGRAMS]
+    out = []
+    for slot in slots:
+        machine, outcome = slot["machine"], outcomes.get(slot["slot"])
+        common = {"factory": factory_name, "num_machines": len(slots), "machine": slot["name"]}
+        if machine is not None:
+            config = machinetypes.get(machine["machinetype"])
+            started, seen = machine.get("started_at"), machine.get("heartbeat_at")
+            cpu = float(machine.get("cpu_seconds") or 0.0)
+            out.append(MachineStatus(
+                **common, state=_VAC_STATES.get(slot["state"], machine_status.UNKNOWN),
+                machine_model=getattr(config, "machine_model", None), uuid=machine["uuid"],
+                created_time=_time(machine.get("created_at", started)), started_time=_time(started),
+                heartbeat_time=_time(seen), num_processors=machine["processors"], cpu_seconds=cpu,
+                cpu_percentage=_percentage(cpu, started, seen),
+                hs06=hs06_per_processor * machine["processors"], machinetype=machine["machinetype"],
+                fqan=getattr(config, "accounting_fqan", None)))
+        elif outcome is not None:
+            config = machinetypes.get(outcome["machinetype"])
+            fizzle = getattr(config, "fizzle_seconds", DEFAULT_FIZZLE_SECONDS)
+            processors = outcome.get("processors")
+            out.append(MachineStatus(
+                **common, state=machine_status.SHUT_DOWN, machine_model=getattr(config, "machine_model", None),
+                uuid=outcome["machine"], started_time=_time(outcome.get("started_at")),
+                heartbeat_time=_time(outcome["ended_at"]), num_processors=processors,
+                cpu_seconds=float(outcome.get("cpu_seconds") or 0.0),
+                cpu_percentage=_percentage(outcome.get("cpu_seconds") or 0.0, outcome.get("started_at"),
+                                           outcome["ended_at"]),
+                hs06=hs06_per_processor * processors if processors is not None else None,
+                machinetype=outcome["machinetype"], shutdown_message=shutdown_message(outcome, fizzle),
+                shutdown_time=_time(outcome["ended_at"]), fqan=getattr(config, "accounting_fqan", None)))
+        else:
+            out.append(MachineStatus(**common, state=machine_status.SHUT_DOWN))
+    return out
+
+
+def local_factory(*, factory_name: str, machines: Iterable[tuple[int, dict]], total_processors: int,
+                  hs06_per_processor: float) -> FactoryStatus:
+    """What this factory runs and could run, for factory_status (the vacquery child adds the host's figures)."""
+    held = [machine for _, machine in machines]
+    processors = sum(machine["processors"] for machine in held)
+    return FactoryStatus(
+        factory=factory_name, running_processors=processors, running_machines=len(held),
+        running_hs06=hs06_per_processor * processors, max_processors=total_processors,
+        max_machines=total_processors, max_hs06=hs06_per_processor * total_processors)
+
+
+def _time(value) -> int | None:
+    return None if value is None else int(value)
+
+
+def _percentage(cpu_seconds: float, started_at: float | None, until: float | None) -> float:
+    """CPU time as a percentage of one processor's over the machine's life so far (0 until it has one)."""
+    if started_at is None or until is None or until <= started_at:
+        return 0.0
+    return round(100.0 * cpu_seconds / (until - started_at), 2)
 
 
 def local_statuses(*, factory_name: str, machinetypes: Mapping, machines: Iterable[tuple[int, dict]],
@@ -29,14 +118,16 @@ def local_statuses(*, factory_name: str, machinetypes: Mapping, machines: Iterab
     last: dict[str, dict] = {}
     for outcome in outcomes:
         name = outcome.get("machinetype")
-        if name in held and outcome.get("code") is not None and (
+        fizzle = getattr(machinetypes.get(name), "fizzle_seconds", DEFAULT_FIZZLE_SECONDS)
+        message = shutdown_message(outcome, fizzle)
+        if name in held and message is not None and (
                 name not in last or outcome["ended_at"] > last[name]["ended_at"]):
-            last[name] = outcome
+            last[name] = dict(outcome, message=message)
     statuses = []
     for name in sorted(held):
         running = held[name]
         config = machinetypes.get(name)
-        fizzle = getattr(config, "fizzle_seconds", 600)
+        fizzle = getattr(config, "fizzle_seconds", DEFAULT_FIZZLE_SECONDS)
         outcome = last.get(name)
         statuses.append(MachinetypeStatus(
             factory=factory_name, machinetype=name, num_machinetypes=len(held),
@@ -44,7 +135,7 @@ def local_statuses(*, factory_name: str, machinetypes: Mapping, machines: Iterab
             running_machines=len(running),
             running_processors=sum(m["processors"] for m in running),
             num_before_fizzle=sum(1 for m in running if now < m["started_at"] + fizzle),
-            shutdown_message=f"{outcome['code']} {outcome['text']}" if outcome else None,
+            shutdown_message=outcome["message"] if outcome else None,
             shutdown_time=int(outcome["ended_at"]) if outcome else None,
             shutdown_machine=outcome.get("machine_name") if outcome else None,
             bytes_per_processor=bytes_per_processor, fqan=getattr(config, "accounting_fqan", None),

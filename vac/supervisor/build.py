@@ -67,7 +67,7 @@ def vacquery_child(settings, timings):
                             "factories": list(settings.factories), "listen": settings.vacquery_listen,
                             "udp_timeout_seconds": settings.udp_timeout_seconds,
                             "interval_seconds": settings.vacquery_interval_seconds,
-                            "gocdb_sitename": settings.gocdb_sitename},
+                            "gocdb_sitename": settings.gocdb_sitename, "state_dir": settings.state_dir},
                       restart=Restart.PERMANENT, shutdown=settings.helper_shutdown, **timings),)
 
 

@@ -102,7 +102,8 @@ class Factory:
             if slot is not None:
                 self.last_outcomes[slot] = {"machine": msg.uuid, "machinetype": msg.machinetype,
                                             "code": msg.code, "text": msg.text,
-                                            "ended_at": msg.ended_at,
+                                            "started_at": msg.started_at, "ended_at": msg.ended_at,
+                                            "processors": msg.processors, "cpu_seconds": msg.cpu_seconds,
                                             "machine_name": machine_name(self.factory_name, slot)}
             self._finished(msg)
         elif isinstance(msg, messages.PipeMachinetypes):
@@ -145,7 +146,7 @@ class Factory:
         out.extend(self._drain_ends(now))
         out.extend(self.pipes.outgoing(self.config))
         out.extend(self.keeper.outgoing(scheduler_inputs.needed_repositories(self.machinetypes)))
-        out.extend(self.vacquery.outgoing(self.local_statuses))
+        out.extend(self.vacquery.outgoing(self.local_report, self.config.settings.vacmon_hostport, now))
         if (may_start and self.table.free_slots() and self.placer.due(now)
                 and self.placer.adoption_over(self.table)):
             out.extend(self.placer.place(
@@ -165,6 +166,21 @@ class Factory:
             outcomes=self.last_outcomes.values(),
             hs06_per_processor=self.config.settings.hs06_per_processor_or_default,
             bytes_per_processor=self.config.settings.mb_per_processor * BYTES_PER_MB, now=self.clock())
+
+    def local_report(self):
+        """What this factory answers the space with: (machinetype statuses, machine statuses, factory status)."""
+        settings = self.config.settings
+        hs06_per_processor = settings.hs06_per_processor_or_default
+        held = dict(self.table.machines())
+        slots = [{"slot": entry.slot, "name": machine_name(self.factory_name, entry.slot), "state": entry.state,
+                  "machine": held.get(entry.slot)} for entry in self.table.entries.values()]
+        machines = space_status.local_machines(
+            factory_name=self.factory_name, slots=slots, outcomes=self.last_outcomes,
+            machinetypes=self.machinetypes, hs06_per_processor=hs06_per_processor)
+        factory = space_status.local_factory(
+            factory_name=self.factory_name, machines=self.table.machines(),
+            total_processors=settings.total_processors, hs06_per_processor=hs06_per_processor)
+        return self.local_statuses(), machines, factory
 
     def space_hs06(self):
         """HS06 per machinetype the other factories of the space run now (as they last answered)."""

@@ -121,6 +121,11 @@ class KeeperHandshake:
         return [(CVMFS_KEEPER, messages.Repositories(names=needed))]
 
 
+# What vacquery answers with is sent again this often even unchanged: its
+# factory_heartbeat_time says the root is alive.
+LOCAL_STATUS_REFRESH_SECONDS = 30.0
+
+
 class VacqueryHandshake:
     """What the other factories of the space last answered, and our statuses for vacquery."""
 
@@ -128,6 +133,8 @@ class VacqueryHandshake:
         self.answers = {}        # factory -> its latest answer (SpaceStatus.factories entry)
         self.polled = []         # the factories the last VacQuery round asked
         self._local_sent = NOT_ASKED   # the statuses last sent to vacquery
+        self._local_sent_at = None
+        self._refused = None     # why the last statuses could not be sent (logged once)
 
     def on_state(self, msg):
         # A (re)started vacquery has nothing to answer with yet.
@@ -141,15 +148,28 @@ class VacqueryHandshake:
         self.answers = {name: answer for name, answer in {**self.answers, **msg.factories}.items()
                         if name in self.polled}
 
-    def outgoing(self, local_statuses):
-        """Send vacquery this factory's statuses when they changed (or it restarted)."""
+    def outgoing(self, local_report, vacmon, now):
+        """Send vacquery what this factory answers with when it changed, it restarted, or
+        LOCAL_STATUS_REFRESH_SECONDS passed; local_report() gives (machinetypes, machines, factory)."""
         if self._local_sent is NOT_ASKED:
             return []
-        statuses = [dataclasses.asdict(status) for status in local_statuses()]
-        if statuses == self._local_sent:
+        statuses, machines, factory = local_report()
+        content = {"statuses": [dataclasses.asdict(status) for status in statuses],
+                   "machines": [dataclasses.asdict(machine) for machine in machines],
+                   "factory": dataclasses.asdict(factory), "vacmon": list(vacmon)}
+        if content == self._local_sent and now - self._local_sent_at < LOCAL_STATUS_REFRESH_SECONDS:
             return []
-        self._local_sent = statuses
-        return [(VACQUERY, messages.LocalStatus(statuses=statuses))]
+        try:
+            message = messages.LocalStatus(**content, made_at=now)
+        except messages.MalformedMessage as error:
+            # Placements go on; vacquery answers with what it last had.
+            if str(error) != self._refused:
+                log.error("vacquery: cannot send it this factory's statuses: %s", error)
+            self._refused = str(error)
+            return []
+        self._refused = None
+        self._local_sent, self._local_sent_at = content, now
+        return [(VACQUERY, message)]
 
     def space_hs06(self, factory_name, now):
         """HS06 per machinetype the other factories of the space run now (as they last answered)."""

@@ -21,20 +21,19 @@ import time
 from vac import __version__
 from vac.ipc import messages
 from vac.space import protocol
-from vac.space.protocol import MachinetypeStatus
+from vac.workers import space_responder
 from vac.workers.harness import WorkerLoop
+from vac.workers.host_figures import HostFigures
+from vac.workers.space_responder import LocalAnswers, Responder
 
 log = logging.getLogger(__name__)
 
 RESOLVE_SECONDS = 300.0
-# Answers per asking address: a burst, then this many per second.
-ANSWER_BURST = 10
-ANSWER_RATE = 2.0
 # Datagrams one query is answered with at most, and answered per second to
-# everyone together (a burst of one second's worth): with the per-address
-# limit they bound what spoofed queries can make us send (README: the space).
-MAX_ANSWER_DATAGRAMS_PER_QUERY = 64
-ANSWER_DATAGRAMS_PER_SECOND = 500
+# everyone together: with the per-address limit they bound what spoofed
+# queries can make us send (README: the space).
+MAX_ANSWER_DATAGRAMS_PER_QUERY = protocol.MAX_ANSWER_DATAGRAMS
+ANSWER_DATAGRAMS_PER_SECOND = space_responder.ANSWER_DATAGRAMS_PER_SECOND
 MAX_DATAGRAMS_PER_WAKE = 256
 # A peer that sends answers we cannot read is named in the log at most this often.
 BAD_ANSWER_LOG_SECONDS = 60.0
@@ -53,7 +52,7 @@ def run(channel, spec):
             received = loop.wait(max(node.next_wake(now) - now, 0.0), fds=node.fds())
             for msg in received:
                 if isinstance(msg, messages.LocalStatus):
-                    node.local = [MachinetypeStatus(**status) for status in msg.statuses]
+                    node.responder.local = LocalAnswers.from_message(msg)
                 else:
                     log.warning("vacquery: ignoring an unexpected %s message", type(msg).__name__)
             if loop.ready_fds:
@@ -88,7 +87,8 @@ class SpaceQuery:
         self.peers = [name for name in spec.get("factories", ()) if name not in (".", self.factory_name)]
         self.listen = spec.get("listen")
         self.clock = clock
-        self.local: list[MachinetypeStatus] | None = None
+        self.responder = Responder(space=self.space, site=self.site, version=self.version,
+                                   host_figures=HostFigures(spec.get("state_dir", "/var/lib/vac"), clock).get)
         self.responder_error = None
         self.sock = self._open_socket()
         self.addresses: dict[str, tuple] = {}
@@ -98,8 +98,6 @@ class SpaceQuery:
         self._resolver = threading.Thread(target=self._resolve_when_asked, name="vacquery-resolver", daemon=True)
         self._resolver.start()
         self._resolve.set()           # before the first round
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._sent_tokens, self._sent_at = float(ANSWER_DATAGRAMS_PER_SECOND), None
         self._round = None            # cookie -> {"name", "expected", "got": {machinetype: status}}
         self._round_end = None
         self._resends: list[float] = []
@@ -257,18 +255,9 @@ class SpaceQuery:
                 peer["got"][status.machinetype] = status
             return
         query = protocol.parse_query(data)
-        if query is None or query.space != self.space or self.responder_error is not None:
+        if query is None or self.responder_error is not None:
             return
-        if query.message_type != protocol.MACHINETYPES_QUERY or self.local is None:
-            return
-        # Beyond the cap the answer names only the machinetypes it carries, so
-        # the asker does not ask again for the rest.
-        statuses = self.local[:MAX_ANSWER_DATAGRAMS_PER_QUERY]
-        if not self._may_answer(address[0], now) or not self._may_send(len(statuses), now):
-            return
-        for datagram in protocol.machinetype_statuses(statuses, space=self.space, site=self.site,
-                                                      query_cookie=query.cookie, daemon_version=self.version,
-                                                      now=int(self.clock())):
+        for datagram in self.responder.answer(query, address[0], now, self.clock()):
             try:
                 self.sock.sendto(datagram, address)
             except OSError as error:
@@ -283,27 +272,3 @@ class SpaceQuery:
         more = f" ({self._bad_unlogged} more dropped since the last line)" if self._bad_unlogged else ""
         log.warning("vacquery: dropped an answer from %s: %s%s", host, reason, more)
         self._bad_logged_at, self._bad_unlogged = now, 0
-
-    def _may_send(self, datagrams, now):
-        """The overall bucket of answer datagrams, whoever asks: a whole answer or none."""
-        refill = ANSWER_DATAGRAMS_PER_SECOND if self._sent_at is None else \
-            max(now - self._sent_at, 0.0) * ANSWER_DATAGRAMS_PER_SECOND
-        tokens = min(ANSWER_DATAGRAMS_PER_SECOND, self._sent_tokens + refill)
-        self._sent_at = now
-        if tokens < datagrams:
-            self._sent_tokens = tokens
-            return False
-        self._sent_tokens = tokens - datagrams
-        return True
-
-    def _may_answer(self, host, now):
-        """A token bucket per asking address."""
-        tokens, then = self._buckets.get(host, (ANSWER_BURST, now))
-        tokens = min(ANSWER_BURST, tokens + (now - then) * ANSWER_RATE)
-        if tokens < 1:
-            self._buckets[host] = (tokens, now)
-            return False
-        self._buckets[host] = (tokens - 1, now)
-        if len(self._buckets) > 4096:
-            self._buckets = {h: b for h, b in self._buckets.items() if now - b[1] < 60}
-        return True
