@@ -122,7 +122,20 @@ def tree_settings(config):
                                      "cgroups": settings.singularity_cgroups,
                                      "accounts": list(settings.singularity_accounts),
                                      "sweep_seconds": float(settings.singularity_sweep_seconds)},
+                        mjf=mjf_child_settings(config),
                         heartbeat_timeout=timeout, heartbeat_interval=min(5.0, timeout / 6))
+
+
+def mjf_child_settings(config):
+    """The mjf child's settings if the configuration may need it, else None (no child).
+
+    Machinetypes from pipes may ask for mjf_http whenever a pipe is fetched,
+    while the tree is built once: a configured pipe is reason enough.
+    """
+    settings = config.settings
+    wanted = (settings.mjf_http_listen is not None or bool(config.vacuum_pipes)
+              or any(machinetype.mjf_http for machinetype in config.machinetypes.values()))
+    return {"listen": settings.mjf_http_listen} if wanted else None
 
 
 def lock_state_dir(state_dir):
@@ -181,10 +194,11 @@ def main(argv=None):
              __version__, settings.vac_space, settings.slots, settings.state_dir)
     for problem in proxy_problems(config, time.time()):
         log.warning("%s", problem)
-    factory = Factory(config, factory_name=factory_name(settings))
+    shape = tree_settings(config)
+    factory = Factory(config, factory_name=factory_name(settings), mjf_child=shape.mjf is not None)
     # Before the loop, once: the loop itself never waits on the disk.
     recall(factory, settings.state_dir, time.time())
-    root = Root(build_tree(tree_settings(config)), app=factory,
+    root = Root(build_tree(shape), app=factory,
                 on_reload=make_reload(args, factory))
     root.add_service(MetricsFeed(root, factory))
     # Editors write a file in several steps: fold a burst of events into one reload.

@@ -6,7 +6,7 @@ from vac.supervisor.build import TreeSettings, build_tree
 from vac.supervisor.policy import Intensity, SlotRestartPolicy
 from vac.supervisor.tree import ChildSpec, SupervisorSpec, Tree, validate_tree
 from vac.vocabulary.child_states import Restart, Strategy
-from vac.workers import cvmfs_keeper, reaper, slot_worker
+from vac.workers import cvmfs_keeper, mjf, reaper, slot_worker
 
 
 @pytest.mark.parametrize("slots", [0, 1, 16, 128])
@@ -71,3 +71,40 @@ def test_bad_timings_are_caught_by_validation():
     # Every child names the fault.
     assert len(problems) == len(spec.children[0].children) + 2
     assert all("heartbeat_interval" in p for p in problems)
+
+
+def test_the_mjf_child_serves_from_the_state_directory_when_asked_for():
+    assert "mjf" not in [c.id for c in build_tree(TreeSettings(slots=1)).children[0].children]
+    spec = build_tree(TreeSettings(slots=1, state_dir="/srv/vac", mjf={"listen": "172.17.0.1:9713"}))
+    [child] = [c for c in spec.children[0].children if c.id == "mjf"]
+    assert child.target is mjf.run and child.restart is Restart.PERMANENT and child.role == "helper"
+    assert child.args == {"state_dir": "/srv/vac", "listen": "172.17.0.1:9713"}
+    assert validate_tree(spec) == []
+
+
+MJF_CONFIG = """[settings]
+vac_space = space.example.com
+{settings}
+[machinetype work]
+machine_model = docker
+root_image = docker://work:latest
+user_data = work.user_data
+{machinetype}
+{pipe}
+"""
+
+
+@pytest.mark.parametrize("settings, machinetype, pipe, expected", [
+    ("", "", "", None),
+    ("mjf_http_listen = 127.0.0.1:9999", "", "", {"listen": "127.0.0.1:9999"}),
+    ("", "mjf_http = true", "", {"listen": None}),
+    ("", "mjf_http = false", "[vacuum_pipe lhcb]\nvacuum_pipe_url = https://example.org/lhcb.pipe\n",
+     {"listen": None}),
+])
+def test_vacd_runs_an_mjf_child_when_a_machinetype_may_ask_for_mjf_http(tmp_path, settings, machinetype, pipe,
+                                                                        expected):
+    from vac.config.load import load_configuration
+    from vac.daemon import tree_settings
+    path = tmp_path / "vac.conf"
+    path.write_text(MJF_CONFIG.format(settings=settings, machinetype=machinetype, pipe=pipe))
+    assert tree_settings(load_configuration([str(path)], cpu_count=2)).mjf == expected

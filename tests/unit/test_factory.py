@@ -409,3 +409,54 @@ def test_the_reaper_learns_with_each_live_set_whether_to_write_apel_sync_records
     assert sync_sites() == []
     clock.now += 10
     assert sync_sites() == ["UKI-EXAMPLE"]
+
+
+def mjf_report(factory, state, **detail):
+    factory.on_message("mjf", messages.StateReport(child_id="mjf", state=state, detail=detail))
+
+
+def test_mjf_http_machinetypes_get_the_served_url_and_wait_while_there_is_none(tmp_path, clock):
+    config = config_file(tmp_path, text=CONFIG.replace("target_share = 3\n", "target_share = 3\nmjf_http = true\n"))
+    factory = Factory(config, factory_name="f1.example.com", rng=random.Random(1), clock=clock,
+                      load_average=lambda: 0.0, mjf_child=True)
+    mjf_report(factory, "failing", url=None, error="no IPv4 address on docker0")
+    report_idle(factory, range(4))
+    waiting = tick(factory)
+    assert [place.machine["machinetype"]["name"] for _, place in waiting] == ["other"] * 4
+    assert all("mjf_http_url" not in place.machine["factory"] for _, place in waiting)
+    for slot, place in waiting:
+        report_running(factory, int(slot[-2:]), summary(place))
+
+    mjf_report(factory, "serving", url="http://172.17.0.1:9713", error=None)
+    for slot, place in waiting[2:]:
+        factory.on_message(slot, messages.MachineFinished(
+            uuid=place.machine["uuid"], machinetype="other", code=200, text="done", started_at=clock.now,
+            ended_at=clock.now + 100, cpu_seconds=1.0, processors=1))
+    report_idle(factory, range(2, 4))
+    served = tick(factory)
+    assert [place.machine["machinetype"]["name"] for _, place in served] == ["work", "work"]
+    assert {place.machine["factory"]["mjf_http_url"] for _, place in served} == {"http://172.17.0.1:9713"}
+
+    factory.on_child_exit("mjf")
+    assert factory.mjf.url is None and "restarting" in factory.mjf.why_not
+
+
+def test_a_served_url_that_is_not_http_ipv4_port_is_not_believed(tmp_path, clock):
+    factory = Factory(config_file(tmp_path), factory_name="f1.example.com", mjf_child=True)
+    for url in ("http://evil.example/", "http://172.17.0.1:0", "http://300.1.1.1:80", "file:///etc", 7):
+        mjf_report(factory, "serving", url=url, error=None)
+        assert factory.mjf.url is None
+    mjf_report(factory, "serving", url="http://127.0.0.1:8080", error=None)
+    assert factory.mjf.url == "http://127.0.0.1:8080"
+
+
+def test_without_an_mjf_child_mjf_http_machinetypes_say_a_restart_is_needed(tmp_path, clock):
+    config = config_file(tmp_path, processors=1, text=CONFIG.replace(
+        "target_share = 3\n", "target_share = 3\nmjf_http = true\n").replace("target_share = 1\n",
+                                                                           "target_share = 0\n"))
+    factory = make_factory(config, clock)
+    report_idle(factory, [0])
+    assert tick(factory) == []
+    assert "work: mjf_http, but Machine/Job Features are not served over HTTP: no mjf child runs" \
+        in factory.last_refusal.text
+    assert "restart vacd" in factory.last_refusal.text

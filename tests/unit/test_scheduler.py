@@ -125,6 +125,23 @@ def test_no_placement_reason(factory, machinetypes, histories, unavailable, expe
             assert terms.name in decision.text  # status names every machinetype's obstacle
 
 
+def test_mjf_http_machinetypes_wait_while_machine_job_features_are_not_served_over_http():
+    machinetypes = [mt("dirac", 100, mjf_http=True), mt("panda", 1)]
+    served = next_placement(FOUR, machinetypes, [], {}, now=NOW, load_average=0.0, rng=random.Random(1))
+    assert served.machinetype == "dirac"
+    waiting = next_placement(FOUR, machinetypes, [], {}, now=NOW, load_average=0.0, rng=random.Random(1),
+                             mjf_http_unavailable="no IPv4 address on docker0")
+    assert waiting.machinetype == "panda", "a machinetype reading files starts meanwhile"
+    alone = next_placement(FOUR, machinetypes[:1], [], {}, now=NOW, load_average=0.0, rng=random.Random(1),
+                           mjf_http_unavailable="no IPv4 address on docker0")
+    assert alone.reason is Why.MJF_HTTP_UNAVAILABLE
+    assert "dirac: mjf_http, but Machine/Job Features are not served over HTTP: no IPv4 address on docker0" \
+        in alone.text
+    placements, refusal = fill_free_slots(FOUR, machinetypes[:1], [], {}, [0, 1], now=NOW, load_average=0.0,
+                                          rng=random.Random(1), mjf_http_unavailable="restarting")
+    assert placements == [] and refusal.reason is Why.MJF_HTTP_UNAVAILABLE
+
+
 def test_retry_at_is_when_a_placement_succeeds():
     decision = decide(FOUR, [mt("a", 1), mt("b", 1)], histories=ABORTED)
     assert isinstance(decision, NoPlacement)

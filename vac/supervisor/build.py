@@ -6,7 +6,7 @@ from vac.supervisor import policy
 from vac.supervisor.tree import ChildSpec, PoolPolicy, SupervisorSpec
 from vac.vocabulary.child_states import Restart, Strategy
 from vac.vocabulary.slot_ids import slot_id
-from vac.workers import cvmfs_keeper, metrics, pipe_fetcher, reaper, slot_worker, vacquery
+from vac.workers import cvmfs_keeper, metrics, mjf, pipe_fetcher, reaper, slot_worker, vacquery
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +36,9 @@ class TreeSettings:
     # Singularity machines (plain data, vac.runtimes.singularity.SingularitySettings.from_plain):
     # the executable, where cgroups go, the accounts and the reaper's sweep interval.
     singularity: dict | None = None
+    # Machine/Job Features over HTTP: an mjf child when set, serving on
+    # mjf["listen"] (IP:PORT), or on docker0's address when that is None.
+    mjf: dict | None = None
     # vacd's defaults (heartbeat_timeout_seconds = 30): a heartbeat every 5 s.
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 30.0
@@ -55,6 +58,15 @@ def metrics_child(settings, timings):
     return (ChildSpec(id="metrics", target=metrics.run,
                       args={"listen": settings.metrics_listen,
                             "textfile": settings.metrics_textfile},
+                      restart=Restart.PERMANENT, shutdown=settings.helper_shutdown, **timings),)
+
+
+def mjf_child(settings, timings):
+    """The Machine/Job Features server, when machinetypes may ask for mjf_http."""
+    if settings.mjf is None:
+        return ()
+    return (ChildSpec(id="mjf", target=mjf.run,
+                      args={"state_dir": settings.state_dir, "listen": settings.mjf.get("listen")},
                       restart=Restart.PERMANENT, shutdown=settings.helper_shutdown, **timings),)
 
 
@@ -99,6 +111,7 @@ def build_tree(settings):
                       restart=Restart.PERMANENT, shutdown=settings.helper_shutdown, **timings),
             *vacquery_child(settings, timings),
             *metrics_child(settings, timings),
+            *mjf_child(settings, timings),
         ))
     slots = SupervisorSpec(
         id="slots",

@@ -22,6 +22,7 @@ from vac.machine.layout import machine_name
 from vac.space import status as space_status
 from vac.supervisor import aborts, scheduler, scheduler_inputs
 from vac.supervisor.factory_counters import FactoryCounters
+from vac.supervisor.mjf_handshake import MJF, MjfHandshake
 from vac.supervisor.helper_handshakes import (CVMFS_KEEPER, PIPE_FETCHER, VACQUERY, KeeperHandshake,
                                               PipeFetcherHandshake, ReaperHandshake, VacqueryHandshake)
 from vac.supervisor.placement import Placer
@@ -39,7 +40,7 @@ class Factory:
     """Placements, outcomes and backoff of one factory, fed by the root's loop."""
 
     def __init__(self, config, *, factory_name, rng=None, clock=time.time,
-                 load_average=lambda: os.getloadavg()[0]):
+                 load_average=lambda: os.getloadavg()[0], mjf_child=False):
         self.config = config
         self.factory_name = factory_name
         self.table = SlotTable(config.settings.slots)
@@ -51,6 +52,8 @@ class Factory:
         self.keeper = KeeperHandshake()
         self.vacquery = VacqueryHandshake()
         self.reaper = ReaperHandshake()
+        # Whether the tree runs an mjf child, which serves Machine/Job Features over HTTP.
+        self.mjf = MjfHandshake(mjf_child)
         # Totals since this root started, for the metrics exporter.
         self.counters = FactoryCounters(clock())
         # Problems of the last refused reload, shown in status until one succeeds.
@@ -98,6 +101,9 @@ class Factory:
             self.placer.changed = True
         elif isinstance(msg, messages.StateReport) and child_id == PIPE_FETCHER:
             self.pipes.on_state(msg)
+        elif isinstance(msg, messages.StateReport) and child_id == MJF:
+            self.mjf.on_report(msg)
+            self.placer.changed = True
         elif isinstance(msg, messages.MachineFinished):
             if slot is not None:
                 self.last_outcomes[slot] = {"machine": msg.uuid, "machinetype": msg.machinetype,
@@ -135,6 +141,8 @@ class Factory:
         if slot is not None:
             self.table.worker_gone(slot)
             self.placer.changed = True
+        elif child_id == MJF:
+            self.mjf.on_exit()
 
     # Decisions.
 
@@ -153,7 +161,7 @@ class Factory:
                 now, config=self.config, machinetypes=self.machinetypes, table=self.table,
                 draining=self.draining, paused=self.paused, histories=self.histories,
                 space_hs06=self.space_hs06(), unavailable_repositories=self.unavailable_repositories,
-                counters=self.counters))
+                counters=self.counters, mjf_http_url=self.mjf.url, mjf_http_unavailable=self.mjf.why_not))
         settings = self.config.settings
         out.extend(self.reaper.outgoing(now, self.table,
                                         apel.sync_site(settings.gocdb_sitename, settings.hs06_per_processor)))

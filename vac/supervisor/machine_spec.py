@@ -10,12 +10,18 @@ FACTORY_KEYS = (
 
 
 def machine_spec(*, uuid, slot, factory_name, machine_name, settings, machinetype, placement,
-                 placed_at):
-    """Everything a slot worker needs to run one machine, as plain data (Place.machine)."""
+                 placed_at, mjf_http_url=None):
+    """Everything a slot worker needs to run one machine, as plain data (Place.machine).
+
+    `mjf_http_url`: where the mjf child serves Machine/Job Features (http://IP:PORT),
+    for a machine of an mjf_http machinetype.
+    """
     factory = {key: to_plain(getattr(settings, key)) for key in FACTORY_KEYS}
     factory["factory_name"] = factory_name
     # The account this slot's Singularity machines run as (None when none is set).
     factory["singularity_account"] = settings.singularity_account(slot)
+    if mjf_http_url is not None:
+        factory["mjf_http_url"] = mjf_http_url
     return {
         "uuid": uuid,
         "slot": slot,

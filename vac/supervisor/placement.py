@@ -50,8 +50,12 @@ class Placer:
         return not adopting
 
     def place(self, now, *, config, machinetypes, table, draining, paused, histories, space_hs06,
-              unavailable_repositories, counters):
-        """One scheduling pass over the free slots: (child id, Place) for each placement."""
+              unavailable_repositories, counters, mjf_http_url=None, mjf_http_unavailable=None):
+        """One scheduling pass over the free slots: (child id, Place) for each placement.
+
+        `mjf_http_url`: where the mjf child serves (None: not served, for
+        `mjf_http_unavailable`'s reason), given to machines of mjf_http machinetypes.
+        """
         settings = config.settings
         factory = dataclasses.replace(scheduler_inputs.factory_capacity(settings), draining=draining)
         demands = [scheduler_inputs.machinetype_demand(mt, paused=mt.name in paused)
@@ -60,7 +64,8 @@ class Placer:
             factory, demands, table.running(settings.hs06_per_processor),
             histories, table.free_slots(), now=now,
             load_average=self.load_average(), rng=self.rng, space_hs06=space_hs06,
-            unavailable_repositories=unavailable_repositories)
+            unavailable_repositories=unavailable_repositories,
+            mjf_http_unavailable=None if mjf_http_url else (mjf_http_unavailable or "not served"))
         self.changed = False
         self._reconsider_at = now + RECONSIDER_SECONDS
         self._retry_at = refusal.retry_at if refusal is not None else None
@@ -69,16 +74,17 @@ class Placer:
             log.info("free slots stay empty: %s", refusal.text)
         self.last_refusal = refusal
         counters.count_pass(placements, refusal)
-        return [(slot_id(slot), self._place_one(slot, placement, now, config, machinetypes, table))
+        return [(slot_id(slot), self._place_one(slot, placement, now, config, machinetypes, table, mjf_http_url))
                 for slot, placement in placements]
 
-    def _place_one(self, slot, placement, now, config, machinetypes, table):
+    def _place_one(self, slot, placement, now, config, machinetypes, table, mjf_http_url):
         machine_uuid = str(uuidlib.uuid4())
         machinetype = machinetypes[placement.machinetype]
         spec = machine_spec(
             uuid=machine_uuid, slot=slot, factory_name=self.factory_name,
             machine_name=machine_name(self.factory_name, slot), settings=config.settings,
-            machinetype=machinetype, placement=placement, placed_at=now)
+            machinetype=machinetype, placement=placement, placed_at=now,
+            mjf_http_url=mjf_http_url if machinetype.mjf_http else None)
         table.placed(slot, {
             "uuid": machine_uuid, "machinetype": machinetype.name,
             "processors": placement.processors, "started_at": now,

@@ -32,6 +32,7 @@ class MachinetypeDemand:
     fizzle_seconds: float = DEFAULT_FIZZLE_SECONDS
     cvmfs_repositories: tuple[str, ...] = ()
     paused: bool = False
+    mjf_http: bool = False                    # needs Machine/Job Features served over HTTP
 
     @property
     def group(self) -> str:
@@ -89,6 +90,7 @@ class NoPlacementReason(enum.Enum):
     ALL_IN_BACKOFF = "all_in_backoff"
     NOT_ENOUGH_TIME = "not_enough_time"       # min_wallclock_seconds beyond shutdown_time
     CVMFS_UNAVAILABLE = "cvmfs_unavailable"
+    MJF_HTTP_UNAVAILABLE = "mjf_http_unavailable"
     PAUSED = "paused"
     TOO_FEW_PROCESSORS = "too_few_processors"  # no eligible type fits the free processors
 
@@ -106,6 +108,7 @@ class NoPlacement:
 _HEADLINE_ORDER = (
     NoPlacementReason.ALL_IN_BACKOFF,
     NoPlacementReason.CVMFS_UNAVAILABLE,
+    NoPlacementReason.MJF_HTTP_UNAVAILABLE,
     NoPlacementReason.PAUSED,
     NoPlacementReason.NOT_ENOUGH_TIME,
     NoPlacementReason.NO_SHARE,
@@ -205,7 +208,7 @@ class _Obstacle:
 
 def _obstacle(machinetype: MachinetypeDemand, factory: FactoryCapacity, history: OutcomeHistory | None,
               running: Sequence[RunningMachine], now: float,
-              unavailable_repositories: AbstractSet[str]) -> _Obstacle | None:
+              unavailable_repositories: AbstractSet[str], mjf_http_unavailable: str | None) -> _Obstacle | None:
     """Why `machinetype` may not start now, or None if it is eligible."""
     if machinetype.target_share <= 0:
         return _Obstacle(NoPlacementReason.NO_SHARE, "target_share <= 0")
@@ -215,6 +218,9 @@ def _obstacle(machinetype: MachinetypeDemand, factory: FactoryCapacity, history:
     if missing:
         return _Obstacle(NoPlacementReason.CVMFS_UNAVAILABLE,
                          "needs unavailable cvmfs " + " ".join(missing))
+    if machinetype.mjf_http and mjf_http_unavailable is not None:
+        return _Obstacle(NoPlacementReason.MJF_HTTP_UNAVAILABLE,
+                         "mjf_http, but Machine/Job Features are not served over HTTP: " + mjf_http_unavailable)
     if factory.shutdown_time is not None:
         left = factory.shutdown_time - now
         if left < machinetype.shortest_wallclock:
@@ -282,11 +288,14 @@ def next_placement(factory: FactoryCapacity, machinetypes: Sequence[MachinetypeD
                    *, now: float, load_average: float, rng: random.Random,
                    space_hs06: Mapping[str, float] | None = None,
                    unavailable_repositories: AbstractSet[str] = frozenset(),
+                   mjf_http_unavailable: str | None = None,
                    ) -> Placement | NoPlacement:
     """What to start in one free slot now, or why nothing should start.
 
     `space_hs06` is the HS06 other factories of the space report running per
     machinetype; this factory's `running` machines are added to it.
+    `mjf_http_unavailable` says why Machine/Job Features are not served over
+    HTTP (None while they are): mjf_http machinetypes wait meanwhile.
     """
     gate = start_gate(factory, running, load_average, now)
     if gate is not None:
@@ -296,7 +305,7 @@ def next_placement(factory: FactoryCapacity, machinetypes: Sequence[MachinetypeD
     eligible = []
     for machinetype in sorted(machinetypes, key=lambda t: t.name):
         obstacle = _obstacle(machinetype, factory, histories.get(machinetype.name), running, now,
-                             unavailable_repositories)
+                             unavailable_repositories, mjf_http_unavailable)
         if obstacle is None:
             eligible.append(machinetype)
         else:
@@ -339,6 +348,7 @@ def fill_free_slots(factory: FactoryCapacity, machinetypes: Sequence[Machinetype
                     free_slots: Iterable[int], *, now: float, load_average: float,
                     rng: random.Random, space_hs06: Mapping[str, float] | None = None,
                     unavailable_repositories: AbstractSet[str] = frozenset(),
+                    mjf_http_unavailable: str | None = None,
                     ) -> tuple[list[tuple[int, Placement]], NoPlacement | None]:
     """Placements for as many of `free_slots` as may start now, and why the rest stay empty.
 
@@ -349,7 +359,8 @@ def fill_free_slots(factory: FactoryCapacity, machinetypes: Sequence[Machinetype
     for slot in sorted(free_slots):
         decision = next_placement(factory, machinetypes, running, histories, now=now,
                                   load_average=load_average, rng=rng, space_hs06=space_hs06,
-                                  unavailable_repositories=unavailable_repositories)
+                                  unavailable_repositories=unavailable_repositories,
+                                  mjf_http_unavailable=mjf_http_unavailable)
         if isinstance(decision, NoPlacement):
             return placements, decision
         placements.append((slot, decision))

@@ -27,7 +27,8 @@ def machinetype_demand(machinetype, paused=False):
         backoff_seconds=machinetype.backoff_seconds,
         fizzle_seconds=machinetype.fizzle_seconds,
         cvmfs_repositories=tuple(machinetype.cvmfs_repositories),
-        paused=paused)
+        paused=paused,
+        mjf_http=machinetype.mjf_http)
 
 
 def needed_repositories(machinetypes):
