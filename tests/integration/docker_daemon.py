@@ -121,11 +121,13 @@ class Site:
     """A factory's configuration and state directory under one test's tmp_path."""
 
     def __init__(self, tmp_path, factory, image, machinetypes, processors=2, docker_url=None, docker_timeout=10,
-                 heartbeat_timeout=20, singularity=None):
+                 heartbeat_timeout=20, singularity=None, extra_settings=""):
         self.tmp_path = tmp_path
         self.factory = factory
         self.image = image
         self.singularity = singularity
+        # Further [settings] lines; a test may change them and write the configuration again.
+        self.extra_settings = extra_settings
         self.processors = processors
         self.docker_url = docker_url
         self.docker_timeout = docker_timeout
@@ -150,6 +152,7 @@ class Site:
             text += f"docker_url = {self.docker_url}\n"
         if self.singularity is not None:
             text += SINGULARITY_SETTINGS.format(**dataclasses.asdict(self.singularity))
+        text += self.extra_settings
         text += "".join(MACHINETYPE.format(name=mt.name, model=mt.model, image=self.image_of(mt), message=mt.message,
                                            share=mt.share, fizzle=FIZZLE_SECONDS, backoff=mt.backoff,
                                            wallclock=mt.wallclock, options="\n".join(mt.options))
