@@ -123,7 +123,16 @@ def tree_settings(config):
                                      "accounts": list(settings.singularity_accounts),
                                      "sweep_seconds": float(settings.singularity_sweep_seconds)},
                         mjf=mjf_child_settings(config),
+                        machine_models=machine_models(config),
                         heartbeat_timeout=timeout, heartbeat_interval=min(5.0, timeout / 6))
+
+
+def machine_models(config):
+    """The models whose engines the slots need: the local machinetypes', and Docker while pipes may bring it."""
+    models = {machinetype.machine_model for machinetype in config.machinetypes.values()}
+    if config.vacuum_pipes or not models:
+        models.add("docker")
+    return tuple(sorted(models))
 
 
 def mjf_child_settings(config):

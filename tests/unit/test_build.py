@@ -51,7 +51,7 @@ def test_settings_reach_the_specs():
         "state_dir": "/srv/vac", "slots": 2, "factory_name": "localhost",
         "docker_url": "unix:///var/run/docker.sock", "docker_timeout_seconds": 30.0,
         "interval_seconds": 60.0, "grace_seconds": 120.0, "apel_sync_site": None,
-        "singularity": settings.singularity}
+        "singularity": settings.singularity, "machine_models": ["docker"]}
     slot_args = pool.children[1].args
     assert (slot_args["slot"], slot_args["state_dir"]) == (1, "/srv/vac")
     assert slot_args["singularity"]["accounts"] == ["vacsing00", "vacsing01"]

@@ -26,3 +26,21 @@ def test_an_empty_path_is_a_usage_error(capsys):
             raise AssertionError(f"{argv} was accepted")
     err = capsys.readouterr().err
     assert "argument --state-dir: '' is not a path" in err and "argument --socket: '' is not a path" in err
+
+
+def test_the_slots_need_the_engines_of_the_configured_models(tmp_path):
+    from vac.config import load_configuration
+    from vac.daemon import machine_models
+
+    def models(text):
+        path = tmp_path / "vac.conf"
+        path.write_text("[settings]\nvac_space = s.example\nsingularity_user = nobody\n" + text)
+        return machine_models(load_configuration([str(path)]))
+
+    singularity = "[machinetype s]\nmachine_model = singularity\nroot_image = /images/s\nuser_data = u\n"
+    docker = "[machinetype d]\nmachine_model = docker\nroot_image = docker://d\nuser_data = u\n"
+    assert models(singularity) == ("singularity",), "a Singularity-only factory needs no Docker engine"
+    assert models(singularity + docker) == ("docker", "singularity")
+    assert models(singularity + "[vacuum_pipe p]\nvacuum_pipe_url = https://p.example/p.json\n") == (
+        "docker", "singularity"), "a pipe may bring Docker machinetypes"
+    assert models("") == ("docker",)

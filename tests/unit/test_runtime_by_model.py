@@ -65,6 +65,10 @@ def test_find_merges_oldest_first_and_skips_an_engine_no_record_needs():
         runtimes.find("f1", 3, models={"docker"})
     with pytest.raises(RuntimeUnavailable):
         runtimes.find("f1", 3)
+    # A factory whose machinetypes run Docker needs its engine to answer, records or not.
+    required = ModelRuntimes({"docker": lambda: docker, "singularity": lambda: singularity}, required=("docker",))
+    with pytest.raises(RuntimeUnavailable):
+        required.find("f1", 3, models=())
 
 
 def test_a_model_the_factory_does_not_run_fails_the_start_not_the_slot():

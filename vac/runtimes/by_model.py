@@ -24,9 +24,12 @@ DOCKER_IMAGE_PREFIX = "docker://"
 class ModelRuntimes:
     """The runtime protocol over one runtime per machine model."""
 
-    def __init__(self, builders: Mapping[str, Callable[[], ContainerRuntime]]) -> None:
+    def __init__(self, builders: Mapping[str, Callable[[], ContainerRuntime]],
+                 required: Iterable[str] = ()) -> None:
         self._builders = dict(builders)
         self._built: dict[str, ContainerRuntime] = {}
+        # Models whose engine must always answer find(): those the factory's machinetypes use.
+        self.required = frozenset(required)
 
     def for_model(self, model: str) -> ContainerRuntime:
         """The runtime of `model`, built on first use; StartFailed for a model this factory does not run."""
@@ -64,11 +67,12 @@ class ModelRuntimes:
              models: Iterable[str] | None = None) -> list[ContainerHandle]:
         """Containers of every runtime, oldest first.
 
-        `models` are those whose containers must be listed (None: all): a
-        runtime of another model that does not answer (no Docker engine on a
-        Singularity-only factory) is skipped instead of failing the listing.
+        `models` are those whose containers must be listed (None: all), with
+        the required ones: a runtime of another model that does not answer (no
+        Docker engine on a Singularity-only factory) is skipped instead of
+        failing the listing.
         """
-        needed = None if models is None else set(models)
+        needed = None if models is None else set(models) | self.required
         handles = []
         for model in self._builders:
             try:
@@ -104,12 +108,13 @@ class ModelRuntimes:
 
 
 def runtimes_from_spec(spec: Mapping, engine_timeout: float) -> ModelRuntimes:
-    """Docker and Singularity for a worker's spec (docker_url, state_dir, singularity), each built when needed."""
+    """Docker and Singularity for a worker's spec (docker_url, state_dir, singularity, machine_models), each built
+    when needed; the engines of machine_models (the models the configuration runs) must answer."""
     singularity = SingularitySettings.from_plain(spec.get("singularity"))
     return ModelRuntimes({
         "docker": lambda: DockerRuntime(base_url=spec.get("docker_url") or DEFAULT_BASE_URL, timeout=engine_timeout),
         "singularity": lambda: SingularityRuntime(spec["state_dir"], singularity, timeout=engine_timeout),
-    })
+    }, required=spec.get("machine_models", ("docker",)))
 
 
 def _model_of_id(container_id: str) -> str:

@@ -36,6 +36,8 @@ class TreeSettings:
     # Singularity machines (plain data, vac.runtimes.singularity.SingularitySettings.from_plain):
     # the executable, where cgroups go, the accounts and the reaper's sweep interval.
     singularity: dict | None = None
+    # The machine models the configuration runs: their engines must answer a slot's adoption.
+    machine_models: tuple = ("docker",)
     # Machine/Job Features over HTTP: an mjf child when set, serving on
     # mjf["listen"] (IP:PORT), or on docker0's address when that is None.
     mjf: dict | None = None
@@ -104,7 +106,8 @@ def build_tree(settings):
                             "interval_seconds": settings.reaper_interval_seconds,
                             "grace_seconds": settings.orphan_grace_seconds,
                             "apel_sync_site": settings.apel_sync_site,
-                            "singularity": settings.singularity},
+                            "singularity": settings.singularity,
+                            "machine_models": list(settings.machine_models)},
                       restart=Restart.PERMANENT, shutdown=settings.helper_shutdown, **timings),
             ChildSpec(id="pipe-fetcher", target=pipe_fetcher.run,
                       args={"state_dir": settings.state_dir},
@@ -123,7 +126,8 @@ def build_tree(settings):
                             "factory_name": settings.factory_name,
                             "docker_url": settings.docker_url,
                             "docker_timeout_seconds": settings.docker_timeout_seconds,
-                            "singularity": settings.singularity},
+                            "singularity": settings.singularity,
+                            "machine_models": list(settings.machine_models)},
                       restart=Restart.TRANSIENT, shutdown=settings.slot_shutdown,
                       role="slot", **timings)
             for n in range(settings.slots)))
