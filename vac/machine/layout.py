@@ -10,6 +10,7 @@ when the clock steps back and cannot be derived from a container):
         record.json                          0600  lifecycle record (record.py)
         machine.json                         0600  the machine's terms (prepare.py)
         finished                             0600  marker: finalised exactly once
+        mjf_token                            0600  the random part of its MJF URLs (mjf_http.py)
         apel-record                          0644  APEL record as first written
         user_data                            0755  templated script (0700 with a proxy;
                                                    Singularity: the account's, 0500)
