@@ -396,6 +396,34 @@ def test_vacquery_gets_every_slot_and_the_factory_to_answer_with_and_hears_from_
     assert {s["machinetype"]: s["shutdown_message"] for s in ended.statuses}["work"] == "300 Nothing to do"
 
 
+def test_an_abort_anywhere_in_the_space_holds_the_machinetype_back_here_for_its_backoff(tmp_path, clock):
+    factory = make_factory(config_file(tmp_path, processors=1), clock)
+
+    def space(message, at, young=0):
+        answer = {"answered_at": clock.now, "machinetypes": {
+            "work": {"running_hs06": 0.0, "running_machines": 0, "running_processors": 0, "num_before_fizzle": young,
+                     "shutdown_message": message, "shutdown_time": at, "shutdown_machine": "f2-01.example.com"}}}
+        factory.on_message("vacquery", messages.SpaceStatus(factories={"f2.example.com": answer},
+                                                            polled=["f2.example.com"]))
+
+    report_idle(factory, [0])
+    # work's share (3 of 4) puts it first, but f2 has just seen it abort.
+    space("300 Nothing to do", int(clock.now) - 10)
+    (placed,) = tick(factory)
+    assert placed[1].machine["machinetype"]["name"] == "other"
+    assert factory.backoff() == {"work": clock.now + 90}
+    # A machine of it still before fizzle on f2 holds it fizzle_seconds longer.
+    space("300 Nothing to do", int(clock.now) - 10, young=1)
+    assert factory.backoff() == {"work": clock.now + 90 + 60}
+    clock.now += 95
+    assert factory.backoff() == {"work": clock.now - 95 + 150}
+    space("300 Nothing to do", int(clock.now) - 105, young=0)
+    assert factory.backoff() == {}, "backoff_seconds have passed and nothing is young any more"
+    # Codes below 300 are no aborts, wherever they come from.
+    space("200 Work completed", int(clock.now))
+    assert factory.backoff() == {}
+
+
 def test_the_reaper_learns_with_each_live_set_whether_to_write_apel_sync_records(tmp_path, clock):
     site = "gocdb_sitename = UKI-EXAMPLE\n"
     factory = make_factory(config_file(tmp_path, processors=1, extra=site), clock)

@@ -432,3 +432,13 @@ def test_fill_free_slots_stops_at_first_refusal():
     placements, refusal = fill(FactoryCapacity(4), [mt("a", 1)],
                                histories={"a": OutcomeHistory(last_abort_at=NOW)})
     assert placements == [] and refusal.reason is Why.ALL_IN_BACKOFF
+
+
+def test_an_abort_elsewhere_in_the_space_names_the_factory_in_the_refusal():
+    histories = {"alpha": OutcomeHistory(last_abort_at=NOW - 10, abort_elsewhere="f2.example.org")}
+    decision = decide(FOUR, [mt("alpha", 1, backoff_seconds=100)], histories=histories)
+    assert decision.reason is Why.ALL_IN_BACKOFF and decision.retry_at == NOW + 90
+    assert "alpha: in backoff for another 90s (last abort on f2.example.org)" in decision.text
+    young = {"alpha": OutcomeHistory(last_abort_at=NOW - 10, young_elsewhere=True)}
+    assert decide(FOUR, [mt("alpha", 1, backoff_seconds=100, fizzle_seconds=60)],
+                  histories=young).retry_at == NOW + 150

@@ -2,7 +2,7 @@
 
 import pytest
 
-from vac.supervisor.aborts import Outcome, OutcomeHistory, backoff_until, is_abort, record_outcome
+from vac.supervisor.aborts import Outcome, OutcomeHistory, backoff_until, is_abort, record_outcome, with_space
 
 FIZZLE = 600
 
@@ -73,3 +73,29 @@ def test_backoff_until(now, young_started_at, expected):
 
 def test_no_abort_no_backoff():
     assert backoff_until(None, BACKOFF, FIZZLE, [ABORT_AT], ABORT_AT) is None
+
+
+# The space's part (Vac's pollFactories): another factory's machine before fizzle, its age unknown here.
+
+@pytest.mark.parametrize("now, expected", [
+    pytest.param(ABORT_AT + 50, ABORT_AT + BACKOFF + FIZZLE, id="inside-the-plain-backoff-it-extends"),
+    pytest.param(ABORT_AT + 150, ABORT_AT + BACKOFF + FIZZLE, id="past-the-plain-backoff-it-holds"),
+    pytest.param(ABORT_AT + BACKOFF + FIZZLE, None, id="never-longer-than-fizzle-seconds"),
+])
+def test_a_young_machine_elsewhere_extends_the_backoff_until_the_space_says_otherwise(now, expected):
+    assert backoff_until(ABORT_AT, BACKOFF, FIZZLE, [], now, young_elsewhere=True) == expected
+    assert backoff_until(None, BACKOFF, FIZZLE, [], now, young_elsewhere=True) is None, "no abort, no backoff"
+
+
+def test_the_latest_abort_anywhere_in_the_space_is_the_last_abort():
+    here = OutcomeHistory(last_abort_at=ABORT_AT, recent=(Outcome(ABORT_AT - 10, ABORT_AT, 300),))
+    merged = with_space({"alpha": here, "beta": here, "gamma": here}, {
+        "alpha": {"last_abort_at": ABORT_AT + 30, "factory": "f2.example.org", "before_fizzle": 0},
+        "beta": {"last_abort_at": ABORT_AT - 30, "factory": "f3.example.org", "before_fizzle": 2},
+        "delta": {"last_abort_at": ABORT_AT, "factory": "f3.example.org", "before_fizzle": 0},
+        "epsilon": {"last_abort_at": None, "factory": None, "before_fizzle": 1}})
+    assert merged["alpha"] == OutcomeHistory(ABORT_AT + 30, here.recent, "f2.example.org", False)
+    assert merged["beta"] == OutcomeHistory(ABORT_AT, here.recent, None, True), "the abort here is later"
+    assert merged["gamma"] is here
+    assert merged["delta"] == OutcomeHistory(ABORT_AT, (), "f3.example.org", False), "a type only seen elsewhere"
+    assert merged["epsilon"] == OutcomeHistory(None, (), None, True)

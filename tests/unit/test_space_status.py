@@ -5,7 +5,8 @@ from types import SimpleNamespace
 from vac.space.factory_status import FactoryStatus
 from vac.space.machine_status import MachineStatus
 from vac.space.protocol import MAX_ANSWER_DATAGRAMS
-from vac.space.status import STALE_SECONDS, local_factory, local_machines, local_statuses, space_hs06
+from vac.space.status import (STALE_SECONDS, abort_code, local_factory, local_machines, local_statuses, space_aborts,
+                              space_hs06)
 
 NOW = 1_800_000_000.0
 TYPES = {"alpha": SimpleNamespace(fizzle_seconds=600, accounting_fqan="/alpha/Role=pilot", max_wallclock_seconds=3600,
@@ -109,3 +110,29 @@ def test_the_factory_status_counts_what_runs_and_what_could():
                          hs06_per_processor=10.0) == FactoryStatus(
         factory="f1.example.org", running_processors=6, running_machines=2, running_hs06=60.0, max_processors=8,
         max_machines=8, max_hs06=80.0)
+
+
+def figures(message=None, at=None, young=0):
+    return {"running_hs06": 1.0, "num_before_fizzle": young, "shutdown_message": message, "shutdown_time": at}
+
+
+def test_the_latest_abort_of_each_machinetype_anywhere_and_the_machines_before_fizzle_there():
+    answers = {
+        "f2": {"answered_at": NOW - 10, "machinetypes": {
+            "alpha": figures("300 Nothing to do", NOW - 100, young=1), "beta": figures("200 Done", NOW - 5)}},
+        "f3": {"answered_at": NOW - 20, "machinetypes": {
+            "alpha": figures("500 Site problem", NOW - 50, young=2), "beta": figures("301 Tired", NOW - 400),
+            # A clock ahead of ours cannot stretch the backoff: no later than its answer.
+            "gamma": figures("600 Grid problem", NOW + 9999)}},
+        "old": {"answered_at": NOW - STALE_SECONDS - 1, "machinetypes": {"alpha": figures("300 x", NOW, young=5)}},
+        "f1": {"answered_at": NOW, "machinetypes": {"alpha": figures("300 mine", NOW, young=7)}},
+    }
+    assert space_aborts(answers, now=NOW, exclude=("f1",)) == {
+        "alpha": {"last_abort_at": NOW - 50, "factory": "f3", "message": "500 Site problem", "before_fizzle": 3},
+        "beta": {"last_abort_at": NOW - 400, "factory": "f3", "message": "301 Tired", "before_fizzle": 0},
+        "gamma": {"last_abort_at": NOW - 20, "factory": "f3", "message": "600 Grid problem", "before_fizzle": 0}}
+
+
+def test_the_code_of_a_shutdown_message():
+    assert [abort_code(m) for m in ("300 Nothing to do", "404", "2000 x", "x300", "", None, " 300 x")] == [
+        300, 404, None, None, None, None, None]

@@ -2,8 +2,9 @@
 
 local_statuses(), local_machines() and local_factory() turn the root's slot
 table and last outcomes into the machinetype_status, machine_status and
-factory_status answers; space_hs06() sums what the other factories answered
-recently into the HS06 the scheduler adds per machinetype.
+factory_status answers; space_hs06() and space_aborts() turn what the other
+factories answered recently into the HS06 the scheduler adds per
+machinetype, and the aborts and young machines that hold a machinetype back.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from vac.space.protocol import MAX_ANSWER_DATAGRAMS, MachinetypeStatus, clip
 STALE_SECONDS = 150.0
 # Vac's default, for a machinetype no longer configured.
 DEFAULT_FIZZLE_SECONDS = 600
+# shutdown_message codes from here up are aborts, wherever in the space (INTERFACES.md §6, §9).
+FIRST_ABORT_CODE = 300
 # The vocabulary's slot states as Vac names the state of a slot's machine.
 _VAC_STATES = {"preparing": machine_status.STARTING, "starting": machine_status.STARTING,
                "running": machine_status.RUNNING, "stopping": machine_status.RUNNING,
@@ -142,6 +145,39 @@ def local_statuses(*, factory_name: str, machinetypes: Mapping, machines: Iterab
             max_wallclock_seconds=getattr(config, "max_wallclock_seconds", None),
             max_processors=getattr(config, "max_processors", None)))
     return statuses
+
+
+def abort_code(message: str | None) -> int | None:
+    """The code a shutdown_message starts with ("300 Nothing to do" -> 300), or None."""
+    code = message.split(" ", 1)[0] if isinstance(message, str) else ""
+    return int(code) if code.isdigit() and len(code) <= 3 else None
+
+
+def space_aborts(factories: Mapping[str, dict], *, now: float, exclude: Iterable[str] = ()) -> dict[str, dict]:
+    """Per machinetype, what the other factories reported within STALE_SECONDS (Vac's pollFactories).
+
+    {"last_abort_at", "factory", "message"}: the latest shutdown_time of a
+    shutdown_message with a code from FIRST_ABORT_CODE up, and where;
+    "before_fizzle": how many machines of the type they run before fizzle.
+    An abort time is taken no later than the answer that told it, so a
+    factory whose clock runs ahead cannot stretch the backoff.
+    """
+    skip = set(exclude)
+    out: dict[str, dict] = {}
+    for name, answer in sorted(factories.items()):
+        if name in skip or now - answer["answered_at"] > STALE_SECONDS:
+            continue
+        for machinetype, figures in answer["machinetypes"].items():
+            entry = out.setdefault(machinetype, {"last_abort_at": None, "factory": None, "message": None,
+                                                 "before_fizzle": 0})
+            entry["before_fizzle"] += figures.get("num_before_fizzle", 0)
+            code, at = abort_code(figures.get("shutdown_message")), figures.get("shutdown_time")
+            if code is None or code < FIRST_ABORT_CODE or at is None:
+                continue
+            at = min(float(at), answer["answered_at"])
+            if entry["last_abort_at"] is None or at > entry["last_abort_at"]:
+                entry.update(last_abort_at=at, factory=name, message=figures["shutdown_message"])
+    return out
 
 
 def space_hs06(factories: Mapping[str, dict], *, now: float, exclude: Iterable[str] = ()) -> dict[str, float]:

@@ -26,9 +26,16 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class OutcomeHistory:
-    """A machinetype's last abort and its recently finished machines."""
+    """A machinetype's last abort and its recently finished machines.
+
+    With the space (with_space): `abort_elsewhere` names the factory whose
+    abort is the last one when it is not this one, and `young_elsewhere` says
+    a machine of the type is before fizzle on another factory.
+    """
     last_abort_at: float | None = None
     recent: tuple[Outcome, ...] = ()
+    abort_elsewhere: str | None = None
+    young_elsewhere: bool = False
 
 
 def is_abort(code: int | None, started_at: float, ended_at: float, fizzle_seconds: float) -> bool:
@@ -55,24 +62,50 @@ def record_outcome(history: OutcomeHistory, started_at: float, ended_at: float,
 
 
 def backoff_until(last_abort_at: float | None, backoff_seconds: float, fizzle_seconds: float,
-                  running_started_at: Iterable[float], now: float) -> float | None:
+                  running_started_at: Iterable[float], now: float, young_elsewhere: bool = False) -> float | None:
     """The time a machinetype leaves backoff, or None if it is not in backoff at `now`.
 
-    `running_started_at` are the start times of that machinetype's running machines.
+    `running_started_at` are the start times of that machinetype's running
+    machines here; `young_elsewhere`, that another factory of the space runs
+    one still before fizzle (its age unknown here).
     """
     if last_abort_at is None:
         return None
     plain_end = last_abort_at + backoff_seconds
     young = [started for started in running_started_at if now - started < fizzle_seconds]
-    if not young:
+    if not young and not young_elsewhere:
         return plain_end if now < plain_end else None
     # A machine of this type started after the abort may be about to fizzle too:
     # wait fizzle_seconds longer, but only while such a young machine exists.
     extended_end = plain_end + fizzle_seconds
     if now >= extended_end:
         return None
+    if young_elsewhere:
+        # The ages of another factory's machines are not known here: until the
+        # extended end, or until a later answer of the space says none is young.
+        return extended_end
     last_young_ages_at = max(young) + fizzle_seconds
     return min(extended_end, max(plain_end, last_young_ages_at))
+
+
+def with_space(histories: Mapping[str, OutcomeHistory], space: Mapping[str, Mapping]) -> dict[str, OutcomeHistory]:
+    """Each machinetype's history with what the other factories of the space said (Vac's pollFactories).
+
+    space: machinetype -> {"last_abort_at", "factory", "before_fizzle"}: the
+    latest abort another factory reported and how many machines of the type are
+    before fizzle there. The latest abort anywhere is the type's last abort.
+    """
+    merged = dict(histories)
+    for machinetype, elsewhere in space.items():
+        history = merged.get(machinetype, OutcomeHistory())
+        last_abort_at, abort_elsewhere = history.last_abort_at, None
+        if elsewhere.get("last_abort_at") is not None and (
+                last_abort_at is None or elsewhere["last_abort_at"] > last_abort_at):
+            last_abort_at, abort_elsewhere = elsewhere["last_abort_at"], elsewhere["factory"]
+        merged[machinetype] = OutcomeHistory(last_abort_at=last_abort_at, recent=history.recent,
+                                             abort_elsewhere=abort_elsewhere,
+                                             young_elsewhere=elsewhere.get("before_fizzle", 0) > 0)
+    return merged
 
 
 # What a restarted root reads back from the history to rebuild backoff: the

@@ -159,7 +159,7 @@ class Factory:
                 and self.placer.adoption_over(self.table)):
             out.extend(self.placer.place(
                 now, config=self.config, machinetypes=self.machinetypes, table=self.table,
-                draining=self.draining, paused=self.paused, histories=self.histories,
+                draining=self.draining, paused=self.paused, histories=self.space_histories(),
                 space_hs06=self.space_hs06(), unavailable_repositories=self.unavailable_repositories,
                 counters=self.counters, mjf_http_url=self.mjf.url, mjf_http_unavailable=self.mjf.why_not))
         settings = self.config.settings
@@ -193,6 +193,10 @@ class Factory:
     def space_hs06(self):
         """HS06 per machinetype the other factories of the space run now (as they last answered)."""
         return self.vacquery.space_hs06(self.factory_name, self.clock())
+
+    def space_histories(self):
+        """Each machinetype's aborts here with the latest the space reports, and its young machines there."""
+        return aborts.with_space(self.histories, self.vacquery.space_aborts(self.factory_name, self.clock()))
 
     def space_status(self):
         """For operators: the factories asked, each one's last answer, and the HS06 they add."""
@@ -317,4 +321,4 @@ class Factory:
         running = self.table.running(self.config.settings.hs06_per_processor)
         return scheduler.backoff_table(
             [scheduler_inputs.machinetype_demand(mt) for mt in self.machinetypes.values()],
-            self.histories, running, now)
+            self.space_histories(), running, now)

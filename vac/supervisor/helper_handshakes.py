@@ -175,6 +175,10 @@ class VacqueryHandshake:
         """HS06 per machinetype the other factories of the space run now (as they last answered)."""
         return space_status.space_hs06(self.answers, now=now, exclude=(factory_name,))
 
+    def space_aborts(self, factory_name, now):
+        """Per machinetype, the latest abort the other factories reported and their machines before fizzle."""
+        return space_status.space_aborts(self.answers, now=now, exclude=(factory_name,))
+
 
 class ReaperHandshake:
     """The live set the reaper acts on, sent every LIVE_SET_SECONDS whatever the slots do."""

@@ -144,7 +144,7 @@ def machinetype_backoff_until(machinetype: MachinetypeDemand, history: OutcomeHi
         return None
     started = [m.started_at for m in running if m.machinetype == machinetype.name]
     return backoff_until(history.last_abort_at, machinetype.backoff_seconds,
-                         machinetype.fizzle_seconds, started, now)
+                         machinetype.fizzle_seconds, started, now, history.young_elsewhere)
 
 
 def backoff_table(machinetypes: Iterable[MachinetypeDemand],
@@ -229,8 +229,9 @@ def _obstacle(machinetype: MachinetypeDemand, factory: FactoryCapacity, history:
                              f" {left:.0f}s left before shutdown_time")
     until = machinetype_backoff_until(machinetype, history, running, now)
     if until is not None:
+        where = f" (last abort on {history.abort_elsewhere})" if history.abort_elsewhere else ""
         return _Obstacle(NoPlacementReason.ALL_IN_BACKOFF,
-                         f"in backoff for another {until - now:.0f}s", until)
+                         f"in backoff for another {until - now:.0f}s{where}", until)
     return None
 
 
