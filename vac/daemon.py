@@ -27,6 +27,7 @@ from vac.supervisor.scheduler_inputs import needed_repositories
 log = logging.getLogger("vac.daemon")
 
 RELOAD_SETTLE_SECONDS = 0.5
+SYSLOG_ERR, SYSLOG_WARNING = 3, 4
 
 
 def _path_argument(text):
@@ -48,6 +49,8 @@ def parse_args(argv):
                         help="control socket (default /run/vac/control.sock)")
     parser.add_argument("--check-config", action="store_true",
                         help="print the effective configuration or its errors; exit 0 or 1")
+    parser.add_argument("--quiet", action="store_true",
+                        help="with --check-config: print only errors and warnings (as the systemd unit does)")
     parser.add_argument("--log-file", metavar="FILE", help="log here instead of stderr")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -61,18 +64,24 @@ def load(args):
     return apply_overrides(config, state_dir=args.state_dir, control_socket=args.socket)
 
 
+def say(text, err, priority):
+    """A message on stderr, with its syslog priority where stderr is the journal (as log lines have)."""
+    print(logs.prefixed(text, priority) if logs.stream_is_journal(err) else text, file=err)
+
+
 def check_config(args, out=sys.stdout, err=sys.stderr):
-    """Print the effective configuration (secrets masked) or every problem."""
+    """Print the effective configuration (secrets masked; not with --quiet) or every problem."""
     from vac.config.render import render_effective
     try:
         config = load(args)
     except ConfigError as error:
         for problem in error.problems:
-            print(problem, file=err)
+            say(str(problem), err, SYSLOG_ERR)
         return 1
-    out.write(render_effective(config))
+    if not args.quiet:
+        out.write(render_effective(config))
     for problem in proxy_problems(config, time.time()):
-        print(f"warning: {problem}", file=err)
+        say(f"warning: {problem}", err, SYSLOG_WARNING)
     return 0
 
 
@@ -147,8 +156,12 @@ def mjf_child_settings(config):
     return {"listen": settings.mjf_http_listen} if wanted else None
 
 
+class StateDirectoryBusy(Exception):
+    """Another vacd holds the state directory's lock."""
+
+
 def lock_state_dir(state_dir):
-    """Hold an exclusive lock on the state directory for the daemon's lifetime."""
+    """Hold an exclusive lock on the state directory for the daemon's lifetime (StateDirectoryBusy if held)."""
     os.makedirs(state_dir, mode=0o755, exist_ok=True)
     path = os.path.join(state_dir, "vacd.lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -157,7 +170,7 @@ def lock_state_dir(state_dir):
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
         os.close(fd)
-        raise SystemExit(f"vacd: another vacd (pid {holder or '?'}) runs on {state_dir}")
+        raise StateDirectoryBusy(f"vacd: another vacd (pid {holder or '?'}) runs on {state_dir}")
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
@@ -193,12 +206,15 @@ def main(argv=None):
         config = load(args)
     except ConfigError as error:
         for problem in error.problems:
-            print(f"vacd: {problem}", file=sys.stderr)
-        print(f"vacd: {len(error.problems)} configuration problem(s); not starting",
-              file=sys.stderr)
+            say(f"vacd: {problem}", sys.stderr, SYSLOG_ERR)
+        say(f"vacd: {len(error.problems)} configuration problem(s); not starting", sys.stderr, SYSLOG_ERR)
         return 1
     settings = config.settings
-    lock_state_dir(settings.state_dir)
+    try:
+        lock_state_dir(settings.state_dir)
+    except StateDirectoryBusy as error:
+        say(str(error), sys.stderr, SYSLOG_ERR)
+        return 1
     log.info("vacd %s starting: space %s, %d slots, state in %s",
              __version__, settings.vac_space, settings.slots, settings.state_dir)
     for problem in proxy_problems(config, time.time()):
@@ -219,7 +235,7 @@ def main(argv=None):
     try:
         control.open()
     except (OSError, RuntimeError) as error:
-        print(f"vacd: control socket {settings.control_socket}: {error}", file=sys.stderr)
+        say(f"vacd: control socket {settings.control_socket}: {error}", sys.stderr, SYSLOG_ERR)
         return 1
     try:
         return root.run()
