@@ -13,7 +13,7 @@ from docker_daemon import FIZZLE_SECONDS, GATED_USER_DATA, Machinetype, Site, cr
 from daemon_client import daemon_factory  # noqa: F401 (a fixture)
 from python_image import ensure_image
 from vac.machine.mjf_http import TOKEN_FILE_NAME
-from vac.workers.mjf import interface_ipv4
+from vac.workers.mjf import CLIENT_SECONDS, interface_ipv4
 
 PYTHON_IMAGE = "vac-test-python:latest"
 WALLCLOCK = 3600
@@ -126,6 +126,7 @@ def test_dirac_readers_in_docker_machines_read_every_key_over_http_and_nothing_e
     # Clients that connect and send nothing hold a connection each, at most 16 from one
     # address, until their deadline; a machine's reader is answered meanwhile.
     idle = [socket.create_connection((gateway, port), timeout=3) for _ in range(20)]
+    opened = time.monotonic()
     try:
         time.sleep(0.5)
         for extra in idle[16:]:
@@ -133,6 +134,10 @@ def test_dirac_readers_in_docker_machines_read_every_key_over_http_and_nothing_e
         started = time.monotonic()
         assert read(docker_client, first, ["jobfeatures/allocated_cpu"])["jobfeatures/allocated_cpu"] == [200, "1"]
         assert time.monotonic() - started < 3
+        # And none of them holds its connection past its deadline.
+        idle[0].settimeout(CLIENT_SECONDS + 5)
+        assert idle[0].recv(100) == b""
+        assert time.monotonic() - opened > CLIENT_SECONDS - 0.5
     finally:
         for sock in idle:
             sock.close()
