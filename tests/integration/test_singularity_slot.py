@@ -27,7 +27,8 @@ from singularity_site import (STANDIN, account_processes, busybox_directory_imag
                               launcher_of, machine_cgroups_exist, machine_pids, needs_singularity_tools,
                               pid_alive, reachable_state_dir, shared_root, slot_accounts)
 from slot_driver import SlotDriver, place
-from test_slot_worker import TEMPLATE, assert_accounted_once, joboutputs, wait_for_file
+from test_slot_worker import template  # noqa: F401 (a fixture)
+from test_slot_worker import assert_accounted_once, joboutputs, wait_for_file
 from vac.machine.layout import MachinePaths, machine_name
 from vac.machine.record import read_record
 from vac.runtimes.singularity_command import PAYLOAD_PATHS
@@ -62,13 +63,6 @@ sleep 1
 touch $out/ready
 while true; do sleep 1; done
 """
-
-
-@pytest.fixture
-def template(tmp_path):
-    path = tmp_path / "user_data.template"
-    path.write_text(TEMPLATE)
-    return path
 
 
 @pytest.fixture
@@ -338,18 +332,32 @@ def test_a_machine_that_ends_while_no_worker_runs_is_finalised_once_with_its_exi
     assert_accounted_once(state_dir, [finished], fizzle_seconds=1)
 
 
+# Burns CPU in one shell only once the slot's first usage sample (1 s after the
+# start) is taken, ends before the next (5 s later), and records its own CPU time.
+LATE_BURNER = """
+sleep 2
+sh -c 'i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; read stat < /proc/$$/stat; echo "$stat" > $JOBOUTPUTS/burner'
+echo "200 Busy" > $out/shutdown_message
+"""
+
+
+def own_cpu_seconds(stat_line):
+    """utime + stime of a /proc/PID/stat line, in seconds."""
+    fields = stat_line[stat_line.rfind(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_the_whole_cpu_time_of_the_machine_is_accounted(site, workers, machine_place):
     state_dir, _ = site
     worker = workers()
-    # Two busy processes for 3 s on a machine of one processor: the cgroup's quota allows 3 CPU seconds.
-    busy = 'timeout 3 yes > /dev/null & timeout 3 yes > /dev/null; wait\necho "200 Busy" > $out/shutdown_message\n'
-    place_msg = machine_place(busy)
+    place_msg = machine_place(LATE_BURNER)
     uuid = place_msg.machine["uuid"]
     worker.send(place_msg)
     finished = worker.finished(uuid, timeout=20)
-    try:
-        assert finished.code == 200
-        assert 2.5 <= finished.cpu_seconds <= finished.ended_at - finished.started_at + 0.5, finished
-    finally:
-        finish_cleanly(worker, finished, uuid)
-        assert_accounted_once(state_dir, [finished], fizzle_seconds=1)
+    assert (finished.code, finished.text) == (200, "Busy"), finished
+    burnt = own_cpu_seconds((joboutputs(state_dir, uuid) / "burner").read_text())
+    assert burnt >= 0.3
+    # Its cgroup's total, not only what the slot sampled while it ran; never more than its life on one processor.
+    assert burnt - 0.02 <= finished.cpu_seconds <= finished.ended_at - finished.started_at + 0.5, (burnt, finished)
+    finish_cleanly(worker, finished, uuid)
+    assert_accounted_once(state_dir, [finished], fizzle_seconds=1)
