@@ -37,8 +37,9 @@ def reason(uid, cgroup, base="/vac"):
     (NOBODY, "/user.slice/user-65534.slice"),
     (ROOT, f"/elsewhere/machine-{FINISHED}/payload"),                # not under vac's base
     (ACCOUNT, None),                                                 # gone before its cgroup was read
+    (NOBODY, f"/vac/machine-{UNRECORDED}/payload/x"),                # another factory's machine
 ], ids=["payload", "below-payload", "other-account", "launcher", "account-in-launcher", "root-in-machine",
-        "root-process", "other-user", "other-base", "cgroup-unknown"])
+        "root-process", "other-user", "other-base", "cgroup-unknown", "other-factorys-machine"])
 def test_kept(uid, cgroup):
     assert reason(uid, cgroup) is None
 
@@ -51,7 +52,8 @@ def test_kept(uid, cgroup):
     (ACCOUNT, f"/vac/machine-{ACTIVE}/payloadx", f"in the cgroup of machine {ACTIVE} but outside its payload"),
     (ACCOUNT, f"/vac/machine-{FINISHED}/payload", f"in the cgroup of machine {FINISHED}, which is finished"),
     (ROOT, f"/vac/machine-{FINISHED}/launcher", f"in the cgroup of machine {FINISHED}, which is finished"),
-    (NOBODY, f"/vac/machine-{UNRECORDED}/payload/x", f"in the cgroup of machine {UNRECORDED}, which has no record"),
+    (ACCOUNT, f"/vac/machine-{UNRECORDED}/payload/x",
+     f"in the cgroup of machine {UNRECORDED}, which this factory has no record of"),
     (ACCOUNT, "/vac/machine-not-a-uuid/payload", "outside the cgroup of any machine"),
 ], ids=["root-cgroup", "login-session", "base-itself", "machine-itself", "payload-lookalike",
         "finished-payload", "finished-launcher", "unrecorded", "bogus-machine-name"])

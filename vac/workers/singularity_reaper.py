@@ -91,10 +91,15 @@ def condemned(processes: Iterable[ProcessView], accounts_uids: set[int], machine
         if place is not None:
             machine_uuid, inside = place
             active = machine_states.get(machine_uuid)
-            if active is not True:
+            if active is False:
                 # Whoever owns it: a finished machine keeps nothing running.
-                state = "has no record" if active is None else "is finished"
-                verdicts.append((process, f"in the cgroup of machine {machine_uuid}, which {state}"))
+                verdicts.append((process, f"in the cgroup of machine {machine_uuid}, which is finished"))
+            elif active is None:
+                # Another factory's machine (another vacd on this host, another state directory): only
+                # what runs as our accounts is ours to judge, and it is not in a machine of ours.
+                if process.uid in accounts_uids:
+                    verdicts.append((process, f"in the cgroup of machine {machine_uuid}, which this factory "
+                                              "has no record of"))
             elif process.uid in accounts_uids and not (_within(inside, PAYLOAD) or _within(inside, LAUNCHER)):
                 verdicts.append((process, f"in the cgroup of machine {machine_uuid} but outside its payload"))
         elif process.uid in accounts_uids:
@@ -184,8 +189,9 @@ def sweep_singularity(layout: CgroupLayout, base: str | Iterable[str], state_dir
     for path in paths:
         name = path.rpartition("/")[2]
         machine_uuid = machine_uuid_of(name)
-        # systemd removes a scope once it is empty.
-        if states.get(machine_uuid) is True or not name.startswith(MACHINE_PREFIX):
+        # Only our finished machines' cgroups: an unrecorded one is another factory's (its record is always
+        # written before its cgroup is made); systemd removes a scope once it is empty.
+        if states.get(machine_uuid) is not False or not name.startswith(MACHINE_PREFIX):
             continue
         cgroup = MachineCgroup(layout, path, tracking)
         try:
@@ -197,6 +203,5 @@ def sweep_singularity(layout: CgroupLayout, base: str | Iterable[str], state_dir
                         machine_uuid, error)
             continue
         removed += 1
-        log.info("reaper: removed the cgroup of machine %s, which %s", machine_uuid,
-                 "is finished" if machine_uuid in states else "has no record")
+        log.info("reaper: removed the cgroup of machine %s, which is finished", machine_uuid)
     return killed, removed
