@@ -8,6 +8,7 @@ import json
 import re
 
 from vac.proctitle import format_elapsed
+from vac.vocabulary.labels import shown_id
 
 LAST_WIDTH = 48            # the slots table's LAST column; `vac slot N` shows it whole
 EVENT_VALUE_WIDTH = 100    # one event field in `vac watch`
@@ -135,7 +136,7 @@ def slot(result, now, tz=None):
         ("machine", result["machine"] or "-"),
         ("machinetype", result["machinetype"] or "-"),
         ("processors", result["processors"] or "-"),
-        ("container", (result["container_id"] or "-")[:12]),
+        ("container", shown_id(result["container_id"] or "-")),
         ("started", "-" if started is None else
          f"{timestamp(started, tz)} ({duration(result['elapsed_seconds'])} ago)"),
         ("shutdown", "-" if shutdown is None else

@@ -15,15 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple, Protocol, runtime_checkable
 
-from vac.vocabulary.labels import (LABEL_FACTORY, LABEL_GENERATION, LABEL_MACHINE, LABEL_MACHINE_NAME,
-                                   LABEL_MACHINETYPE, LABEL_SLOT)
+from vac.vocabulary.labels import (LABEL_FACTORY, LABEL_GENERATION, LABEL_MACHINE, LABEL_MACHINE_NAME,  # noqa: F401
+                                   LABEL_MACHINETYPE, LABEL_SLOT, SINGULARITY_ID_PREFIX)
 
 
 # Seconds an engine call may take before it counts as unanswered, unless the
 # site sets docker_timeout_seconds.
 DEFAULT_ENGINE_TIMEOUT_SECONDS = 30.0
-# A Singularity machine's container id: this, then its machine's UUID.
-SINGULARITY_ID_PREFIX = "singularity-"
 
 class ContainerRuntimeError(Exception):
     """Base of every error a runtime raises on purpose."""

@@ -8,7 +8,8 @@ import logging
 from vac.ipc import messages
 from vac.machine import mjf
 from vac.machine.joboutputs import EXCEEDED_WALLCLOCK, JoboutputsDirectory, ShutdownMessage
-from vac.runtimes.base import SINGULARITY_ID_PREFIX, ContainerGone, ContainerNotStarted, ContainerRuntimeError
+from vac.runtimes.base import ContainerGone, ContainerNotStarted, ContainerRuntimeError
+from vac.vocabulary.labels import shown_id
 from vac.workers import slot_rules, slot_steps
 from vac.workers.held_machine import Machine
 from vac.workers.job_runner import JobResult
@@ -20,15 +21,6 @@ FIRST_STATS_DELAY_SECONDS = 1.0
 STATS_INTERVAL_SECONDS = 5.0
 # CPU samples reach the record this often, so a restarted worker keeps most of them.
 RECORD_CPU_INTERVAL_SECONDS = 60.0
-DOCKER_SHORT_ID_LENGTH = 12
-
-
-def shown_id(container_id: str) -> str:
-    """A container's id as the log shows it: Docker's shortened as `docker ps` does, a Singularity machine's whole."""
-    if container_id.startswith(SINGULARITY_ID_PREFIX):
-        # Its first 12 characters are the prefix every Singularity machine shares.
-        return container_id
-    return container_id[:DOCKER_SHORT_ID_LENGTH]
 
 
 class RunningSteps:
