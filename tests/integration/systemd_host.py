@@ -186,8 +186,8 @@ class SystemdHost:
                 if args.startswith("vacd") or f"{VENV}/bin/vacd" in args}
 
     def cgroups_of(self, pid):
-        """/proc/PID/cgroup inside: hierarchy ("" for the unified one) -> path."""
-        text = self.run("cat", f"/proc/{pid}/cgroup").stdout
+        """/proc/PID/cgroup inside: hierarchy ("" for the unified one) -> path; empty if the process is gone."""
+        text = self.run("sh", "-c", 'cat "/proc/$1/cgroup" 2>/dev/null || true', "-", str(pid)).stdout
         places = {}
         for line in text.splitlines():
             _, controllers, path = line.split(":", 2)
