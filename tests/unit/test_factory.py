@@ -354,7 +354,9 @@ def test_space_answers_count_until_stale_and_vacquery_hears_local_changes(tmp_pa
     assert [(s["machinetype"], s["running_hs06"]) for s in statuses] == [("other", 0.0), ("work", 0.0)]
     assert sent() == [], "unchanged statuses are not sent again"
 
-    answer = {"answered_at": clock.now, "machinetypes": {"work": {"running_hs06": 8.0}}}
+    answer = {"answered_at": clock.now, "factory": None, "short": [], "machinetypes": {"work": {
+        "running_hs06": 8.0, "running_machines": 1, "running_processors": 1, "num_before_fizzle": 0,
+        "shutdown_message": None, "shutdown_time": None, "shutdown_machine": None}}}
     factory.on_message("vacquery", messages.SpaceStatus(factories={"f2": answer, "f3": answer},
                                                         polled=["f2", "f3"]))
     assert factory.space_hs06() == {"work": 16.0}
@@ -400,7 +402,7 @@ def test_an_abort_anywhere_in_the_space_holds_the_machinetype_back_here_for_its_
     factory = make_factory(config_file(tmp_path, processors=1), clock)
 
     def space(message, at, young=0):
-        answer = {"answered_at": clock.now, "machinetypes": {
+        answer = {"answered_at": clock.now, "factory": None, "short": [], "machinetypes": {
             "work": {"running_hs06": 0.0, "running_machines": 0, "running_processors": 0, "num_before_fizzle": young,
                      "shutdown_message": message, "shutdown_time": at, "shutdown_machine": "f2-01.example.com"}}}
         factory.on_message("vacquery", messages.SpaceStatus(factories={"f2.example.com": answer},

@@ -13,9 +13,11 @@ from vac.config.model import Machinetype
 from vac.ipc import messages
 from vac.ipc.framing import FrameDecoder, IpcError, encode_frame
 from vac.ipc.messages import (
-    PROTOCOL_VERSION, Heartbeat, LocalStatus, MalformedMessage, PipeMachinetypes, Ready, StateReport, Stop,
+    PROTOCOL_VERSION, Heartbeat, LocalStatus, MalformedMessage, PipeMachinetypes, Ready, SpaceStatus, StateReport,
+    Stop,
     UnknownMessage, decode, encode,
 )
+from vac.space import report
 from vac.space.factory_status import FactoryStatus
 from vac.space.machine_status import MachineStatus
 from vac.space.protocol import MachinetypeStatus
@@ -45,7 +47,16 @@ LOCAL_MACHINE = dataclasses.asdict(MachineStatus(
     factory="f1.example.org", num_machines=1, machine="f1-00.example.org", state="Running", uuid="u",
     num_processors=1, cpu_seconds=12.5, hs06=10.0, machinetype="lhcb-prod"))
 LOCAL_FACTORY = dataclasses.asdict(FactoryStatus(factory="f1.example.org", running_processors=1, max_processors=8))
+SPACE_ANSWER = {"answered_at": 1_800_000_000.5, "factory": LOCAL_FACTORY, "short": ["3 of 4 machines"],
+                "machinetypes": {"lhcb-prod": {key: LOCAL_MACHINETYPE[key] for key in report.MACHINETYPE_FIGURES}}}
 CHECKED_EXAMPLES = {
+    SpaceStatus: [
+        SpaceStatus(factories={"f2.example.org": SPACE_ANSWER}, polled=["f2.example.org", "f3.example.org"],
+                    silent={"f3.example.org": "no answer within 20 s"},
+                    machines={"f2.example.org": [[LOCAL_MACHINE[key] for key in report.MACHINE_FIELDS]]},
+                    machines_left_out=2, request=7, started_at=1_800_000_000.0, ended_at=1_800_000_003.5),
+        SpaceStatus(factories={}, polled=[]),
+    ],
     LocalStatus: [
         LocalStatus(statuses=[LOCAL_MACHINETYPE], machines=[LOCAL_MACHINE], factory=LOCAL_FACTORY,
                     vacmon=["vacmon.example.org:8884"], made_at=1_800_000_000.5),
@@ -299,4 +310,25 @@ def test_what_vacquery_answers_the_space_with_is_checked_field_by_field(change):
     # vacquery sends these to other factories: one the root could not have meant is refused.
     version, tag, fields = encode(CHECKED_EXAMPLES[LocalStatus][0])
     with pytest.raises(MalformedMessage, match="local_status"):
+        decode([version, tag, {**fields, **change}])
+
+
+@pytest.mark.parametrize("change", [
+    {"factories": {"f2": dict(SPACE_ANSWER, answered_at=float("nan"))}},
+    {"factories": {"f2": dict(SPACE_ANSWER, extra=1)}},
+    {"factories": {"f2": dict(SPACE_ANSWER, machinetypes={"Bad Name": {}})}},
+    {"factories": {"f2": dict(SPACE_ANSWER, machinetypes={"lhcb-prod": {"running_hs06": -1.0}})}},
+    {"factories": {"f2": dict(SPACE_ANSWER, factory={"factory": "f2"})}},
+    {"factories": {"": SPACE_ANSWER}},
+    {"silent": {"f3": "x" * 1000}},
+    {"machines": {"f2": [[1, 2, 3]]}},
+    {"machines": {"f2": [[LOCAL_MACHINE[key] for key in report.MACHINE_FIELDS]] * (report.MAX_SPACE_MACHINES + 1)}},
+    {"machines_left_out": -1},
+    {"polled": [7]},
+    {"ended_at": float("inf")},
+], ids=repr)
+def test_what_vacquery_reports_of_the_space_is_checked_field_by_field(change):
+    # The root schedules with these figures: a report it cannot trust fails the child that sent it.
+    version, tag, fields = encode(CHECKED_EXAMPLES[SpaceStatus][0])
+    with pytest.raises(MalformedMessage, match="space_status"):
         decode([version, tag, {**fields, **change}])

@@ -9,7 +9,8 @@ from vac.space import protocol
 from vac.space.factory_status import FactoryStatus
 from vac.space.machine_status import MachineStatus
 from vac.space.protocol import MachinetypeStatus
-from vac.workers import vacquery
+from vac.space import report
+from vac.workers import space_poller, vacquery
 from vac.workers.space_responder import LocalAnswers
 
 SPACE = "vac01.example.org"
@@ -18,7 +19,7 @@ SPACE = "vac01.example.org"
 @pytest.fixture
 def node():
     node = vacquery.SpaceQuery({"space": SPACE, "factory_name": "f1.example.org",
-                                "factories": ["f2.example.org", "f3.example.org"]})
+                                "factories": ["f2.example.org", "f3.example.org"]}, resolve_names=False)
     yield node
     node.close()
 
@@ -30,30 +31,6 @@ def answer(query_cookie, machinetype, **changes):
         "running_cpus": 8.0, "running_processors": 8.0, "num_before_fizzle": 0}, **changes)).encode()
 
 
-def test_a_bad_answer_is_dropped_and_logged_at_a_bounded_rate_and_the_round_stands(node, caplog):
-    node._start_round(0.0)
-    cookies = {peer["name"]: c for c, peer in node._round.items()}
-    f2 = cookies["f2.example.org"]
-    caplog.set_level(logging.WARNING, logger="vac.workers.vacquery")
-    node._on_datagram(answer(f2, "alpha"), ("192.0.2.2", 995), 1.0)
-    for i in range(5):
-        node._on_datagram(answer(f2, "beta", running_processors=8.5), ("192.0.2.2", 995), 2.0 + i)
-    lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 1 and "192.0.2.2" in lines[0] and "running_processors" in lines[0]
-    node._on_datagram(answer(f2, "beta", running_hs06="x"), ("192.0.2.2", 995),
-                      2.0 + vacquery.BAD_ANSWER_LOG_SECONDS)
-    lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 2 and "running_hs06" in lines[1] and "4 more dropped" in lines[1]
-    # Queries, and answers of another space, are no bad answers.
-    node._on_datagram(protocol.machinetypes_query(SPACE, "x", "vac 1"), ("192.0.2.9", 995), 100.0)
-    node._on_datagram(answer(f2, "beta", space="other.example.org"), ("192.0.2.9", 995), 200.0)
-    assert len(caplog.records) == 2
-    status = node._end_round(3.0)
-    assert status.factories["f2.example.org"]["machinetypes"] == {
-        "alpha": {"running_hs06": 80.0, "running_machines": 2, "running_processors": 8}}
-    assert "f3.example.org" not in status.factories
-
-
 class Recorder:
     def __init__(self):
         self.sent = []
@@ -63,6 +40,91 @@ class Recorder:
 
     def close(self):
         pass
+
+
+ADDRESSES = {"f2.example.org": ("192.0.2.2", 995), "f3.example.org": ("192.0.2.3", 995)}
+
+
+def start_poll(node):
+    """A poll started with both factories resolved; their cookies by name."""
+    node.sock.close()
+    node.sock = Recorder()
+    node.addresses = dict(ADDRESSES)
+    now = node.poller.next_wake(0.0)
+    assert node.tick(now) is None and node.poller.poll is not None
+    return now, {name: asked.cookie for name, asked in node.poller.poll.by_name().items()}
+
+
+def finish(node, now):
+    while (status := node.tick(now)) is None:
+        now = node.poller.next_wake(now)
+    return status
+
+
+def test_a_bad_answer_is_dropped_and_logged_at_a_bounded_rate_and_the_poll_stands(node, caplog):
+    t0, cookies = start_poll(node)
+    f2 = cookies["f2.example.org"]
+    caplog.set_level(logging.WARNING, logger="vac.workers.vacquery")
+    node._on_datagram(answer(f2, "alpha"), ("192.0.2.2", 995), t0 + 1.0)
+    for i in range(5):
+        node._on_datagram(answer(f2, "beta", running_processors=8.5), ("192.0.2.2", 995), t0 + 1.0 + i / 10)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "192.0.2.2" in lines[0] and "running_processors" in lines[0]
+    node._on_datagram(answer(f2, "beta", running_hs06="x"), ("192.0.2.2", 995),
+                      t0 + 1.0 + vacquery.BAD_ANSWER_LOG_SECONDS)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and "running_hs06" in lines[1] and "4 more dropped" in lines[1]
+    # Queries, and answers of another space, are no bad answers; f3's answers are all bad.
+    node._on_datagram(protocol.machinetypes_query(SPACE, "x", "vac 1"), ("192.0.2.9", 995), t0 + 1.5)
+    node._on_datagram(answer(f2, "beta", space="other.example.org"), ("192.0.2.9", 995), t0 + 1.5)
+    node._on_datagram(answer(cookies["f3.example.org"], "beta", factory="f3.example.org", num_machinetypes=0),
+                      ("192.0.2.3", 995), t0 + 1.5)
+    status = finish(node, t0 + 2.0)
+    assert status.factories["f2.example.org"]["machinetypes"]["alpha"]["running_processors"] == 8
+    assert status.factories["f2.example.org"]["short"] == ["1 of 2 machinetypes", "0 of 1 factory status"]
+    assert status.silent == {"f3.example.org": "its answers were dropped: num_machinetypes is not a count "
+                                                "from 1 to 1000"}
+    assert status.request is None and status.ended_at >= status.started_at > 0
+
+
+def test_a_poll_asks_again_those_short_of_answers_and_names_why_the_silent_are(node):
+    node.peers.append("f4.example.org")
+    node.poller.peers.append("f4.example.org")
+    node.unresolved = {"f4.example.org": "Name or service not known"}
+    t0, cookies = start_poll(node)
+    first = [(m["message_type"], address) for m, address in node.sock.sent]
+    assert sorted(first) == sorted((kind, address) for address in ADDRESSES.values()
+                                   for kind in ("machinetypes_query", "factory_query"))
+    node._on_datagram(answer(cookies["f2.example.org"], "alpha"), ("192.0.2.2", 995), t0 + 0.5)
+    node.sock.sent = []
+    status = finish(node, t0 + 1.0)
+    again = [(m["message_type"], address) for m, address in node.sock.sent]
+    # Five more rounds to each factory short of answers: f2 of one machinetype and its status, f3 of all.
+    assert len(again) == 5 * 4 and set(again) == set(first)
+    assert status.silent == {"f3.example.org": "no answer within 12 s (6 queries)",
+                             "f4.example.org": "its name does not resolve: Name or service not known"}
+    assert set(status.factories) == {"f2.example.org"}
+
+
+def test_an_operators_request_polls_soon_and_asks_for_machines(node):
+    t0, _ = start_poll(node)
+    finish(node, t0)
+    node.poller.request(7, machines=False)
+    node.poller.request(8, machines=True)
+    due = node.poller.next_wake(t0 + 0.1)
+    assert due == t0 + space_poller.ON_DEMAND_SECONDS < t0 + node.poller.interval
+    node.sock.sent = []
+    node.tick(due)
+    cookies = {name: asked.cookie for name, asked in node.poller.poll.by_name().items()}
+    assert {m["message_type"] for m, _ in node.sock.sent} == {"machinetypes_query", "factory_query",
+                                                              "machines_query"}
+    machine = {"message_type": "machine_status", "cookie": cookies["f2.example.org"], "space": SPACE,
+               "factory": "f2.example.org", "num_machines": 1, "machine": "f2-00.example.org", "state": "Running"}
+    node._on_datagram(json.dumps(machine).encode(), ("192.0.2.2", 995), due + 0.1)
+    status = finish(node, due + 0.2)
+    assert status.request == 8
+    assert [row[report.MACHINE_FIELDS.index("machine")] for row in status.machines["f2.example.org"]] == [
+        "f2-00.example.org"]
 
 
 def statuses(count):

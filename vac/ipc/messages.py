@@ -15,7 +15,7 @@ import typing
 from vac.config import plain
 from vac.config.values import BadValue
 from vac.ipc.framing import IpcError, Unencodable
-from vac.space import protocol
+from vac.space import protocol, report
 from vac.space.factory_status import FactoryStatus
 from vac.space.machine_status import MachineStatus
 
@@ -323,13 +323,43 @@ class LocalStatus:
 
 @message("space_status")
 class SpaceStatus:
-    """Vacquery to root: what the other factories answered in one round.
+    """Vacquery to root: what the other factories answered in one poll (vac/space/report.py).
 
-    factories: {name: {"answered_at": unix time, "machinetypes": {machinetype:
-    {"running_hs06", "running_machines", "running_processors"}}}}; polled: every name asked.
+    factories, silent, machines, machines_left_out: as report.py gives them;
+    polled: every name asked; request: the latest operator's request
+    (SpaceRequest) this poll answers, None for a poll on vacquery's own
+    schedule; started_at, ended_at: the poll's wall-clock times.
     """
     factories: dict
     polled: list
+    silent: dict = dataclasses.field(default_factory=dict)
+    machines: dict = dataclasses.field(default_factory=dict)
+    machines_left_out: int = 0
+    request: int | None = None
+    started_at: float = 0.0
+    ended_at: float = 0.0
+
+    def __post_init__(self):
+        # The root schedules with these figures and shows them to operators.
+        try:
+            report.check(self.factories, self.silent, self.machines, self.machines_left_out)
+            if len(self.polled) > report.MAX_FACTORIES or not all(
+                    isinstance(name, str) and 0 < len(name) <= report.MAX_NAME for name in self.polled):
+                raise ValueError("polled is not a list of factory names")
+            if not (math.isfinite(self.started_at) and math.isfinite(self.ended_at)):
+                raise ValueError("the poll's times are not finite")
+        except ValueError as error:
+            raise MalformedMessage(f"space_status: {error}") from None
+
+
+@message("space_request")
+class SpaceRequest:
+    """Root to vacquery: an operator asks for a fresh poll (with machines: every machine of the space too).
+
+    `request` numbers it; the SpaceStatus of the poll that answers it carries the number back.
+    """
+    request: int
+    machines: bool
 
 
 @message("pipe_list")
