@@ -17,10 +17,10 @@ from vac.config.settings import parse_metrics_listen
 from vac.config.values import BadValue
 from vac.ipc import messages
 from vac.machine.atomicfile import write_atomic
-from vac.vocabulary.child_states import EXIT_BAD_SPEC
 from vac.workers.harness import WorkerLoop
 from vac.workers.metrics_exposition import CONTENT_TYPE, Exposition
 from vac.workers.metrics_http import CLIENT_SECONDS, MetricsServer
+from vac.workers.serving_child import SpecError, next_wake, options_or_exit, serve
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +28,6 @@ TEXTFILE_SECONDS = 15.0
 # Several scrapes within this time share one measurement of the processes.
 MEASURE_SECONDS = 1.0
 BIND_RETRY_SECONDS = 30.0
-MAX_WAIT_SECONDS = 60.0
-
-
-class SpecError(ValueError):
-    """The exporter's spec cannot work; the child exits with EXIT_BAD_SPEC."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,10 +163,7 @@ class Sink:
         log.info("metrics exporter: serving http://%s/metrics", self.server.address)
 
     def next_deadline(self, now):
-        deadlines = [d for d in (self._bind_at, self._write_at) if d is not None]
-        if self.server is not None and self.server.next_deadline() is not None:
-            deadlines.append(self.server.next_deadline())
-        return min(deadlines, default=now + MAX_WAIT_SECONDS)
+        return next_wake(now, self.server, self._bind_at, self._write_at)
 
     def on_pass(self, now):
         if self.server is not None:
@@ -223,28 +215,18 @@ class Sink:
 def run(channel, spec):
     """Entry point in the forked metrics process."""
     loop = WorkerLoop(channel, spec, role="metrics")
-    try:
-        options = exporter_options(spec)
-    except SpecError as error:
-        log.error("metrics exporter: %s; not starting it", error)
-        raise SystemExit(EXIT_BAD_SPEC) from None
+    options = options_or_exit(exporter_options, spec, "metrics exporter")
     exporter = Exporter(loop.root_pid)
     sink = Sink(loop, exporter, options)
     sink.bind(time.monotonic())
     loop.ready()
     # The first pass writes the textfile at once, replacing what an earlier run left.
     sink.on_pass(time.monotonic())
-    try:
-        while not loop.stopping:
-            now = time.monotonic()
-            wait_for = max(min(sink.next_deadline(now), now + MAX_WAIT_SECONDS) - now, 0)
-            fds = (sink.server.fileno(),) if sink.server is not None else ()
-            for msg in loop.wait(wait_for, fds=fds):
-                if isinstance(msg, messages.MetricsSnapshot):
-                    exporter.update(msg.snapshot)
-                else:
-                    log.warning("metrics exporter: unexpected %s message; ignoring it", msg.TAG)
-            sink.on_pass(time.monotonic())
-    finally:
-        sink.close()
-    log.info("metrics exporter stopping: %s", loop.stop_reason)
+
+    def on_message(msg):
+        if isinstance(msg, messages.MetricsSnapshot):
+            exporter.update(msg.snapshot)
+        else:
+            log.warning("metrics exporter: unexpected %s message; ignoring it", msg.TAG)
+
+    serve(loop, sink, "metrics exporter", on_message)

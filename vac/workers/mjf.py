@@ -25,9 +25,9 @@ from pathlib import Path
 
 from vac.config.model import DEFAULT_MJF_HTTP_BRIDGE, DEFAULT_MJF_HTTP_PORT
 from vac.machine.mjf_http import FeatureTooLarge, parse_path, read_feature
-from vac.vocabulary.child_states import EXIT_BAD_SPEC
 from vac.workers.harness import WorkerLoop
 from vac.workers.http_server import HttpServer, Reply
+from vac.workers.serving_child import SpecError, next_wake, options_or_exit, serve
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,8 @@ MAX_CLIENTS = 128
 MAX_CLIENTS_PER_PEER = 16
 BACKLOG = 128
 BIND_RETRY_SECONDS = 10.0
-MAX_WAIT_SECONDS = 60.0
 SIOCGIFADDR = 0x8915
 IFNAMSIZ = 16
-
-
-class SpecError(ValueError):
-    """The child's spec cannot work; it exits with EXIT_BAD_SPEC."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,10 +165,7 @@ class MjfService:
         return f"http://{self.server.address}" if self.server is not None else None
 
     def next_deadline(self, now):
-        deadlines = [d for d in (self._bind_at,) if d is not None]
-        if self.server is not None and self.server.next_deadline() is not None:
-            deadlines.append(self.server.next_deadline())
-        return min(deadlines, default=now + MAX_WAIT_SECONDS)
+        return next_wake(now, self.server, self._bind_at)
 
     def on_pass(self, now):
         if self.server is not None:
@@ -200,23 +192,13 @@ class MjfService:
 def run(channel, spec):
     """Entry point in the forked mjf process."""
     loop = WorkerLoop(channel, spec, role="mjf")
-    try:
-        options = mjf_options(spec)
-    except SpecError as error:
-        log.error("mjf: %s; not starting it", error)
-        raise SystemExit(EXIT_BAD_SPEC) from None
+    options = options_or_exit(mjf_options, spec, "mjf")
     service = MjfService(loop, options)
     service.bind(time.monotonic())
     loop.ready()
     service.report()
-    try:
-        while not loop.stopping:
-            now = time.monotonic()
-            wait_for = max(min(service.next_deadline(now), now + MAX_WAIT_SECONDS) - now, 0)
-            fds = (service.server.fileno(),) if service.server is not None else ()
-            for msg in loop.wait(wait_for, fds=fds):
-                log.warning("mjf: unexpected %s message; ignoring it", msg.TAG)
-            service.on_pass(time.monotonic())
-    finally:
-        service.close()
-    log.info("mjf stopping: %s", loop.stop_reason)
+
+    def on_message(msg):
+        log.warning("mjf: unexpected %s message; ignoring it", msg.TAG)
+
+    serve(loop, service, "mjf", on_message)
