@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Callable
 
-from vac import __version__, apel_sync, cli_render, nagios, occupancy
+from vac import __version__, apel_sync, cli_render, cli_space, nagios, occupancy
 from vac.control.client import ControlClient, ControlError
 
 DEFAULT_SOCKET = "/run/vac/control.sock"
@@ -97,6 +97,7 @@ def build_parser():
         command = sub.add_parser(name, help=spec.help, description=spec.help, parents=[json_flag])
         for flags, options in spec.arguments:
             command.add_argument(*flags, **options)
+    cli_space.add_parsers(sub, json_flag)
     sub.add_parser("watch", parents=[json_flag],
                    help="print the daemon's events as they happen, until Ctrl-C")
     check = sub.add_parser("check", help="Nagios/NRPE plugin: OK/WARNING/CRITICAL/UNKNOWN",
@@ -127,6 +128,8 @@ def main(argv=None):
             return run_check(args)
         if args.command == "watch":
             return run_watch(args)
+        if args.command in ("space", "machines"):
+            return run_space(args)
         return run_command(args, SUBCOMMANDS[args.command])
     except BrokenPipeError:
         return _stdout_gone()
@@ -188,6 +191,23 @@ def run_watch(args):
             return EXIT_OK
     print("vac: vacd closed the connection: the watch has ended", file=sys.stderr)
     return EXIT_NOT_RUNNING
+
+
+def run_space(args):
+    """`vac space` and `vac machines`: what the space last said, or says once polled again."""
+    command = "space" if args.command == "space" else "space_machines" if args.space else "machines"
+    fresh = args.fresh if args.command == "space" else args.space and not args.cached
+    try:
+        result, not_fresh = _ask(args, lambda client: cli_space.fetch(
+            client, command, fresh=fresh, machines=args.command == "machines"))
+    except (ControlError, OSError) as error:
+        return _failed(error, args)
+    render = cli_space.render_space if args.command == "space" else cli_space.render_machines
+    _print(cli_render.to_json(result) if args.json else render(result, time.time()))
+    if not_fresh is not None:
+        _print(f"vac: {not_fresh}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _ask(args, action):

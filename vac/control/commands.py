@@ -8,6 +8,7 @@ import dataclasses
 import math
 import time
 
+from vac.space import rounds
 from vac.vocabulary.child_states import ChildState
 from vac.vocabulary.slot_ids import slot_id
 
@@ -33,7 +34,7 @@ class Command:
 COMMANDS = {}
 # Problems listed per pipe and for the configuration in a status reply.
 STATUS_PROBLEMS_SHOWN = 20
-INT, STR, NUMBER = (int,), (str,), (int, float)
+INT, STR, NUMBER, BOOL = (int,), (str,), (int, float), (bool,)
 
 
 def command(name, *, mutating=False, streams=False, **schema):
@@ -112,6 +113,37 @@ def machinetypes(ctx, args):
                    "paused": name in factory.paused,
                    "pipe": mt.pipe}
             for name, mt in sorted(factory.machinetypes.items())}
+
+
+@command("machines")
+def machines(ctx, args):
+    """This factory's machines, one per slot, as VacQuery answers a machines query."""
+    return [dataclasses.asdict(machine) for machine in ctx.factory.machine_statuses()]
+
+
+@command("space")
+def space(ctx, args):
+    """The space: each factory's answer (age, processors, HS06, machines, last abort) and the silent ones."""
+    _space_of(ctx)
+    return ctx.factory.space_view()
+
+
+@command("space_machines")
+def space_machines(ctx, args):
+    """Every machine of the space, as the last poll that asked for machines found them."""
+    _space_of(ctx)
+    return ctx.factory.space_machines()
+
+
+@command("space_poll", machines=(BOOL, False, False))
+def space_poll(ctx, args):
+    """Ask the space again now (machines=true: every machine too); `space` shows it once request_done reaches
+    the request returned, within wait_seconds."""
+    settings = _space_of(ctx)
+    if "vacquery" not in ctx.root.live:
+        raise CommandFailed("vacquery is not running now: no poll can be made (vac status shows why)")
+    return {"request": ctx.factory.request_space_poll(args["machines"]),
+            "wait_seconds": rounds.longest_wait(settings.udp_timeout_seconds)}
 
 
 @command("watch", streams=True)
@@ -207,6 +239,14 @@ def capped(problems, total=None):
     if total > len(shown):
         shown.append(f"and {total - len(shown)} more")
     return shown
+
+
+def _space_of(ctx):
+    """The settings of a factory that belongs to a space, or CommandFailed."""
+    settings = ctx.factory.config.settings
+    if not settings.vac_space:
+        raise CommandFailed("this factory belongs to no space: vac_space is not set")
+    return settings
 
 
 def _slot_number(ctx, number):

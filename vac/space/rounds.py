@@ -24,10 +24,17 @@ QUIET_DIVISOR = 5
 # A poll ends this many udp_timeout_seconds after it started, answered or not:
 # six quiet rounds of silent factories take 1.2 of them.
 DEADLINE_FACTOR = 2.0
+# An operator's fresh poll starts at most this long after the last poll started.
+ON_DEMAND_SECONDS = 5.0
 # The answer each query is answered with.
 ANSWER_OF = {protocol.MACHINETYPES_QUERY: protocol.MACHINETYPE_STATUS,
              protocol.MACHINES_QUERY: protocol.MACHINE_STATUS,
              protocol.FACTORY_QUERY: protocol.FACTORY_STATUS}
+
+
+def longest_wait(udp_timeout: float) -> float:
+    """How long an operator's request may take to be answered: until the poll starts, then its deadline."""
+    return ON_DEMAND_SECONDS + DEADLINE_FACTOR * udp_timeout
 
 
 @dataclasses.dataclass

@@ -41,15 +41,16 @@ def shutdown_message(outcome: Mapping, fizzle_seconds: float) -> str | None:
 
 
 def local_machines(*, factory_name: str, slots: Iterable[Mapping], outcomes: Mapping[int, Mapping],
-                   machinetypes: Mapping, hs06_per_processor: float) -> list[MachineStatus]:
-    """One status per slot, as a machines_query is answered (the first MAX_ANSWER_DATAGRAMS slots).
+                   machinetypes: Mapping, hs06_per_processor: float,
+                   cap: int | None = MAX_ANSWER_DATAGRAMS) -> list[MachineStatus]:
+    """One status per slot, as a machines_query is answered (the first `cap` slots; None: all, for operators).
 
     slots: {"slot", "name", "state", "machine"} in slot order, machine as the
     slot table holds it (None when empty); outcomes: slot -> its last finished
     machine ({machine, machinetype, code, text, started_at, ended_at, processors, cpu_seconds}).
     An empty slot is answered "Shut down" with the last machine it held, as Vac does.
     """
-    slots = list(slots)[:MAX_ANSWER_DATAGRAMS]
+    slots = list(slots)[:cap]
     out = []
     for slot in slots:
         machine, outcome = slot["machine"], outcomes.get(slot["slot"])

@@ -20,6 +20,7 @@ from vac.ipc import messages
 from vac.machine import mjf
 from vac.machine.layout import machine_name
 from vac.space import status as space_status
+from vac.space import view as space_view
 from vac.supervisor import aborts, scheduler, scheduler_inputs
 from vac.supervisor.factory_counters import FactoryCounters
 from vac.supervisor.mjf_handshake import MJF, MjfHandshake
@@ -178,17 +179,20 @@ class Factory:
     def local_report(self):
         """What this factory answers the space with: (machinetype statuses, machine statuses, factory status)."""
         settings = self.config.settings
-        hs06_per_processor = settings.hs06_per_processor_or_default
+        factory = space_status.local_factory(
+            factory_name=self.factory_name, machines=self.table.machines(),
+            total_processors=settings.total_processors, hs06_per_processor=settings.hs06_per_processor_or_default)
+        return self.local_statuses(), self.machine_statuses(space_status.MAX_ANSWER_DATAGRAMS), factory
+
+    def machine_statuses(self, cap=None):
+        """One machine_status per slot (the first `cap`; None: every slot)."""
         held = dict(self.table.machines())
         slots = [{"slot": entry.slot, "name": machine_name(self.factory_name, entry.slot), "state": entry.state,
                   "machine": held.get(entry.slot)} for entry in self.table.entries.values()]
-        machines = space_status.local_machines(
+        return space_status.local_machines(
             factory_name=self.factory_name, slots=slots, outcomes=self.last_outcomes,
-            machinetypes=self.machinetypes, hs06_per_processor=hs06_per_processor)
-        factory = space_status.local_factory(
-            factory_name=self.factory_name, machines=self.table.machines(),
-            total_processors=settings.total_processors, hs06_per_processor=hs06_per_processor)
-        return self.local_statuses(), machines, factory
+            machinetypes=self.machinetypes, hs06_per_processor=self.config.settings.hs06_per_processor_or_default,
+            cap=cap)
 
     def space_hs06(self):
         """HS06 per machinetype the other factories of the space run now (as they last answered)."""
@@ -202,6 +206,30 @@ class Factory:
         """For operators: the factories asked, each one's last answer, and the HS06 they add."""
         return {"polled": list(self.vacquery.polled), "answers": dict(self.vacquery.answers),
                 "hs06": self.space_hs06()}
+
+    def space_view(self):
+        """`vac space`: one row per factory of the space, this one first; the silent ones with why."""
+        statuses, _, factory = self.local_report()
+        handshake = self.vacquery
+        return space_view.space_view(
+            space=self.config.settings.vac_space, factory_name=self.factory_name, local_statuses=statuses,
+            local_factory=factory, answers=handshake.answers, polled=handshake.polled, silent=handshake.silent,
+            poll=dict(handshake.poll, request_done=handshake.request_done), now=self.clock())
+
+    def space_machines(self):
+        """`vac machines --space`: this factory's machines, then those the last poll for machines returned."""
+        handshake = self.vacquery
+        return space_view.space_machines(
+            factory_name=self.factory_name, local_machines=self.machine_statuses(), machines=handshake.machines,
+            silent=handshake.machines_poll.get("silent", {}), left_out=handshake.machines_poll.get("left_out", 0),
+            poll={**{key: handshake.machines_poll.get(key) for key in ("started_at", "ended_at", "request")},
+                  "request_done": handshake.request_done})
+
+    def request_space_poll(self, machines):
+        """Ask vacquery for a fresh poll (with every machine of the space); the number its answer will carry."""
+        number, out = self.vacquery.request(machines, self.clock())
+        self._outbox.extend(out)
+        return number
 
     def _lower_shutdown_times(self):
         shutdown_time = self.config.settings.shutdown_time

@@ -126,27 +126,60 @@ class KeeperHandshake:
 LOCAL_STATUS_REFRESH_SECONDS = 30.0
 
 
+# An operator's request for a fresh poll not answered after this long is
+# given up (vacquery restarted meanwhile): the next request is sent anew.
+SPACE_REQUEST_SECONDS = 60.0
+
+
 class VacqueryHandshake:
     """What the other factories of the space last answered, and our statuses for vacquery."""
 
     def __init__(self):
         self.answers = {}        # factory -> its latest answer (SpaceStatus.factories entry)
-        self.polled = []         # the factories the last VacQuery round asked
+        self.polled = []         # the factories the last VacQuery poll asked
+        self.silent = {}         # factory -> why it did not answer the last poll
+        self.poll = {}           # the last poll: started_at, ended_at, request
+        self.machines = {}       # factory -> its machines, as the last poll that asked for them returned them
+        self.machines_poll = {}  # that poll: started_at, ended_at, request, silent, left_out
+        self.request_done = 0    # the latest operator's request a poll has answered
+        self._requested = 0      # the latest request number sent
+        self._pending = None     # (number, machines, sent at) of a request not answered yet
         self._local_sent = NOT_ASKED   # the statuses last sent to vacquery
         self._local_sent_at = None
         self._refused = None     # why the last statuses could not be sent (logged once)
 
     def on_state(self, msg):
-        # A (re)started vacquery has nothing to answer with yet.
+        # A (re)started vacquery has nothing to answer with yet, nor any request.
         if msg.state == "waiting":
             self._local_sent = None
+            self._pending = None
 
     def on_space_status(self, msg):
         # A factory no longer listed is forgotten; one that did not answer
-        # this round keeps its last answer until that grows stale.
+        # this poll keeps its last answer until that grows stale.
         self.polled = list(msg.polled)
         self.answers = {name: answer for name, answer in {**self.answers, **msg.factories}.items()
                         if name in self.polled}
+        self.silent = dict(msg.silent)
+        self.poll = {"started_at": msg.started_at, "ended_at": msg.ended_at, "request": msg.request}
+        if msg.machines or msg.machines_left_out or (self._pending is not None and self._pending[1]
+                                                     and msg.request is not None
+                                                     and msg.request >= self._pending[0]):
+            self.machines = dict(msg.machines)
+            self.machines_poll = dict(self.poll, silent=dict(msg.silent), left_out=msg.machines_left_out)
+        if msg.request is not None:
+            self.request_done = max(self.request_done, msg.request)
+            if self._pending is not None and msg.request >= self._pending[0]:
+                self._pending = None
+
+    def request(self, machines, now):
+        """(request number, messages): a fresh poll an operator asks for, joined to one on its way if it can."""
+        pending = self._pending
+        if pending is not None and now - pending[2] < SPACE_REQUEST_SECONDS and (pending[1] or not machines):
+            return pending[0], []
+        self._requested += 1
+        self._pending = (self._requested, machines, now)
+        return self._requested, [(VACQUERY, messages.SpaceRequest(request=self._requested, machines=machines))]
 
     def outgoing(self, local_report, vacmon, now):
         """Send vacquery what this factory answers with when it changed, it restarted, or

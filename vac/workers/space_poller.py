@@ -22,8 +22,7 @@ from vac.space.machine_status import read_machine_status
 
 log = logging.getLogger("vac.workers.vacquery")
 
-# An operator's fresh poll starts at most this long after the last poll started.
-ON_DEMAND_SECONDS = 5.0
+ON_DEMAND_SECONDS = rounds.ON_DEMAND_SECONDS
 # How each answer is read, which query it answers, and what keys each of its datagrams.
 _READERS = {
     protocol.MACHINETYPE_STATUS: (protocol.read_machinetype_status, protocol.MACHINETYPES_QUERY,
