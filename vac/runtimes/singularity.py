@@ -324,12 +324,19 @@ class SingularityRuntime:
     def exit_status(self, handle: ContainerHandle) -> ExitInfo | None:
         """The launcher's record of the exit; an unrecorded end once nothing of the machine lives."""
         folder, meta = self._meta(handle.id)
+        recorded = self._recorded_exit(folder, meta)
+        if recorded is not None:
+            return recorded
+        if self._handle(folder, meta).state is not ContainerState.EXITED:
+            return None
+        # The launcher writes its record before it exits: one that ended since the
+        # first look has recorded its end by now, and that record wins.
+        return self._recorded_exit(folder, meta) or ExitInfo(UNRECORDED_EXIT_CODE, None, self._oom_killed(meta))
+
+    def _recorded_exit(self, folder: Path, meta: dict) -> ExitInfo | None:
         status = _read_json(folder / EXIT_STATUS_FILE)
         if status is not None and isinstance(status.get("exit_code"), int):
             return ExitInfo(status["exit_code"], status.get("finished_at"), self._oom_killed(meta))
-        current = self._handle(folder, meta)
-        if current.state is ContainerState.EXITED:
-            return ExitInfo(UNRECORDED_EXIT_CODE, None, self._oom_killed(meta))
         return None
 
     def _oom_killed(self, meta: dict) -> bool:
