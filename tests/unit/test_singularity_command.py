@@ -72,6 +72,10 @@ def test_the_launcher_runs_isolated_and_systemd_puts_it_in_a_delegated_scope_wit
         "systemd-run", "--scope", "--quiet", "--collect", f"--unit=vac-machine-{UUID}.scope", "--slice=vac.slice",
         "--property=Delegate=yes", f"--property=MemoryMax={4 << 30}", "--property=MemorySwapMax=0",
         "--property=CPUQuota=200%", "--property=TasksMax=8192", "--", *command]
+    # systemctl status and the journal name the machine, not the launcher's command line.
+    named = systemd_run_argv(UUID, {"cpus": 1, "memory_bytes": 1 << 30, "pids": 10}, command,
+                             machine_name="factory-03")
+    assert named[5] == "--description=vac Singularity machine factory-03"
 
 
 def test_the_plan_never_names_root():

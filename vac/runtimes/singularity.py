@@ -247,7 +247,7 @@ class SingularityRuntime:
         _write_json(folder / PLAN_FILE, plan)
         command = launcher_argv(folder / PLAN_FILE)
         if meta["cgroup_mode"] == "systemd":
-            command = systemd_run_argv(self._uuid_of(handle.id), meta["limits"], command)
+            command = systemd_run_argv(self._uuid_of(handle.id), meta["limits"], command, machine_name=meta["name"])
         try:
             result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=self.timeout,
                                     close_fds=True, check=False)

@@ -121,13 +121,16 @@ def vac_cgroup_path(machine_uuid: str) -> str:
 
 
 def systemd_run_argv(machine_uuid: str, limits: Mapping[str, int], command: list[str],
-                     systemd_run: str = "systemd-run") -> list[str]:
+                     systemd_run: str = "systemd-run", machine_name: str | None = None) -> list[str]:
     """`command` started in a transient scope of its own, outside vacd.service, with the machine's limits.
 
     Delegate=yes hands the scope's subtree to vac (the launcher makes its
     launcher and payload cgroups there); systemd removes the scope once empty.
+    The description is what `systemctl status` and the journal show of the
+    scope (else systemd shows the launcher's whole command line).
     """
-    return [systemd_run, "--scope", "--quiet", "--collect", f"--unit={scope_unit(machine_uuid)}",
+    description = [f"--description=vac Singularity machine {machine_name}"] if machine_name else []
+    return [systemd_run, "--scope", "--quiet", "--collect", f"--unit={scope_unit(machine_uuid)}", *description,
             f"--slice={SYSTEMD_SLICE}", "--property=Delegate=yes",
             f"--property=MemoryMax={limits['memory_bytes']}", "--property=MemorySwapMax=0",
             f"--property=CPUQuota={limits['cpus'] * CPU_PERIOD_PERCENT}%",
