@@ -11,6 +11,7 @@ sees /run/systemd/system and starts each machine with systemd-run --scope.
 Run time: about 25 s on the 2-CPU development machine with systemd booted.
 """
 
+import json
 import shutil
 
 import pytest
@@ -58,10 +59,13 @@ def assert_in_their_scopes(host, factory, machines):
     """Each machine's launcher and payload where docs/singularity.md puts them, with the limits."""
     for machine in machines:
         shown = host.show(scope(machine), "ActiveState", "Slice", "Delegate", "MemoryMax", "TasksMax",
-                          "CPUQuotaPerSecUSec", "ControlGroup")
+                          "CPUQuotaPerSecUSec", "ControlGroup", "Description")
+        name = json.loads((factory.site.state_dir / "machines" / machine.uuid / "singularity"
+                           / "container.json").read_text())["name"]
         assert shown == {"ActiveState": "active", "Slice": "vac.slice", "Delegate": "yes",
                          "MemoryMax": str(MB_PER_PROCESSOR * MIB), "TasksMax": shown["TasksMax"],
-                         "CPUQuotaPerSecUSec": "1s", "ControlGroup": f"/vac.slice/{scope(machine)}"}, shown
+                         "CPUQuotaPerSecUSec": "1s", "ControlGroup": f"/vac.slice/{scope(machine)}",
+                         "Description": f"vac Singularity machine {name}"}, shown
         launcher, _ = launcher_of(factory.site.state_dir, machine.uuid)
         places = host.cgroups_of(launcher)
         # Tracked in the unified hierarchy; the limits' controllers (v1 here) in the same place.
@@ -106,3 +110,21 @@ def test_singularity_machines_outlive_restart_and_stop_of_vacd_in_their_scopes_a
         left = host.run("sh", "-c", 'ls -d /sys/fs/cgroup/*/vac.slice/"$1" 2>/dev/null || true', "-",
                         scope(machine)).stdout
         assert left == "", left
+
+
+def test_stopping_vac_slice_ends_every_singularity_machine_and_vacd_finalises_each_once(
+        systemd_host, systemd_factory, singularity, docker_client, create_events):  # noqa: F811
+    host = systemd_host
+    factory = systemd_factory([SING], singularity=singularity)
+    factory.start()
+    machines = factory.wait_running(2)
+    # What contrib/systemd/vac.slice says a site may do.
+    host.systemctl("stop", "vac.slice")
+    for machine in machines:
+        ended = factory.site.wait_finished(machine.uuid, factory.journal)
+        assert (ended.container_id, ended.shutdown_code) == (machine.container_id, None)
+        # The payload got systemd's SIGTERM; its launcher, which ignores it, recorded the end.
+        factory.journal.wait_for(f"machine {machine.uuid}: the container exited with code 143")
+        assert host.show(scope(machine), "ActiveState")["ActiveState"] == "inactive"
+    assert host.show(UNIT, "ActiveState")["ActiveState"] == "active", "vacd is not in vac.slice"
+    factory.finish(docker_client, create_events)
