@@ -37,6 +37,7 @@ state_dir = {state_dir}
 hs06_per_processor = 10
 # Placements must not wait for the load of whatever else the test host runs.
 overload_per_processor = 1000
+{extra}
 
 [machinetype alpha]
 machine_model = docker
@@ -186,10 +187,11 @@ def short_dir():
 
 
 def start(daemon_factory, tmp_path, short_dir, *, space, name, port, factories, draining="yes",  # noqa: F811
-          backoff=600):
+          backoff=600, extra=""):
     config = tmp_path / f"{name}.conf"
     config.write_text(CONFIG.format(space=space, name=name, port=port, factories=" ".join(factories),
-                                    draining=draining, state_dir=tmp_path / f"state-{name}", backoff=backoff))
+                                    draining=draining, state_dir=tmp_path / f"state-{name}", backoff=backoff,
+                                    extra=extra))
     socket_path = os.path.join(short_dir, f"{name.split('.')[0]}.sock")
     daemon = daemon_factory(config, extra_args=("--socket", socket_path), log_name=f"{name}.log",
                             state_dir_option=False)
@@ -301,3 +303,29 @@ def test_an_abort_on_another_factory_holds_the_machinetype_back_here_for_its_bac
         assert aborted_at + 25 <= time.time() < aborted_at + 25 + 15
     finally:
         vac_factory.stop()
+
+
+def test_vacmon_hears_the_factory_and_each_machinetype_after_every_poll(tmp_path, short_dir,
+                                                                        daemon_factory):  # noqa: F811
+    space = f"s{uuid.uuid4().hex[:8]}.vac-test.example.org"
+    vacmon = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    vacmon.bind(("127.0.0.1", 0))
+    vacmon.settimeout(20)
+    config_extra = f"vacmon_hostport = 127.0.0.1:{vacmon.getsockname()[1]}\n"
+    try:
+        # A factory alone in its space reports all the same.
+        f1 = start(daemon_factory, tmp_path, short_dir, space=space, name="f1.vac-test.example.org",
+                   port=free_udp_port(), factories=[], extra=config_extra)
+        vac_json_output(f1, "space", "--fresh")
+        heard = []
+        while len(heard) < 3:
+            heard.append(json.loads(vacmon.recvfrom(10240)[0]))
+        assert [m["message_type"] for m in heard] == ["factory_status", "machinetype_status", "machinetype_status"]
+        assert {m["cookie"] for m in heard} == {"0"} and {m["factory"] for m in heard} == {"f1.vac-test.example.org"}
+        assert sorted(m["machinetype"] for m in heard[1:]) == ["alpha", "beta"]
+        assert heard[0]["max_processors"] == 2 and heard[0]["max_hs06"] == 20.0
+        # Another poll, another report.
+        vac_json_output(f1, "space", "--fresh")
+        assert json.loads(vacmon.recvfrom(10240)[0])["message_type"] == "factory_status"
+    finally:
+        vacmon.close()

@@ -223,3 +223,31 @@ def test_nothing_is_answered_before_the_root_has_said_what_runs_here(node):
         node._on_datagram(json.dumps({"message_type": kind, "space": SPACE, "cookie": "c"}).encode(),
                           ("192.0.2.1", 995), 10.0)
     assert node.sock.sent == []
+
+
+def test_after_every_poll_vacmon_hears_the_factory_and_each_machinetype_with_cookie_0(node):
+    node.vacmon = ["vacmon.example.org:8884", "unresolved.example.org:8884"]
+    t0, _ = start_poll(node)
+    node.addresses["vacmon.example.org:8884"] = ("192.0.2.99", 8884)
+    node.responder.local = local(machinetypes=3)
+    node.responder.host_figures = lambda: {"load_average": 0.5}
+    node.sock.sent = []
+    finish(node, t0)
+    to_vacmon = [message for message, address in node.sock.sent if address == ("192.0.2.99", 8884)]
+    assert [m["message_type"] for m in to_vacmon] == ["factory_status"] + ["machinetype_status"] * 3
+    assert {m["cookie"] for m in to_vacmon} == {"0"} and {m["space"] for m in to_vacmon} == {SPACE}
+    assert to_vacmon[0]["running_processors"] == 3 and to_vacmon[0]["load_average"] == 0.5
+    # Nothing for VacMon before the root has said what runs here.
+    node.responder.local = None
+    node.sock.sent = []
+    finish(node, node.poller.next_wake(t0 + 100))
+    assert [address for _, address in node.sock.sent if address == ("192.0.2.99", 8884)] == []
+
+
+def test_a_factory_alone_in_its_space_still_ends_a_poll_every_interval(node):
+    node.peers.clear()
+    node.poller.peers.clear()
+    now = node.poller.next_wake(0.0)
+    status = node.tick(now)
+    assert status is not None and status.factories == {} and status.silent == {} and status.polled == []
+    assert node.poller.next_wake(now) == now + node.poller.interval

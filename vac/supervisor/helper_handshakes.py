@@ -189,7 +189,7 @@ class VacqueryHandshake:
         statuses, machines, factory = local_report()
         content = {"statuses": [dataclasses.asdict(status) for status in statuses],
                    "machines": [dataclasses.asdict(machine) for machine in machines],
-                   "factory": dataclasses.asdict(factory), "vacmon": list(vacmon)}
+                   "factory": dataclasses.asdict(factory), "vacmon": list(vacmon)[:messages.MAX_VACMONS]}
         if content == self._local_sent and now - self._local_sent_at < LOCAL_STATUS_REFRESH_SECONDS:
             return []
         try:

@@ -95,11 +95,11 @@ class Poller:
         addresses: factory name -> (ip, port) as resolved; unresolved: name ->
         why its lookup failed; send(datagram, address, name).
         """
-        if self.poll is None and self.peers and (now >= self._next_at or (
+        # A factory alone in its space polls nobody, but its polls still end
+        # (at once), and VacMon hears from it after each.
+        if self.poll is None and (now >= self._next_at or (
                 self._request is not None and now >= self._on_demand_at())):
             self._start(now)
-        elif self.poll is None and not self.peers and now >= self._next_at:
-            self._next_at = now + self.interval
         if self.poll is None:
             return None
         step = self.poll.next_step(now)

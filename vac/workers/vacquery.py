@@ -3,9 +3,10 @@
 It answers every query of the space (space_responder.py) from what the root
 last sent it (LocalStatus), polls the factories listed in `factories` as
 Vac's client does (space_poller.py, vac/space/rounds.py) every interval and
-when an operator asks (SpaceRequest), and sends the root one SpaceStatus per
-poll. Names are resolved by a thread of their own when a poll asks for it,
-so a hung DNS lookup delays only that, never a heartbeat.
+when an operator asks (SpaceRequest), sends the root one SpaceStatus per
+poll, and after each poll reports this factory to VacMon (`vacmon_hostport`)
+as Vac does. Names are resolved by a thread of their own when a poll asks for
+it, so a hung DNS lookup delays only that, never a heartbeat.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from vac import __version__
 from vac.ipc import messages
 from vac.ipc.framing import Unencodable
 from vac.space import protocol
+from vac.space.factory_status import factory_status
 from vac.workers import space_poller, space_responder
 from vac.workers.harness import WorkerLoop
 from vac.workers.host_figures import HostFigures
@@ -36,6 +38,8 @@ ANSWER_DATAGRAMS_PER_SECOND = space_responder.ANSWER_DATAGRAMS_PER_SECOND
 MAX_DATAGRAMS_PER_WAKE = 256
 # A peer that sends answers we cannot read is named in the log at most this often.
 BAD_ANSWER_LOG_SECONDS = 60.0
+# VacMon's messages carry this cookie, as Vac's do.
+VACMON_COOKIE = "0"
 
 
 def run(channel, spec):
@@ -93,7 +97,7 @@ def _address(text, default_port):
 
 
 class SpaceQuery:
-    """The responder and the poller, driven by the worker's loop."""
+    """The responder, the poller and VacMon's reports, driven by the worker's loop."""
 
     def __init__(self, spec, clock=time.time, resolve_names=True):
         self.space = spec["space"]
@@ -109,6 +113,7 @@ class SpaceQuery:
         self.poller = Poller(space=self.space, peers=self.peers, udp_timeout=self.udp_timeout,
                              interval=float(spec.get("interval_seconds", 60.0)), version=self.version,
                              clock=clock, monotonic_start=time.monotonic())
+        self.vacmon: list[str] = []
         self.responder_error = None
         self.sock = self._open_socket()
         self.addresses: dict[str, tuple] = {}
@@ -141,13 +146,13 @@ class SpaceQuery:
         return sock
 
     def _resolve_when_asked(self):
-        """The resolver thread: looks the factories' names up each time a poll asks it to."""
+        """The resolver thread: looks the factories' and VacMon's names up each time a poll asks it to."""
         while True:
             self._resolve.wait()
             self._resolve.clear()
             if self._closing:
                 return
-            for name in self.peers:
+            for name in self.peers + list(self.vacmon):
                 host, port = _address(name, protocol.PORT)
                 try:
                     info = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)
@@ -171,8 +176,11 @@ class SpaceQuery:
     # What the loop calls.
 
     def take_local(self, msg):
-        """The root's LocalStatus: what to answer with."""
+        """The root's LocalStatus: what to answer with, and where VacMon listens."""
         self.responder.local = LocalAnswers.from_message(msg)
+        if list(msg.vacmon) != self.vacmon:
+            self.vacmon = list(msg.vacmon)
+            self._resolve.set()
 
     def next_wake(self, now):
         return self.poller.next_wake(now)
@@ -195,7 +203,7 @@ class SpaceQuery:
         status = self.poller.tick(now, self.addresses, self._send, self.unresolved)
         if not polling and self.poller.poll is not None and (
                 self._resolved_at is None or now - self._resolved_at >= RESOLVE_SECONDS
-                or len(self.addresses) < len(self.peers)):
+                or len(self.addresses) < len(self.peers) + len(self.vacmon)):
             # Names are looked up again every RESOLVE_SECONDS, and while any is
             # unknown; this poll asks with what is known now.
             self._resolve.set()
@@ -204,6 +212,7 @@ class SpaceQuery:
             if silent != self._silent:
                 log.info("vacquery: %s", f"no answer from {' '.join(silent)}" if silent else "every factory answers")
                 self._silent = silent
+            self._report_to_vacmon()
         return status
 
     def title(self):
@@ -248,3 +257,20 @@ class SpaceQuery:
         more = f" ({self._bad_unlogged} more dropped since the last line)" if self._bad_unlogged else ""
         log.warning("vacquery: dropped an answer from %s: %s%s", host, reason, more)
         self._bad_logged_at, self._bad_unlogged = now, 0
+
+    def _report_to_vacmon(self):
+        """After each poll, as Vac does: this factory's factory_status and every machinetype_status (cookie 0)."""
+        local = self.responder.local
+        if not self.vacmon or local is None:
+            return
+        wall = self.clock()
+        common = {"space": self.space, "site": self.site, "query_cookie": VACMON_COOKIE,
+                  "daemon_version": self.version, "now": int(wall)}
+        datagrams = [factory_status(self.responder.factory_answer(wall), **common),
+                     *protocol.machinetype_statuses(list(local.machinetypes[:MAX_ANSWER_DATAGRAMS_PER_QUERY]),
+                                                    **common)]
+        for name in self.vacmon:
+            address = self.addresses.get(name)
+            if address is not None:
+                for datagram in datagrams:
+                    self._send(datagram, address, name)
