@@ -119,9 +119,20 @@ class WorkerChannel:
 
     def send(self, msg):
         """Send one message; a root that does not read for send_timeout is an error."""
+        frame = framing.encode_frame(messages.encode(msg), self.max_frame_bytes)
+        try:
+            # Almost always the socket takes the whole frame at once: one system call.
+            sent = self.sock.send(frame, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except BrokenPipeError as error:
+            raise framing.ChannelClosed("root closed the channel") from error
+        if sent == len(frame):
+            return
+        # The root is behind: the rest, waiting at most send_timeout for it to read.
         self.sock.settimeout(self.send_timeout)
         try:
-            self.sock.sendall(framing.encode_frame(messages.encode(msg), self.max_frame_bytes))
+            self.sock.sendall(frame[sent:])
         except BrokenPipeError as error:
             raise framing.ChannelClosed("root closed the channel") from error
         finally:

@@ -68,8 +68,10 @@ def serve(loop, machine):
         next_wake = machine.tick()
         now = time.time()
         loop.title(machine.title(now))
-        # Refreshing the title with the heartbeat costs an idle slot one
-        # wake-up per heartbeat instead of two.
+        # A heartbeat due now goes now: the wait then lasts until the next one,
+        # and an idle slot wakes once per heartbeat (title, heartbeat, wait),
+        # not twice (a wait woken at once to send it).
+        loop.heartbeat_if_due()
         timeout = min(MAX_LOOP_SECONDS, loop.heartbeat_due_in)
         if next_wake is not None:
             timeout = min(timeout, max(0.0, next_wake - now))
