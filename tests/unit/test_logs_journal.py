@@ -37,6 +37,8 @@ def log_lines(tmp_path, monkeypatch, environ):
         monkeypatch.setattr("sys.stderr", stream)
         for key, value in environ(path).items():
             monkeypatch.setenv(key, value)
+        # The root's role, whatever child an earlier test played in this process.
+        monkeypatch.setitem(logs._ROLE, "role", "vacd")
         logs.configure("INFO")
         try:
             logging.getLogger("vac.test").error("the engine failed\nsecond line")
