@@ -5,6 +5,8 @@ import logging
 
 import pytest
 
+from vac.ipc import messages
+from vac.ipc.framing import Unencodable
 from vac.space import protocol
 from vac.space.factory_status import FactoryStatus
 from vac.space.machine_status import MachineStatus
@@ -251,3 +253,32 @@ def test_a_factory_alone_in_its_space_still_ends_a_poll_every_interval(node):
     status = node.tick(now)
     assert status is not None and status.factories == {} and status.silent == {} and status.polled == []
     assert node.poller.next_wake(now) == now + node.poller.interval
+
+
+class TinyChannel:
+    """A channel whose frames hold only so many factories and no machines."""
+
+    def __init__(self, room):
+        self.room, self.sent = room, []
+
+    def send(self, status):
+        if status.machines or len(status.factories) > self.room:
+            raise Unencodable("too large for this frame")
+        self.sent.append(status)
+
+
+def test_a_report_too_large_for_a_frame_goes_without_machines_then_with_fewer_factories():
+    answer = {"answered_at": 1.0, "machinetypes": {}, "factory": None, "short": []}
+    rows = report.machine_rows([MachineStatus(factory="f2", num_machines=1, machine="m", state="Running")])
+    status = messages.SpaceStatus(factories={f"f{i}": answer for i in range(8)}, polled=[f"f{i}" for i in range(8)],
+                                  machines={"f1": rows}, request=3)
+    roomy = TinyChannel(room=8)
+    vacquery.send_report(roomy, status)
+    (sent,) = roomy.sent
+    assert sent.machines == {} and sent.machines_left_out == 1 and len(sent.factories) == 8 and sent.request == 3
+    tight = TinyChannel(room=3)
+    vacquery.send_report(tight, status)
+    assert len(tight.sent[0].factories) == 2 and tight.sent[0].polled == status.polled
+    nothing = TinyChannel(room=-1)
+    vacquery.send_report(nothing, status)
+    assert nothing.sent == []
