@@ -1,6 +1,6 @@
 """vacd run by the shipped vacd.service under a real systemd (252, Debian 12) booted in a container:
 start and READY, `systemctl status`, the journal's priorities, reload, the watchdog on a hung root,
-restart and stop with running machines, and a configuration vacd refuses at every start.
+a crashed root, restart and stop with running machines, and a configuration vacd refuses at every start.
 
 systemd_host.py boots systemd as PID 1 in a container of the host's engine
 (the flags and why, per cgroup layout, are in its docstring) from a
@@ -15,9 +15,10 @@ only make the test slower: WatchdogSec=5 for the hung root (the unit's 60 s
 would take a minute), and RestartSec=1 for the start limit (the unit's 10 s
 would take the five failed starts 50 s); the burst and interval are the unit's.
 
-Run time: about 90 s on the 2-CPU development machine with the root cached,
-of which 10 s to boot systemd and install vac; the first run on a machine
-builds the root first (about 2 minutes, mostly debootstrap).
+Run time: about 75 s on the 2-CPU development machine with the root cached
+(5 s of it to boot systemd and install vac; the watchdog and crash test
+alone takes 30 s, two RestartSec=10 among them); the first run on a machine
+builds the root first (about 2 minutes more, mostly debootstrap).
 Where this engine cannot boot systemd (or no root can be built), the tests
 skip with the reason, in CI too; once systemd booted, every check counts.
 """
@@ -110,7 +111,7 @@ def test_systemctl_reload_rereads_the_file_and_a_refused_one_is_an_error_in_the_
     factory.finish(docker_client, create_events)
 
 
-def test_the_watchdog_kills_a_hung_root_and_the_restarted_vacd_adopts_every_container(
+def test_a_hung_root_is_killed_by_the_watchdog_a_crashed_one_restarted_and_each_new_vacd_adopts_every_container(
         systemd_host, systemd_factory, docker_client, create_events):  # noqa: F811
     host = systemd_host
     host.drop_in("watchdog", f"[Service]\nWatchdogSec={WATCHDOG_SECONDS}\n")
@@ -139,6 +140,18 @@ def test_the_watchdog_kills_a_hung_root_and_the_restarted_vacd_adopts_every_cont
     assert (shown["ActiveState"], shown["NRestarts"]) == ("active", "1")
     assert int(shown["MainPID"]) != hung_pid
     assert not tree & set(host.vacd_processes()), "a process of the hung tree survived"
+    assert running_ids(docker_client, factory.site.factory) == ids
+
+    # A crash: the root dies at once. The same restart, and the rest of its tree killed.
+    crashed_pid = int(shown["MainPID"])
+    tree = set(host.vacd_processes())
+    host.run("kill", f"-{signal.SIGKILL.name}", str(crashed_pid))
+    factory.journal.wait_for("Main process exited, code=killed, status=9/KILL")
+    factory.journal.wait_for("Scheduled restart job, restart counter is at 2", timeout=restart_sec + 10)
+    factory.wait_adopted(machines, after_count=2)
+    shown = host.show(UNIT, "ActiveState", "MainPID", "NRestarts")
+    assert (shown["ActiveState"], shown["NRestarts"]) == ("active", "2")
+    assert not tree & set(host.vacd_processes()), "a process of the crashed tree survived"
     assert running_ids(docker_client, factory.site.factory) == ids
     factory.finish(docker_client, create_events)
 

@@ -8,7 +8,7 @@ apptainer (tests/bin/apptainer, copied into the shared directory), as slot
 accounts made inside with useradd, with `singularity_cgroups = auto`: vacd
 sees /run/systemd/system and starts each machine with systemd-run --scope.
 
-Run time: about 25 s on the 2-CPU development machine with systemd booted.
+Run time: about 20 s on the 2-CPU development machine with systemd booted.
 """
 
 import json
