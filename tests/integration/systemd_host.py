@@ -58,6 +58,8 @@ from systemd_root import CHECKOUT, VENV, RootUnavailable, ensure_image
 from vac.cgroups.layout import detect
 
 CONTAINER_LABEL = "vac.test=systemd"
+# The test run a container belongs to: one whose run is gone (killed) is removed by the next.
+RUN_LABEL = "vac.test.pid"
 BOOT_SECONDS = 60
 # Makes the engine's read-only cgroup mounts writable (see the module's docstring), then runs systemd.
 BOOT_SCRIPT = """set -e
@@ -94,6 +96,7 @@ def missing_capabilities(status_text):
 def run_argv(image, name, shared_dir):
     """The `docker run` that boots systemd (see the module's docstring)."""
     argv = ["docker", "run", "-d", "-t", "--name", name, "--label", CONTAINER_LABEL,
+            "--label", f"{RUN_LABEL}={os.getpid()}",
             "-e", "container=docker", "--stop-signal", "SIGRTMIN+3",
             "--tmpfs", "/run", "--tmpfs", "/run/lock", "--cgroupns=private", "--cap-add", "ALL"]
     for capability in missing_capabilities(Path("/proc/self/status").read_text()):
@@ -229,8 +232,21 @@ class SystemdHost:
         self.systemctl("daemon-reload")
 
 
+def remove_abandoned_containers(log):
+    """Containers of earlier runs that were killed before they could remove theirs."""
+    listing = subprocess.run(["docker", "ps", "--all", "--filter", f"label={CONTAINER_LABEL}", "--format",
+                              f'{{{{.Names}}}} {{{{.Label "{RUN_LABEL}"}}}}'],
+                             capture_output=True, text=True, timeout=60, check=False)
+    for line in listing.stdout.splitlines():
+        name, _, pid = line.partition(" ")
+        if not pid.isdigit() or not os.path.exists(f"/proc/{pid}"):
+            log(f"removing {name}, left by a run that is gone")
+            remove_container(name)
+
+
 def boot(image, shared_dir, log):
     """Start the container and wait until systemd says the system runs; a SystemdHost, or a reason why not."""
+    remove_abandoned_containers(log)
     name = f"vac-test-systemd-{uuid.uuid4().hex[:8]}"
     result = subprocess.run(run_argv(image, name, shared_dir), capture_output=True, text=True, timeout=120,
                             check=False)
