@@ -1,4 +1,5 @@
-"""A local FROM-scratch image with the host's busybox and this test run's Python, for readers inside machines.
+"""A local image with this test run's Python, for readers inside machines: the suite's busybox image
+(conftest's busybox_image) with the interpreter added.
 
 No registry is needed: the interpreter, its standard library (without tests,
 GUI and packaging modules) and the shared libraries ldd names are copied at
@@ -15,18 +16,13 @@ import sys
 import sysconfig
 import tarfile
 
-BUSYBOX_PATH = "/bin/busybox"
 LABEL = "vac.test.python-image"
 # Bumped when what goes in the image changes.
-RECIPE = "1"
+RECIPE = "2"
 SKIPPED_DIRECTORIES = {"test", "tests", "site-packages", "idlelib", "tkinter", "turtledemo", "ensurepip",
                        "lib2to3", "__pycache__"}
 SKIPPED_PREFIXES = ("_tkinter", "_test", "xxlimited", "_xxtestfuzz", "_ctypes_test")
 PYTHON_IN_IMAGE = "/usr/local/bin/python3"
-
-
-class ImageBuildError(Exception):
-    """The image cannot be built here."""
 
 
 def _shared_libraries(paths):
@@ -65,10 +61,10 @@ def _files():
     return files
 
 
-def _context(files, busybox_bytes, applets):
-    dockerfile = (b"FROM scratch\nCOPY rootfs/ /\n"
-                  b"ENV PATH=/bin:/usr/local/bin LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu\n"
-                  b"CMD [\"/bin/sh\"]\n")
+def _context(files, base):
+    dockerfile = (f"FROM {base}\nCOPY rootfs/ /\n"
+                  "ENV PATH=/bin:/usr/local/bin LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu\n"
+                  ).encode()
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
         def add(name, data=b"", kind=tarfile.REGTYPE, mode=0o644, target=""):
@@ -88,38 +84,29 @@ def _context(files, busybox_bytes, applets):
                     add(f"rootfs/{directory}", kind=tarfile.DIRTYPE, mode=0o755)
             with open(host_path, "rb") as source:
                 add(f"rootfs/{image_path.lstrip('/')}", source.read(), mode=os.stat(host_path).st_mode & 0o755)
-        for directory in ("bin", "tmp", "usr", "usr/local", "usr/local/bin"):
+        for directory in ("usr", "usr/local", "usr/local/bin"):
             if directory not in made:
                 made.add(directory)
-                add(f"rootfs/{directory}", kind=tarfile.DIRTYPE, mode=0o1777 if directory == "tmp" else 0o755)
-        add("rootfs/bin/busybox", busybox_bytes, mode=0o755)
-        for applet in applets:
-            if applet != "busybox":
-                add(f"rootfs/bin/{applet}", kind=tarfile.SYMTYPE, mode=0o777, target="busybox")
+                add(f"rootfs/{directory}", kind=tarfile.DIRTYPE, mode=0o755)
         add(f"rootfs{PYTHON_IN_IMAGE}", kind=tarfile.SYMTYPE, mode=0o777, target=os.path.realpath(sys.executable))
     context.seek(0)
     return context
 
 
-def ensure_image(client, tag):
-    """Build `tag` unless it already holds this interpreter and busybox; return the tag."""
+def ensure_image(client, tag, base):
+    """Build `tag` from the image `base` (busybox's) unless it already holds this interpreter on that very
+    base; return the tag."""
     import docker
 
-    if not os.path.exists(BUSYBOX_PATH):
-        raise ImageBuildError(f"{BUSYBOX_PATH} is missing; install busybox-static (scripts/bootstrap does)")
-    with open(BUSYBOX_PATH, "rb") as binary:
-        busybox_bytes = binary.read()
     with open(os.path.realpath(sys.executable), "rb") as binary:
         interpreter_bytes = binary.read()
-    identity = hashlib.sha256(RECIPE.encode() + busybox_bytes + interpreter_bytes
+    identity = hashlib.sha256(RECIPE.encode() + client.images.get(base).id.encode() + interpreter_bytes
                               + sys.version.encode()).hexdigest()
     try:
         if client.images.get(tag).labels.get(LABEL) == identity:
             return tag
     except docker.errors.ImageNotFound:
         pass
-    listing = subprocess.run([BUSYBOX_PATH, "--list"], capture_output=True, text=True, check=True, timeout=10)
-    applets = sorted(set(listing.stdout.split()))
-    client.images.build(fileobj=_context(_files(), busybox_bytes, applets), custom_context=True, tag=tag,
+    client.images.build(fileobj=_context(_files(), base), custom_context=True, tag=tag,
                         labels={LABEL: identity}, rm=True, forcerm=True, network_mode="none")
     return tag

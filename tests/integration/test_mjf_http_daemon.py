@@ -45,8 +45,8 @@ USER_DATA = GATED_USER_DATA.replace(
 
 
 @pytest.fixture(scope="session")
-def python_image(docker_client):
-    return ensure_image(docker_client, PYTHON_IMAGE)
+def python_image(docker_client, busybox_image):
+    return ensure_image(docker_client, PYTHON_IMAGE, busybox_image)
 
 
 def free_port(address):
