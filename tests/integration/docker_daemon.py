@@ -23,6 +23,7 @@ import psutil
 import pytest
 import requests
 
+from accounts import process_alive
 from vac.runtimes.base import SINGULARITY_ID_PREFIX
 
 # One template for every machinetype: it waits until the test releases it by
@@ -219,6 +220,12 @@ class Site:
                                                 and m.state == "done"), None),
                          f"machine {uuid} finished", timeout, daemon)
 
+    def release_all(self, machines, daemon):
+        """Release the machines, then wait until each is finalised; each one's Machine then, in order."""
+        for machine in machines:
+            self.release(machine.uuid)
+        return [self.wait_finished(machine.uuid, daemon) for machine in machines]
+
     def apel_records(self):
         """The text of each APEL record in the archive."""
         archive = self.state_dir / "apel-archive"
@@ -409,17 +416,10 @@ def kill_tree(daemon, spare=None):
     # The others are nobody's children now; dead means gone or a zombie.
     deadline = time.monotonic() + 10
     for process in processes[1:]:
-        while _alive(process):
+        while process_alive(process):
             assert time.monotonic() < deadline, f"{process} survived SIGKILL"
             time.sleep(0.05)
     return processes
-
-
-def _alive(process):
-    try:
-        return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 # The host's dockerd.
@@ -466,7 +466,7 @@ class DockerEngine:
         self.argv = process.cmdline()
         process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + ENGINE_WAIT_SECONDS
-        while _alive(process):
+        while process_alive(process):
             assert time.monotonic() < deadline, f"dockerd (pid {process.pid}) did not stop"
             time.sleep(0.1)
 

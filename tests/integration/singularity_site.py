@@ -1,7 +1,8 @@
 """What the Singularity tests share: a directory every account can reach, a busybox image
 directory, throwaway accounts (one per slot: PREFIX00, PREFIX01 …), the stand-in apptainer,
-a CernVM-FS repository directory under /cvmfs, and the cleanup after a test that kills what
-its machines and accounts left and removes their cgroups, without vac's own code.
+a CernVM-FS repository directory under /cvmfs, machine cgroups made by a test under a
+base of its own, and the cleanup after a test that kills what its machines and accounts
+left and removes their cgroups, without vac's own code.
 
 pytest's tmp_path is under a 0700 directory of root's, which the unprivileged
 accounts cannot pass through: state directories and images of these tests
@@ -10,22 +11,22 @@ live in a world-traversable temporary directory instead.
 
 import json
 import os
-import pwd
 import shutil
-import signal
-import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-import psutil
 import pytest
 
-from accounts import ACCOUNT_TOOL_DEADLINE, account_tool
+from accounts import kill_account_processes, kill_pids, throwaway_accounts
 from singularity_images import build_busybox_image
+from vac.cgroups.layout import choose_tracking, detect
+from vac.cgroups.machine import CgroupError
 
 STANDIN = Path(__file__).resolve().parent.parent / "bin" / "apptainer"
+# The PATH the stand-in is run with.
+HOST_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 needs_singularity_tools = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("useradd") is None or shutil.which("bwrap") is None,
@@ -37,19 +38,6 @@ def reachable_directory(prefix):
     directory = Path(tempfile.mkdtemp(prefix=prefix))
     directory.chmod(0o755)
     return directory
-
-
-def make_accounts(prefix, count):
-    """Accounts PREFIX00 … with their own groups; a function that removes them."""
-    names = [f"{prefix}{slot:02d}" for slot in range(count)]
-    for name in names:
-        account_tool("useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name)
-
-    def remove():
-        for name in names:
-            subprocess.run(["userdel", name], capture_output=True, timeout=ACCOUNT_TOOL_DEADLINE)
-            subprocess.run(["groupdel", name], capture_output=True, timeout=ACCOUNT_TOOL_DEADLINE)
-    return [pwd.getpwnam(name) for name in names], remove
 
 
 def account_prefix():
@@ -73,9 +61,21 @@ def busybox_directory_image(shared_root):
 def slot_accounts(request):
     """(prefix, [pwd entries]) of four throwaway slot accounts, removed after the module."""
     prefix = account_prefix()
-    accounts, remove = make_accounts(prefix, 4)
-    request.addfinalizer(remove)
-    return prefix, accounts
+    return prefix, throwaway_accounts(request, [f"{prefix}{slot:02d}" for slot in range(4)])
+
+
+@pytest.fixture(name="tmp_path")
+def reachable_tmp_path(request, slot_accounts):
+    """The test's directory, one the slot accounts can pass through to their machines.
+
+    Imported into a test module it replaces pytest's tmp_path (under a 0700
+    directory of root's), for daemon_factory too; afterwards no process of the
+    accounts and no cgroup of a machine under its state directory is left.
+    """
+    directory = reachable_directory(f"vac-{request.module.__name__.replace('_', '-')}-")
+    yield directory
+    clean_up_machines(directory / "state", {account.pw_uid for account in slot_accounts[1]})
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 # Cleaning up after a test, pass or fail, without vac's own code: what it left
@@ -116,14 +116,6 @@ def machine_pids(machine_uuid):
     return pids
 
 
-def _kill_pids(pids):
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def remove_machine_cgroups(machine_uuid):
     """SIGKILL whatever is in the machine's cgroups (thawed first), then remove them, deepest first."""
     directories = machine_cgroup_directories(machine_uuid)
@@ -135,7 +127,7 @@ def remove_machine_cgroups(machine_uuid):
                 state.write_text("THAWED")
         while pids := _cgroup_pids(directory):
             assert time.monotonic() < deadline, f"{directory} still holds {sorted(pids)}"
-            _kill_pids(pids)
+            kill_pids(pids)
             time.sleep(0.05)
     for directory in directories:
         for current, _, _ in reversed(list(os.walk(directory, onerror=lambda error: None))):
@@ -152,40 +144,6 @@ def in_a_machine_cgroup(process):
     except (FileNotFoundError, ProcessLookupError):
         return False
     return any("/vac/machine-" in line.split(":", 2)[-1] for line in text.splitlines())
-
-
-def account_processes(uids):
-    """Processes whose real or effective uid is one of `uids`."""
-    found = []
-    for process in psutil.process_iter(["uids"]):
-        uids_of = process.info["uids"]
-        if uids_of is not None and (uids_of.real in uids or uids_of.effective in uids):
-            found.append(process)
-    return found
-
-
-def kill_account_processes(uids):
-    """SIGKILL every process of the accounts; wait until none is left."""
-    deadline = time.monotonic() + CLEANUP_DEADLINE
-    while processes := [p for p in account_processes(uids) if _alive(p)]:
-        assert time.monotonic() < deadline, f"processes of the test accounts survive: {processes}"
-        _kill_pids(p.pid for p in processes)
-        time.sleep(0.05)
-
-
-def _alive(process):
-    try:
-        return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def pid_alive(pid):
-    """True while the process runs (a zombie has ended)."""
-    try:
-        return _alive(psutil.Process(pid))
-    except psutil.NoSuchProcess:
-        return False
 
 
 def launcher_of(state_dir, machine_uuid):
@@ -213,6 +171,59 @@ def reachable_state_dir(shared_root):
     state_dir.mkdir(mode=0o711)
     state_dir.chmod(0o711)
     return state_dir
+
+
+# Machine cgroups that a test makes itself with vac's MachineCgroup, under a base
+# of its own beside vac's (/vac-test-<random>), removed with it afterwards.
+
+@pytest.fixture(scope="module")
+def layout():
+    """This host's cgroup layout; the test is skipped where it cannot make cgroups."""
+    if os.geteuid() != 0:
+        pytest.skip("making cgroups needs root")
+    try:
+        return detect()
+    except ValueError as error:
+        pytest.skip(f"no cgroup hierarchy here: {error}")
+
+
+@pytest.fixture(params=["unified", "freezer"])
+def tracking(request, layout):
+    """Each tracking mode in turn, where this host offers it."""
+    try:
+        return choose_tracking(layout, request.param, True)
+    except ValueError as error:
+        pytest.skip(str(error))
+
+
+def new_cgroup_base():
+    """A new base for a test's machine cgroups."""
+    return f"/vac-test-{uuid.uuid4().hex[:10]}"
+
+
+def remove_test_cgroup(cgroup):
+    """Remove a test's machine cgroup, then its base."""
+    cgroup.remove()
+    for directory in {path.parent for path in cgroup.mkdirs()[::3]}:
+        if directory.exists():
+            directory.rmdir()
+
+
+def scrap_test_cgroup(cgroup):
+    """Kill what is left in a test's machine cgroup, remove it and its base.
+
+    Where the cgroup's kill fails, what it holds is killed pid by pid before
+    the failure is raised."""
+    try:
+        cgroup.kill_all(timeout=10)
+    except CgroupError:
+        deadline = time.monotonic() + 10
+        while cgroup.pids() and time.monotonic() < deadline:
+            kill_pids(cgroup.pids())
+            time.sleep(0.05)
+        raise
+    finally:
+        remove_test_cgroup(cgroup)
 
 
 # A CernVM-FS repository as machines find it: /cvmfs/REPOSITORY. Only the

@@ -1,6 +1,7 @@
 """Plays the root for one real slot worker: forks it with a socket pair, sends it
 messages and reads what it reports, as the supervisor would."""
 
+import contextlib
 import logging
 import os
 import select
@@ -9,6 +10,7 @@ import sys
 import time
 import traceback
 import uuid as uuid_module
+from pathlib import Path
 
 from vac import logs
 from vac.config.model import Machinetype, Settings
@@ -58,6 +60,11 @@ class SlotDriver:
 
     def send(self, msg):
         self.channel.send(msg)
+
+    def send_place(self, place_msg):
+        """Send a Place message; the uuid of its machine."""
+        self.send(place_msg)
+        return place_msg.machine["uuid"]
 
     def _read(self, timeout):
         ready, _, _ = select.select([self.channel], [], [], timeout)
@@ -142,6 +149,29 @@ class SlotDriver:
         if self.exit_status is None:
             self.signal(signal.SIGKILL)
             self.reap()
+
+
+@contextlib.contextmanager
+def slot_workers(state_dir, factory, slot, log_dir, **options):
+    """Yields start(idle=True, **more_options), which forks a worker of the slot, logging to a file of its
+    own in log_dir (a SlotDriver given options and more_options: docker_url, singularity), and waits until
+    it reports idle unless idle is false: the root places machines only in slots that do. On leaving, every
+    worker still running is killed."""
+    started = []
+
+    def start(idle=True, **more_options):
+        driver = SlotDriver(state_dir, factory, slot, Path(log_dir) / f"slot-{len(started)}.log",
+                            **options, **more_options).start()
+        started.append(driver)
+        if idle:
+            driver.state("idle")
+        return driver
+
+    try:
+        yield start
+    finally:
+        for driver in started:
+            driver.kill()
 
 
 def _child(sock, spec, log_path):

@@ -2,7 +2,6 @@
 
 import os
 import pwd
-import shutil
 import subprocess
 import tempfile
 import uuid
@@ -10,44 +9,26 @@ from pathlib import Path
 
 import pytest
 
-from accounts import ACCOUNT_TOOL_DEADLINE, account_tool, run_as
+from accounts import run_as, throwaway_accounts
 from singularity_images import build_busybox_image
+from singularity_site import (HOST_PATH, STANDIN, busybox_directory_image, needs_singularity_tools,  # noqa: F401
+                              shared_root)
 
-STANDIN = Path(__file__).resolve().parent.parent / "bin" / "apptainer"
 RUN_DEADLINE = 60
-HOST_PATH = "/usr/local/bin:/usr/bin:/bin"
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("useradd") is None or shutil.which("bwrap") is None,
-    reason="the stand-in's tests need root, useradd and bwrap (Debian's bubblewrap)")
+pytestmark = needs_singularity_tools
 
 
 @pytest.fixture(scope="module")
-def shared_dir():
-    """A directory every account can reach (pytest's tmp_path is root's alone)."""
-    directory = Path(tempfile.mkdtemp(prefix="vac-standin-"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def image(shared_dir):
-    return build_busybox_image(shared_dir / "image")
+def image(busybox_directory_image):  # noqa: F811
+    return busybox_directory_image
 
 
 @pytest.fixture(scope="module")
 def account(request):
     """A throwaway unprivileged account."""
-    user = f"vacsi-{uuid.uuid4().hex[:6]}"
-
-    def remove():
-        subprocess.run(["userdel", user], capture_output=True, timeout=ACCOUNT_TOOL_DEADLINE)
-        subprocess.run(["groupdel", user], capture_output=True, timeout=ACCOUNT_TOOL_DEADLINE)
-
-    request.addfinalizer(remove)
-    account_tool("useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", user)
-    return pwd.getpwnam(user)
+    [entry] = throwaway_accounts(request, [f"vacsi-{uuid.uuid4().hex[:6]}"])
+    return entry
 
 
 @pytest.fixture(params=["root", "account"])
@@ -74,9 +55,9 @@ def runner(request, account):
 
 
 @pytest.fixture
-def machine(shared_dir, runner):
+def machine(shared_root, runner):  # noqa: F811
     """A machine's directories as vac lays them out, owned by whoever runs the stand-in."""
-    top = Path(tempfile.mkdtemp(dir=shared_dir))
+    top = Path(tempfile.mkdtemp(dir=shared_root))
     top.chmod(0o755)
     paths = {name: top / name for name in ("mnt", "joboutputs", "machinefeatures", "repo")}
     for name, path in paths.items():
@@ -171,8 +152,8 @@ def test_exit_status_propagates(image, machine, runner):
     assert code == 128 + 9
 
 
-def test_what_it_cannot_run_is_refused_with_255(image, machine, runner, shared_dir):
-    sif = shared_dir / "image.sif"
+def test_what_it_cannot_run_is_refused_with_255(image, machine, runner, shared_root):  # noqa: F811
+    sif = shared_root / "image.sif"
     sif.write_bytes(b"#!/usr/bin/env run-singularity\n")
     sif.chmod(0o644)
     code, _, stderr = runner(vac_argv(sif, machine, "/bin/true"))
@@ -185,7 +166,7 @@ def test_what_it_cannot_run_is_refused_with_255(image, machine, runner, shared_d
     assert runner(["--version"])[:2] == (0, "apptainer version 1.3.4-standin\n")
 
 
-def test_the_image_builder_is_idempotent(shared_dir, image):
+def test_the_image_builder_is_idempotent(image):  # noqa: F811
     listing = sorted((str(path), path.lstat().st_mtime_ns) for path in image.rglob("*"))
     assert build_busybox_image(image) == image
     assert sorted((str(path), path.lstat().st_mtime_ns) for path in image.rglob("*")) == listing

@@ -6,76 +6,37 @@ removes it afterwards, killing what is left, even when it fails.
 
 import json
 import os
-import select
 import signal
 import time
 import uuid
 
-import psutil
 import pytest
 
+from accounts import pid_alive as alive
+from accounts import read_child
+from singularity_site import layout, new_cgroup_base, scrap_test_cgroup, tracking  # noqa: F401 (fixtures)
 from vac.cgroups import layout as layout_module
 from vac.cgroups import machine as machine_module
-from vac.cgroups.layout import choose_tracking, detect, unified_kill_offered
+from vac.cgroups.layout import unified_kill_offered
 from vac.cgroups.machine import CgroupError, Limits, MachineCgroup, cgroup_of, machine_cgroup_names
 
 MiB = 1024 * 1024
 CHILD_DEADLINE = 20
 
 
-@pytest.fixture(scope="module")
-def layout():
-    if os.geteuid() != 0:
-        pytest.skip("making cgroups needs root")
-    try:
-        return detect()
-    except ValueError as error:
-        pytest.skip(f"no cgroup hierarchy here: {error}")
-
-
-@pytest.fixture(params=["unified", "freezer"])
-def tracking(request, layout):
-    try:
-        mode = choose_tracking(layout, request.param, True)
-    except ValueError as error:
-        pytest.skip(str(error))
-    if mode == "unified" and not unified_kill_offered(layout.unified):
-        pytest.skip("this kernel has no cgroup.kill")
-    return mode
-
-
 @pytest.fixture
 def base():
-    return f"/vac-test-{uuid.uuid4().hex[:10]}"
+    return new_cgroup_base()
 
 
 @pytest.fixture
-def machine(layout, tracking, base):
+def machine(layout, tracking, base):  # noqa: F811
     """A machine cgroup made by the test; killed and removed afterwards, with its base."""
+    if tracking == "unified" and not unified_kill_offered(layout.unified):
+        pytest.skip("this kernel has no cgroup.kill")
     cgroup = MachineCgroup(layout, f"{base}/machine-{uuid.uuid4()}", tracking)
     yield cgroup
-    scrap(cgroup)
-
-
-def scrap(cgroup):
-    """Kill what is left in the test's machine (pid by pid if the cgroup's kill failed), remove it and its base."""
-    try:
-        cgroup.kill_all(timeout=10)
-    except CgroupError:
-        deadline = time.monotonic() + 10
-        while cgroup.pids() and time.monotonic() < deadline:
-            for pid in cgroup.pids():
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.05)
-        raise
-    finally:
-        cgroup.remove()
-        for directory in {path.parent for path in cgroup.mkdirs()[::3]}:
-            if directory.exists():
-                directory.rmdir()
+    scrap_test_cgroup(cgroup)
 
 
 def limits(cpus=2, memory_bytes=512 * MiB, pids=200):
@@ -115,19 +76,7 @@ def _stay():
 
 def result_of(read_end, timeout=CHILD_DEADLINE):
     """The first line the child wrote (its JSON result)."""
-    data = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while not data.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"the child said nothing in {timeout} s"
-            ready, _, _ = select.select([read_end], [], [], remaining)
-            chunk = os.read(read_end, 65536) if ready else b""
-            assert chunk or not ready, "the child closed its pipe without a result"
-            data += chunk
-    finally:
-        os.close(read_end)
-    outcome = json.loads(data)
+    outcome = json.loads(read_child(read_end, timeout, "the child", line=True))
     assert "crash" not in outcome, outcome["crash"]
     return outcome
 
@@ -141,13 +90,6 @@ def reap(pid, timeout=CHILD_DEADLINE):
             return status
         time.sleep(0.01)
     raise AssertionError(f"child {pid} did not end in {timeout} s")
-
-
-def alive(pid):
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def tree_with_daemon():
@@ -174,7 +116,7 @@ def tree_with_daemon():
 
 # The tests.
 
-def test_create_writes_the_limits_where_this_host_keeps_them(layout, machine):
+def test_create_writes_the_limits_where_this_host_keeps_them(layout, machine):  # noqa: F811
     machine.create(limits(cpus=3, memory_bytes=300 * MiB, pids=123))
     machine.create(limits(cpus=3, memory_bytes=300 * MiB, pids=123))  # idempotent
 
@@ -197,7 +139,7 @@ def test_create_writes_the_limits_where_this_host_keeps_them(layout, machine):
         assert (layout.v1["pids"] / relative / "pids.max").read_text().strip() == "123"
 
 
-def test_a_larger_memory_limit_replaces_a_smaller_one(layout, machine):
+def test_a_larger_memory_limit_replaces_a_smaller_one(layout, machine):  # noqa: F811
     machine.create(limits(memory_bytes=100 * MiB))
     machine.create(limits(memory_bytes=400 * MiB))
 
@@ -208,7 +150,7 @@ def test_a_larger_memory_limit_replaces_a_smaller_one(layout, machine):
         assert int((memory / "memory.limit_in_bytes").read_text()) == 400 * MiB
 
 
-def test_killing_the_payload_leaves_no_process_and_spares_the_launcher(layout, machine, base):
+def test_killing_the_payload_leaves_no_process_and_spares_the_launcher(layout, machine, base):  # noqa: F811
     machine.create(limits())
     launcher, launcher_pipe = spawn(machine.launcher_procs(), lambda: {"stay": True})
     payload, payload_pipe = spawn(machine.payload_procs(), tree_with_daemon)
@@ -240,7 +182,7 @@ def test_killing_the_payload_leaves_no_process_and_spares_the_launcher(layout, m
     assert not alive(launcher)
 
 
-def test_a_v2_kernel_without_cgroup_kill_is_killed_through_the_v2_freezer(layout, machine, monkeypatch):
+def test_a_v2_kernel_without_cgroup_kill_is_killed_through_the_v2_freezer(layout, machine, monkeypatch):  # noqa: F811
     if machine.tracking != "unified":
         pytest.skip("the v2 freezer is for unified tracking")
     monkeypatch.setattr(machine_module, "unified_kill_offered", lambda unified: False)
@@ -363,7 +305,7 @@ def test_a_nested_cgroup_the_payload_made_is_killed_and_removed(machine):
     assert not nested[0].parent.exists()
 
 
-def test_machine_cgroups_are_listed_by_name_and_systemd_scopes_on_request(layout, machine, base):
+def test_machine_cgroups_are_listed_by_name_and_systemd_scopes_on_request(layout, machine, base):  # noqa: F811
     machine.create(None)
     scope = MachineCgroup(layout, f"{base}/vac-machine-{uuid.uuid4()}.scope", machine.tracking)
     scope.create(None)
@@ -379,7 +321,7 @@ def test_machine_cgroups_are_listed_by_name_and_systemd_scopes_on_request(layout
         other.remove()
 
 
-def test_a_process_that_is_gone_has_no_cgroup(layout, tracking):
+def test_a_process_that_is_gone_has_no_cgroup(layout, tracking):  # noqa: F811
     pid, pipe = spawn([], lambda: {})
     result_of(pipe)
     reap(pid)
@@ -388,6 +330,6 @@ def test_a_process_that_is_gone_has_no_cgroup(layout, tracking):
     assert cgroup_of(os.getpid(), layout, tracking).startswith("/")
 
 
-def test_the_layout_module_sees_this_host_as_it_is(layout):
+def test_the_layout_module_sees_this_host_as_it_is(layout):  # noqa: F811
     assert layout.kind in ("v2", "hybrid", "v1")
     assert layout_module.tracking_of(layout) in ("unified", "freezer")

@@ -1,16 +1,15 @@
 """Machine/Job Features over HTTP from a Singularity machine of a whole vacd: it shares the host's
 network, so the URLs Docker machines get work there too (read here with busybox wget)."""
 
-import shutil
-
 import pytest
 
 from daemon_client import daemon_factory  # noqa: F401 (a fixture)
 from docker_daemon import create_events  # noqa: F401 (a fixture)
-from docker_daemon import GATED_USER_DATA, Machinetype, Site, SingularitySettings, finish_and_check
-from singularity_site import (STANDIN, busybox_directory_image, clean_up_machines,  # noqa: F401 (fixtures)
-                              needs_singularity_tools, reachable_directory, shared_root, slot_accounts)
+from docker_daemon import GATED_USER_DATA, Machinetype, Site, finish_and_check
+from singularity_site import (busybox_directory_image, needs_singularity_tools,  # noqa: F401 (fixtures)
+                              reachable_tmp_path, shared_root, slot_accounts)
 from test_mjf_http_daemon import free_port
+from test_singularity_daemon import singularity  # noqa: F401 (a fixture)
 from vac.machine.mjf_http import TOKEN_FILE_NAME
 from vac.workers.mjf import interface_ipv4
 
@@ -26,23 +25,12 @@ wget -qO $out/guessed ${JOBFEATURES%/*/*}/00000000000000000000000000000000/jobfe
 touch $out/ready""")
 
 
-@pytest.fixture
-def tmp_path(slot_accounts):  # noqa: F811
-    """A directory the slot accounts can pass through to their machines (pytest's is root's 0700)."""
-    directory = reachable_directory("vac-mjf-http-singularity-")
-    yield directory
-    clean_up_machines(directory / "state", {account.pw_uid for account in slot_accounts[1]})
-    shutil.rmtree(directory, ignore_errors=True)
-
-
 @pytest.mark.docker
 def test_a_singularity_machine_reads_its_features_at_the_same_urls(
-        tmp_path, factory_label, busybox_image, slot_accounts, busybox_directory_image, daemon_factory,
-        docker_client, create_events):  # noqa: F811
+        tmp_path, factory_label, busybox_image, singularity, daemon_factory, docker_client,
+        create_events):  # noqa: F811
     gateway = interface_ipv4("docker0")
     listen = f"mjf_http_listen = {gateway}:{free_port(gateway)}\n"
-    singularity = SingularitySettings(user_prefix=slot_accounts[0], command=str(STANDIN),
-                                      image=str(busybox_directory_image))
     sing = Machinetype("sing", model="singularity", wallclock=3600, user_data=USER_DATA,
                        options=("mjf_http = true",))
     site = Site(tmp_path, factory_label, busybox_image, [sing], processors=1, singularity=singularity,

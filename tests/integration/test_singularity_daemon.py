@@ -11,20 +11,19 @@ no process of the accounts, no machine cgroup.
 """
 
 import os
-import shutil
 import subprocess
 import time
 
 import psutil
 import pytest
 
+from accounts import account_processes, pid_alive
 from daemon_client import daemon_factory  # noqa: F401 (a fixture)
 from docker_daemon import create_events  # noqa: F401 (a fixture)
 from docker_daemon import Machinetype, Site, SingularitySettings, finish_and_check, kill_tree
-from singularity_site import (STANDIN, account_processes, busybox_directory_image,  # noqa: F401 (fixtures)
-                              clean_up_machines, in_a_machine_cgroup, machine_cgroup_directories,
-                              launcher_of, machine_cgroups_exist, needs_singularity_tools, pid_alive,
-                              reachable_directory, shared_root, slot_accounts)
+from singularity_site import (STANDIN, busybox_directory_image, in_a_machine_cgroup,  # noqa: F401 (fixtures)
+                              launcher_of, machine_cgroup_directories, machine_cgroups_exist,
+                              needs_singularity_tools, reachable_tmp_path, shared_root, slot_accounts)
 
 pytestmark = needs_singularity_tools
 
@@ -34,20 +33,8 @@ SWEEP_SLACK_SECONDS = 1.0
 
 
 @pytest.fixture
-def tmp_path(slot_accounts):  # noqa: F811
-    """The test's directory, one the slot accounts can pass through to their machines.
-
-    It replaces pytest's (under a 0700 directory of root's) for daemon_factory
-    too; afterwards no process of the accounts and no machine cgroup is left.
-    """
-    directory = reachable_directory("vac-singularity-daemon-")
-    yield directory
-    clean_up_machines(directory / "state", {account.pw_uid for account in slot_accounts[1]})
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
 def singularity(slot_accounts, busybox_directory_image):  # noqa: F811
+    """What the Site's factory needs to run Singularity machines as the slot accounts."""
     return SingularitySettings(user_prefix=slot_accounts[0], command=str(STANDIN),
                                image=str(busybox_directory_image))
 
@@ -57,7 +44,7 @@ def assert_nothing_left(site, slot_accounts):  # noqa: F811
     for machine in site.machines():
         assert not machine_cgroups_exist(machine.uuid), machine_cgroup_directories(machine.uuid)
     uids = {account.pw_uid for account in slot_accounts[1]}
-    assert [p for p in account_processes(uids) if pid_alive(p.pid)] == []
+    assert account_processes(uids) == []
 
 
 @pytest.mark.docker
@@ -79,11 +66,8 @@ def test_after_the_whole_tree_is_killed_a_new_vacd_adopts_every_singularity_mach
         daemon.wait_log(f"slot {machine.slot:02d} machine {machine.uuid}: adopted container {machine.container_id}")
     assert [m.uuid for m in site.machines()] == [m.uuid for m in machines], "nothing placed twice"
 
-    for machine in machines:
-        site.release(machine.uuid)
-    for machine in machines:
-        done = site.wait_finished(machine.uuid, daemon)
-        assert (done.shutdown_code, done.container_id) == (200, machine.container_id)
+    assert [(done.shutdown_code, done.container_id) for done in site.release_all(machines, daemon)] == [
+        (200, machine.container_id) for machine in machines]
     finish_and_check(site, daemon, docker_client, create_events, [first_daemon.text()])
     assert_nothing_left(site, slot_accounts)
 
@@ -107,10 +91,7 @@ def test_a_mixed_docker_and_singularity_pool_holds_its_shares_generation_after_g
     for _ in range(3):
         running = site.wait_running(4, daemon)
         generations.append(split(running))
-        for machine in running:
-            site.release(machine.uuid)
-        for machine in running:
-            assert site.wait_finished(machine.uuid, daemon).shutdown_code == 200
+        assert [done.shutdown_code for done in site.release_all(running, daemon)] == [200] * len(running)
     assert generations == [{"dock": 1, "sing": 3}] * 3
     finish_and_check(site, daemon, docker_client, create_events, [])
     assert_nothing_left(site, slot_accounts)
@@ -122,7 +103,7 @@ def account_process(uid, argv, timeout=10):
     while True:
         for process in account_processes({uid}):
             try:
-                if process.cmdline() == argv and pid_alive(process.pid):
+                if process.cmdline() == argv:
                     return process
             except psutil.NoSuchProcess:
                 pass
@@ -163,9 +144,6 @@ def test_the_reaper_kills_a_slot_account_s_processes_outside_its_machines_within
     # The machines of the same accounts, in their payload cgroups, run on.
     assert all(pid_alive(pid) for pid in launchers)
     assert [m.uuid for m in site.machines() if m.state == "running" and not m.finished] == [m.uuid for m in machines]
-    for machine in machines:
-        site.release(machine.uuid)
-    for machine in machines:
-        assert site.wait_finished(machine.uuid, daemon).shutdown_code == 200
+    assert [done.shutdown_code for done in site.release_all(machines, daemon)] == [200] * len(machines)
     finish_and_check(site, daemon, docker_client, create_events, [])
     assert_nothing_left(site, slot_accounts)

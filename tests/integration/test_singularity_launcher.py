@@ -3,7 +3,6 @@
 import grp
 import json
 import os
-import pwd
 import re
 import select
 import shutil
@@ -11,26 +10,24 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from accounts import ACCOUNT_TOOL_DEADLINE, account_tool
-from singularity_images import build_busybox_image
+from accounts import kill_pids, throwaway_accounts
+from singularity_site import (HOST_PATH, STANDIN, busybox_directory_image,  # noqa: F401 (fixtures)
+                              shared_root)
 
 import vac.runtimes.singularity_launcher as launcher_module
 
 LAUNCHER = launcher_module.__file__
-STANDIN = Path(__file__).resolve().parent.parent / "bin" / "apptainer"
 UNIFIED = Path("/sys/fs/cgroup/unified")
 MEMORY = Path("/sys/fs/cgroup/memory")
 LAUNCH_DEADLINE = 60
 RECORD_DEADLINE = 30
 CGROUP_EMPTY_DEADLINE = 10
-HOST_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("useradd") is None or not (UNIFIED / "cgroup.procs").exists(),
@@ -42,17 +39,7 @@ def account(request):
     """A throwaway account with its own group and one supplementary group."""
     suffix = uuid.uuid4().hex[:6]
     user, extra = f"vacsl-{suffix}", f"vacslx-{suffix}"
-
-    def remove():
-        subprocess.run(["userdel", user], capture_output=True, timeout=ACCOUNT_TOOL_DEADLINE)
-        for group in (user, extra):
-            subprocess.run(["groupdel", group], capture_output=True, timeout=ACCOUNT_TOOL_DEADLINE)
-
-    request.addfinalizer(remove)
-    account_tool("groupadd", extra)
-    account_tool("useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group",
-                 "--groups", extra, user)
-    entry = pwd.getpwnam(user)
+    [entry] = throwaway_accounts(request, [user], groups=[extra])
     return {"user": user, "uid": entry.pw_uid, "gid": entry.pw_gid, "extra_gid": grp.getgrnam(extra).gr_gid}
 
 
@@ -75,11 +62,7 @@ def kill_and_remove(directory):
     deadline = time.monotonic() + CGROUP_EMPTY_DEADLINE
     while (pids := (directory / "cgroup.procs").read_text().split()):
         assert time.monotonic() < deadline, f"{directory} still holds {pids}"
-        for pid in pids:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_pids(map(int, pids))
         time.sleep(0.05)
     directory.rmdir()
 
@@ -295,24 +278,16 @@ def test_a_payload_that_cannot_start_is_reported(account, cgroups, machine_dir):
     assert wait_for_exit_status(machine_dir)["exit_code"] == launcher_module.SETUP_FAILED
 
 
-@pytest.fixture
-def shared_dir():
-    """A directory the throwaway account can reach (pytest's tmp_path is root's alone)."""
-    directory = Path(tempfile.mkdtemp(prefix="vac-launcher-"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-def test_the_stand_in_runs_under_the_launcher(account, cgroups, machine_dir, shared_dir):
+def test_the_stand_in_runs_under_the_launcher(
+        account, cgroups, machine_dir, shared_root, busybox_directory_image):  # noqa: F811
     if shutil.which("bwrap") is None:
         pytest.skip("bwrap (Debian's bubblewrap) is not installed")
-    image = build_busybox_image(shared_dir / "image")
-    workdir = shared_dir / "mnt"
+    workdir = shared_root / "mnt"
     workdir.mkdir()
     os.chown(workdir, account["uid"], account["gid"])
     argv = [str(STANDIN), "exec", "--contain", "--ipc", "--pid", "--cleanenv", "--hostname", "m1.example",
-            "--workdir", str(workdir), str(image), "/bin/sh", "-c", "hostname; id -u; cat /proc/self/cgroup; exit 4"]
+            "--workdir", str(workdir), str(busybox_directory_image),
+            "/bin/sh", "-c", "hostname; id -u; cat /proc/self/cgroup; exit 4"]
     plan = make_plan(account, cgroups, machine_dir, argv)
     started(launch(plan))
     assert wait_for_exit_status(machine_dir)["exit_code"] == 4

@@ -2,8 +2,6 @@
 
 import logging
 import os
-import pwd
-import select
 import shutil
 import subprocess
 import time
@@ -12,9 +10,10 @@ import uuid
 import psutil
 import pytest
 
-from accounts import ACCOUNT_TOOL_DEADLINE, account_tool
-from vac.cgroups.layout import choose_tracking, detect
-from vac.cgroups.machine import CgroupError, Limits, MachineCgroup
+from accounts import account_processes, kill_account_processes, read_child, throwaway_accounts
+from singularity_site import (layout, new_cgroup_base, remove_test_cgroup, scrap_test_cgroup,  # noqa: F401
+                              tracking)
+from vac.cgroups.machine import Limits, MachineCgroup
 from vac.machine.layout import create_machine_directory
 from vac.machine.record import MachineRecord, mark_finished, write_record
 from vac.workers.singularity_reaper import sweep_singularity
@@ -22,62 +21,27 @@ from vac.workers.singularity_reaper import sweep_singularity
 DEADLINE = 20
 SLEEP = shutil.which("sleep") or "/bin/sleep"
 
-
-@pytest.fixture(scope="module")
-def layout():
-    if os.geteuid() != 0:
-        pytest.skip("accounts and cgroups need root")
-    if shutil.which("useradd") is None or shutil.which("su") is None:
-        pytest.skip("useradd and su are needed")
-    try:
-        return detect()
-    except ValueError as error:
-        pytest.skip(f"no cgroup hierarchy here: {error}")
-
-
-@pytest.fixture(params=["unified", "freezer"])
-def tracking(request, layout):
-    try:
-        return choose_tracking(layout, request.param, True)
-    except ValueError as error:
-        pytest.skip(str(error))
+pytestmark = pytest.mark.skipif(shutil.which("useradd") is None or shutil.which("su") is None,
+                                reason="useradd and su are needed")
 
 
 @pytest.fixture
-def account(layout):
+def account(request, layout):  # noqa: F811
     """A throwaway account; its processes (all this test's) are killed and it is deleted afterwards."""
-    name = f"vsr{uuid.uuid4().hex[:8]}"
-    account_tool("useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name)
-    entry = pwd.getpwnam(name)
+    [entry] = throwaway_accounts(request, [f"vsr{uuid.uuid4().hex[:8]}"])
     yield entry
-    left = [process for process in psutil.process_iter(["uids"])
-            if process.info["uids"] is not None and process.info["uids"].real == entry.pw_uid]
-    for process in left:
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(left, timeout=DEADLINE)
-    subprocess.run(["userdel", name], capture_output=True, timeout=ACCOUNT_TOOL_DEADLINE)
-    subprocess.run(["groupdel", name], capture_output=True, timeout=ACCOUNT_TOOL_DEADLINE)
+    kill_account_processes({entry.pw_uid})
 
 
 @pytest.fixture
-def machine_cgroup(layout, tracking):
+def machine_cgroup(layout, tracking):  # noqa: F811
     """An active machine's cgroup under a base of this test's own; removed afterwards."""
-    base = f"/vac-test-{uuid.uuid4().hex[:10]}"
+    base = new_cgroup_base()
     machine_uuid = str(uuid.uuid4())
     cgroup = MachineCgroup(layout, f"{base}/machine-{machine_uuid}", tracking)
     cgroup.create(Limits(cpus=1, memory_bytes=256 * 1024 * 1024, pids=100))
     yield base, machine_uuid, cgroup
-    try:
-        cgroup.kill_all(timeout=10)
-    except CgroupError:
-        pass
-    cgroup.remove()
-    for directory in {path.parent for path in cgroup.mkdirs()[::3]}:
-        if directory.exists():
-            directory.rmdir()
+    scrap_test_cgroup(cgroup)
 
 
 def write_running_record(state_dir, machine_uuid):
@@ -116,18 +80,7 @@ def start_as(entry, argv, procs=(), daemon=False):
         finally:
             os._exit(127)
     os.close(write_end)
-    text = b""
-    deadline = time.monotonic() + DEADLINE
-    try:
-        while True:
-            ready, _, _ = select.select([read_end], [], [], max(deadline - time.monotonic(), 0))
-            assert ready, f"{argv} as {entry.pw_name} did not start in {DEADLINE} s"
-            chunk = os.read(read_end, 4096)
-            if not chunk:
-                break
-            text += chunk
-    finally:
-        os.close(read_end)
+    text = read_child(read_end, DEADLINE, f"starting {argv} as {entry.pw_name}")
     if daemon:
         os.waitpid(child, 0)  # the middle process, gone at once
     lines = text.decode().split()
@@ -137,9 +90,7 @@ def start_as(entry, argv, procs=(), daemon=False):
 
 def account_pids(uid):
     """The account's live processes (zombies are dead)."""
-    return {process.pid for process in psutil.process_iter(["uids", "status"])
-            if process.info["uids"] is not None and process.info["uids"].real == uid
-            and process.info["status"] != psutil.STATUS_ZOMBIE}
+    return {process.pid for process in account_processes({uid})}
 
 
 def wait_for(condition, what):
@@ -155,7 +106,7 @@ def reap_when_dead(pid):
 
 
 def test_one_sweep_kills_the_escaped_and_keeps_the_machine_then_ends_the_finished_machine(
-        layout, tracking, account, machine_cgroup, tmp_state_dir, caplog):
+        layout, tracking, account, machine_cgroup, tmp_state_dir, caplog):  # noqa: F811
     base, machine_uuid, cgroup = machine_cgroup
     paths = write_running_record(tmp_state_dir, machine_uuid)
     uid = account.pw_uid
@@ -206,7 +157,7 @@ def test_one_sweep_kills_the_escaped_and_keeps_the_machine_then_ends_the_finishe
 
 
 def test_another_factorys_cgroup_is_left_alone_and_a_running_one_stays(
-        layout, tracking, machine_cgroup, tmp_state_dir):
+        layout, tracking, machine_cgroup, tmp_state_dir):  # noqa: F811
     base, machine_uuid, cgroup = machine_cgroup
     other_base = f"{base}-other"  # both placements are swept at once
     # A machine of another vacd on this host: its record is in another state directory.
@@ -218,12 +169,8 @@ def test_another_factorys_cgroup_is_left_alone_and_a_running_one_stays(
         assert stray.exists()
         assert cgroup.exists()
     finally:
-        stray.remove()
-        for directory in {path.parent for path in stray.mkdirs()[::3]}:
-            if directory.exists():
-                directory.rmdir()
+        remove_test_cgroup(stray)
 
 
-def test_a_sweep_with_no_base_cgroup_and_no_state_does_nothing(layout, tracking, tmp_path):
-    assert sweep_singularity(layout, f"/vac-test-{uuid.uuid4().hex[:10]}", tmp_path / "none", set(),
-                             tracking) == (0, 0)
+def test_a_sweep_with_no_base_cgroup_and_no_state_does_nothing(layout, tracking, tmp_path):  # noqa: F811
+    assert sweep_singularity(layout, new_cgroup_base(), tmp_path / "none", set(), tracking) == (0, 0)

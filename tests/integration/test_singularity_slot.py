@@ -22,13 +22,13 @@ import psutil
 import pytest
 
 import test_slot_worker as docker_slot_tests
-from singularity_site import (STANDIN, account_processes, busybox_directory_image,  # noqa: F401 (fixtures)
-                              clean_up_machines, cvmfs_repository, machine_cgroup_directories,
-                              launcher_of, machine_cgroups_exist, machine_pids, needs_singularity_tools,
-                              pid_alive, reachable_state_dir, shared_root, slot_accounts)
-from slot_driver import SlotDriver, place
+from accounts import account_processes, pid_alive
+from singularity_site import (STANDIN, busybox_directory_image, clean_up_machines,  # noqa: F401 (fixtures)
+                              cvmfs_repository, launcher_of, machine_cgroup_directories, machine_cgroups_exist,
+                              machine_pids, needs_singularity_tools, reachable_state_dir, shared_root, slot_accounts)
+from slot_driver import place, slot_workers
 from test_slot_worker import template  # noqa: F401 (a fixture)
-from test_slot_worker import assert_accounted_once, joboutputs, wait_for_file
+from test_slot_worker import assert_accounted_once, joboutputs, release_after_fizzle, wait_for_file
 from vac.machine.layout import MachinePaths, machine_name
 from vac.machine.record import read_record
 from vac.runtimes.singularity_command import PAYLOAD_PATHS
@@ -81,19 +81,8 @@ def workers(site, slot_accounts, tmp_path):  # noqa: F811
     state_dir, factory = site
     singularity = {"command": str(STANDIN), "cgroups": "vac", "sweep_seconds": 2,
                    "accounts": [account.pw_name for account in slot_accounts[1]]}
-    started = []
-
-    def start(idle=True):
-        driver = SlotDriver(state_dir, factory, SLOT, tmp_path / f"slot-{len(started)}.log",
-                            singularity=singularity).start()
-        started.append(driver)
-        if idle:
-            driver.state("idle")
-        return driver
-
-    yield start
-    for driver in started:
-        driver.kill()
+    with slot_workers(state_dir, factory, SLOT, tmp_path, singularity=singularity) as start:
+        yield start
 
 
 @pytest.fixture
@@ -161,8 +150,7 @@ def test_the_machine_sees_what_docker_machines_see_at_its_own_paths_as_its_accou
     worker = workers()
     place_msg = machine_place(SEE_MORE.format(repository=cvmfs_repository) + SEE_EVERYTHING,
                               cvmfs_repositories=(cvmfs_repository,))
-    uuid = place_msg.machine["uuid"]
-    worker.send(place_msg)
+    uuid = worker.send_place(place_msg)
     running = worker.state("running")
     machine = running.detail["machine"]
     assert (machine["uuid"], machine["machinetype"], machine["processors"], machine["superslot"]) == (
@@ -193,8 +181,7 @@ def test_the_machine_sees_what_docker_machines_see_at_its_own_paths_as_its_accou
     [scratch_file] = MachinePaths.for_machine(state_dir, uuid).scratch.rglob("x")
     assert scratch_file.read_text() == "x\n" and scratch_file.stat().st_uid == account.pw_uid
 
-    time.sleep(max(0.0, machine["started_at"] + 1.2 - time.time()))   # live past fizzle_seconds
-    (out / "go").touch()
+    release_after_fizzle(out, machine["started_at"])
     finished = worker.finished(uuid)
     assert (finished.code, finished.text, finished.machinetype, finished.processors) == (
         200, "Seen everything", "busybox-test", 1)
@@ -207,9 +194,7 @@ def test_a_payload_allocating_past_its_memory_is_oom_killed_and_the_machine_says
     state_dir, _ = site
     worker = workers()
     # sort holds all its input: 100 MiB of short lines cannot fit in 256 MiB.
-    place_msg = machine_place("yes | head -c 100m | sort > /dev/null\n")
-    uuid = place_msg.machine["uuid"]
-    worker.send(place_msg)
+    uuid = worker.send_place(machine_place("yes | head -c 100m | sort > /dev/null\n"))
     finished = worker.finished(uuid, timeout=60)
     assert "the container exited with code 137 (killed for lack of memory)" in worker.log()
     assert finished.code is None and finished.text == "no shutdown_message"
@@ -227,9 +212,7 @@ count=$(cat $out/started)
 killall sleep
 echo "200 Started $count" > $out/shutdown_message
 """
-    place_msg = machine_place(fork_storm, settings_changes={"pids_limit": pids_limit})
-    uuid = place_msg.machine["uuid"]
-    worker.send(place_msg)
+    uuid = worker.send_place(machine_place(fork_storm, settings_changes={"pids_limit": pids_limit}))
     finished = worker.finished(uuid, timeout=30)
     out = joboutputs(state_dir, uuid)
     started = int((out / "started").read_text())
@@ -246,8 +229,7 @@ def test_the_wall_clock_limit_ends_a_payload_that_ignores_sigterm_with_its_child
     place_msg = machine_place(STUBBORN, fizzle_seconds=1)
     shutdown_at = int(time.time()) + 5
     place_msg.machine["shutdown_at"] = shutdown_at
-    uuid = place_msg.machine["uuid"]
-    worker.send(place_msg)
+    uuid = worker.send_place(place_msg)
     wait_for_file(joboutputs(state_dir, uuid) / "ready")
     processes = machine_pids(uuid)
     launcher, _ = launcher_of(state_dir, uuid)
@@ -258,7 +240,7 @@ def test_the_wall_clock_limit_ends_a_payload_that_ignores_sigterm_with_its_child
     assert (finished.code, finished.text) == (700, "Exceeded max_wallclock_seconds")
     assert shutdown_at <= finished.ended_at <= shutdown_at + 2, finished.ended_at - shutdown_at
     assert [pid for pid in processes if pid_alive(pid)] == []
-    assert [p for p in account_processes({slot_account(slot_accounts).pw_uid}) if pid_alive(p.pid)] == []
+    assert account_processes({slot_account(slot_accounts).pw_uid}) == []
     finish_cleanly(worker, finished, uuid)
     assert_accounted_once(state_dir, [finished], fizzle_seconds=1)
 
@@ -266,9 +248,7 @@ def test_the_wall_clock_limit_ends_a_payload_that_ignores_sigterm_with_its_child
 def test_a_killed_worker_s_machine_is_adopted_by_the_next_and_finalised_once(site, workers, machine_place):
     state_dir, _ = site
     first = workers()
-    place_msg = machine_place(WAIT_FOR_GO)
-    uuid = place_msg.machine["uuid"]
-    first.send(place_msg)
+    uuid = first.send_place(machine_place(WAIT_FOR_GO))
     container_id = first.state("running").detail["machine"]["container_id"]
     out = joboutputs(state_dir, uuid)
     wait_for_file(out / "ready")
@@ -281,8 +261,7 @@ def test_a_killed_worker_s_machine_is_adopted_by_the_next_and_finalised_once(sit
     adopted = second.state("running")
     assert adopted.detail["machine"]["container_id"] == container_id
     assert launcher_of(state_dir, uuid) == launcher and pid_alive(launcher[0]), "the same launcher, not a new one"
-    time.sleep(max(0.0, adopted.detail["machine"]["started_at"] + 1.2 - time.time()))
-    (out / "go").touch()
+    release_after_fizzle(out, adopted.detail["machine"]["started_at"])
     finished = second.finished(uuid)
     assert (finished.code, finished.text) == (200, "Done")
     finish_cleanly(second, finished, uuid)
@@ -294,9 +273,7 @@ def test_a_machine_that_ends_while_no_worker_runs_is_finalised_once_with_its_exi
         site, workers, machine_place):
     state_dir, _ = site
     first = workers()
-    place_msg = machine_place(WAIT_FOR_GO + "exit 3\n")
-    uuid = place_msg.machine["uuid"]
-    first.send(place_msg)
+    uuid = first.send_place(machine_place(WAIT_FOR_GO + "exit 3\n"))
     first.state("running")
     out = joboutputs(state_dir, uuid)
     wait_for_file(out / "ready")
@@ -350,9 +327,7 @@ def own_cpu_seconds(stat_line):
 def test_the_whole_cpu_time_of_the_machine_is_accounted(site, workers, machine_place):
     state_dir, _ = site
     worker = workers()
-    place_msg = machine_place(LATE_BURNER)
-    uuid = place_msg.machine["uuid"]
-    worker.send(place_msg)
+    uuid = worker.send_place(machine_place(LATE_BURNER))
     finished = worker.finished(uuid, timeout=20)
     assert (finished.code, finished.text) == (200, "Busy"), finished
     burnt = own_cpu_seconds((joboutputs(state_dir, uuid) / "burner").read_text())

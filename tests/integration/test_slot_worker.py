@@ -23,7 +23,7 @@ from vac.machine.record import read_record
 from vac.runtimes.docker_api import parse_docker_time
 
 from engine_proxy import engine_proxy  # noqa: F401 (a fixture)
-from slot_driver import SlotDriver, place
+from slot_driver import SlotDriver, place, slot_workers
 
 SLOT = 3
 MIB = 1024 ** 2
@@ -68,21 +68,9 @@ def template(tmp_path):
 
 @pytest.fixture
 def workers(tmp_state_dir, factory_label, tmp_path):
-    """Starts slot workers for the test; any still running at the end is killed."""
-    started = []
-
-    def start(idle=True, docker_url=None):
-        driver = SlotDriver(tmp_state_dir, factory_label, SLOT, tmp_path / f"slot-{len(started)}.log",
-                            docker_url=docker_url).start()
-        started.append(driver)
-        if idle:
-            # The root places machines only in slots that report idle.
-            driver.state("idle")
-        return driver
-
-    yield start
-    for driver in started:
-        driver.kill()
+    """Starts slot workers for the test (start(idle=True, docker_url=None)); any still running at the end is killed."""
+    with slot_workers(tmp_state_dir, factory_label, SLOT, tmp_path) as start:
+        yield start
 
 
 def labelled(docker_client, factory_label):
@@ -98,6 +86,12 @@ def wait_for_file(path, timeout=20):
 
 def joboutputs(state_dir, uuid):
     return MachinePaths.for_machine(state_dir, uuid).joboutputs
+
+
+def release_after_fizzle(out, started_at):
+    """Let the machine end (its user_data waits for joboutputs/go) once it has lived past fizzle_seconds."""
+    time.sleep(max(0.0, started_at + 1.2 - time.time()))
+    (out / "go").touch()
 
 
 def machine_place(tmp_state_dir, factory_label, template, then, **changes):
@@ -171,8 +165,7 @@ def test_the_container_sees_what_interfaces_promise_and_runs_under_its_limits(
         "/etc/jobfeatures/wall_limit_secs_lrms": str(shutdown_at - jobstart),
         "/etc/jobfeatures/mem_limit_MB": str(256 * MIB // 10 ** 6)}
 
-    time.sleep(max(0.0, machine["started_at"] + 1.2 - time.time()))   # live past fizzle_seconds
-    (out / "go").touch()
+    release_after_fizzle(out, machine["started_at"])
     finished = worker.finished(uuid)
     assert (finished.code, finished.text, finished.machinetype, finished.processors) == (
         200, "Seen everything", "busybox-test", 1)
@@ -267,8 +260,7 @@ def test_a_killed_worker_s_container_is_adopted_by_the_next_and_finalised_once(
     adopted = second.state("running")
     assert adopted.detail["machine"]["container_id"] == container_id
     assert [c.id for c in labelled(docker_client, factory_label)] == [container_id]
-    time.sleep(max(0.0, adopted.detail["machine"]["started_at"] + 1.2 - time.time()))
-    (out / "go").touch()
+    release_after_fizzle(out, adopted.detail["machine"]["started_at"])
     finished = second.finished(uuid)
     assert (finished.code, finished.text) == (200, "Done")
     finish_cleanly(docker_client, factory_label, second, finished)
@@ -444,8 +436,7 @@ def test_a_worker_killed_while_its_container_starts_leaves_a_machine_accounted_f
     out = joboutputs(tmp_state_dir, uuid)
     wait_for_file(out / "ready")
     engine_started = parse_docker_time(container.attrs["State"]["StartedAt"])
-    time.sleep(max(0.0, engine_started + 1.2 - time.time()))   # live past fizzle_seconds
-    (out / "go").touch()
+    release_after_fizzle(out, engine_started)
     container.wait(timeout=20)      # it ends before any worker adopts it
 
     second = workers(idle=False)
