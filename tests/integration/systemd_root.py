@@ -1,6 +1,7 @@
 """A Debian 12 root with systemd for vacd to run under, made with debootstrap and cached as a Docker image.
 
-The recipe is this file and vac's dependencies in pyproject.toml: their hash
+The recipe is what build_root() does, with the suite, packages and
+requirements it uses, and vac's dependencies in pyproject.toml: its hash
 names the image (vac-test-systemd:<hash>) and the root's tarball under
 /var/cache/vac-test/, so a change to either builds a new root and a run
 with neither changed reuses the image (or imports the tarball again after
@@ -19,6 +20,7 @@ seconds when only the image has to be imported again.
 
 import fcntl
 import hashlib
+import inspect
 import os
 import shutil
 import subprocess
@@ -69,9 +71,15 @@ def recipe_hash(recipe_text: str, dependencies: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
+def recipe_text() -> str:
+    """What decides the root's content: the build's steps and the names they use."""
+    names = repr((SUITE, MIRROR, PACKAGES, BUILD_REQUIREMENTS, VENV, WHEELHOUSE, CHROOT_ENV))
+    return names + "\n" + inspect.getsource(build_root)
+
+
 def image_tag() -> str:
     """The image this checkout's recipe builds."""
-    return f"{IMAGE_REPOSITORY}:{recipe_hash(Path(__file__).read_text(), requirements())}"
+    return f"{IMAGE_REPOSITORY}:{recipe_hash(recipe_text(), requirements())}"
 
 
 def _run(argv, log, env=None, timeout=STEP_DEADLINE_SECONDS):
@@ -120,9 +128,10 @@ def build_root(directory: Path, log) -> None:
 def _remove_stale(tag: str, log) -> None:
     """Tarballs and images of other recipes: never used again."""
     name = tag.split(":", 1)[1]
-    for tarball in CACHE_DIR.glob("systemd-root-*.tar"):
-        if tarball.name != f"systemd-root-{name}.tar":
-            tarball.unlink(missing_ok=True)
+    for pattern in ("systemd-root-*.tar", "systemd-root-*.log"):
+        for path in CACHE_DIR.glob(pattern):
+            if not path.name.startswith(f"systemd-root-{name}."):
+                path.unlink(missing_ok=True)
     listing = subprocess.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", IMAGE_REPOSITORY],
                              capture_output=True, text=True, timeout=60, check=False)
     for other in listing.stdout.split():
@@ -157,7 +166,7 @@ def ensure_image() -> str:
                 time.sleep(1)
         if _image_exists(tag):
             return tag
-        with open(CACHE_DIR / f"systemd-root-{name}.log", "w") as log:
+        with open(CACHE_DIR / f"systemd-root-{name}.log", "a") as log:
             if not tarball.exists():
                 directory = CACHE_DIR / f"systemd-root-{name}.build"
                 shutil.rmtree(directory, ignore_errors=True)

@@ -30,7 +30,7 @@ import time
 import pytest
 
 from docker_daemon import Machinetype, containers, create_events  # noqa: F401 (a fixture)
-from systemd_host import UNIT, systemd_host  # noqa: F401 (a fixture)
+from systemd_host import UNIT
 from systemd_site import short_id, systemd_factory  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.systemd, pytest.mark.docker]

@@ -19,7 +19,7 @@ import pytest
 from docker_daemon import Machinetype, SingularitySettings, create_events  # noqa: F401 (a fixture)
 from singularity_images import build_busybox_image
 from singularity_site import STANDIN, launcher_of
-from systemd_host import UNIT, systemd_host  # noqa: F401 (a fixture)
+from systemd_host import UNIT
 from systemd_site import Accounts, systemd_factory  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.systemd, pytest.mark.docker]
