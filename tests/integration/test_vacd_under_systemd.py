@@ -51,6 +51,9 @@ def test_start_returns_once_vacd_is_ready_and_status_and_journal_show_it(
         systemd_host, systemd_factory, docker_client, create_events):  # noqa: F811
     factory = systemd_factory([ALPHA])
     host = systemd_host
+    # The units as installed, with vacd where the install steps put it: nothing to say.
+    verified = host.run("systemd-analyze", "verify", UNIT, "vac.slice")
+    assert verified.stdout + verified.stderr == ""
     assert factory.start() < 30
     shown = host.show(UNIT, "ActiveState", "SubState", "MainPID", "StatusText",
                       "ExecMainStartTimestampMonotonic", "ActiveEnterTimestampMonotonic")
