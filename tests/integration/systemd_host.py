@@ -256,7 +256,7 @@ def boot(image, shared_dir, log):
     started = time.monotonic()
     deadline = started + BOOT_SECONDS
     state = ""
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and container_runs(name):
         state = host.boot_state()
         if state in ("running", "degraded"):
             break
@@ -265,13 +265,19 @@ def boot(image, shared_dir, log):
         logs = subprocess.run(["docker", "logs", "--tail", "30", name], capture_output=True, text=True,
                               timeout=60, check=False)
         remove_container(name)
-        return (f"systemd did not boot in the container within {BOOT_SECONDS} s (state {state or 'unknown'}):\n"
+        return (f"systemd did not boot in the container (state {state or 'unknown'}; {BOOT_SECONDS} s allowed):\n"
                 f"{logs.stdout[-2000:]}{logs.stderr[-2000:]}")
     log(f"systemd booted in {time.monotonic() - started:.1f} s ({state}) in {name}, cgroups {host.layout_kind}")
     if state == "degraded":
         failed = host.systemctl("--failed", "--plain", "--no-legend", check=False).stdout
         log(f"failed units at boot (not vac's):\n{failed}")
     return host
+
+
+def container_runs(name):
+    result = subprocess.run(["docker", "inspect", "--format", "{{.State.Running}}", name], capture_output=True,
+                            text=True, timeout=60, check=False)
+    return result.stdout.strip() == "true"
 
 
 def remove_container(name):
