@@ -15,6 +15,7 @@ exception.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -252,6 +253,12 @@ def as_number(value, maximum: float) -> float | None:
     return value if math.isfinite(value) and 0 <= value <= maximum else None
 
 
+@functools.cache
+def _field_types(cls):
+    """The resolved annotations of a status class: resolving them each time was most of a check's cost."""
+    return typing.get_type_hints(cls)
+
+
 def from_plain(cls, mapping):
     """The status dataclass `cls` rebuilt from its plain map, every field typed and bounded; ValueError if not.
 
@@ -259,7 +266,7 @@ def from_plain(cls, mapping):
     """
     if not isinstance(mapping, dict):
         raise ValueError(f"{cls.__name__}: a {type(mapping).__name__}, not a map")
-    hints = typing.get_type_hints(cls)
+    hints = _field_types(cls)
     if set(mapping) != set(hints):
         raise ValueError(f"{cls.__name__}: fields {sorted(map(str, mapping))[:40]} do not match {sorted(hints)}")
     for name, kind in hints.items():
