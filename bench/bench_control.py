@@ -1,13 +1,13 @@
 """Control socket: `status` round-trip latency with 128 slots, and the `vac` CLI's end-to-end time.
 
-A real vacd with 128 slots (draining, a machinetype with target_share 0 and
+BENCH_CONTROL_SLOTS sets another slot count. A real vacd with that many slots (draining, a machinetype with target_share 0 and
 an image that does not exist, so no container ever starts) is started and
 waited for until every slot worker says idle. Then: `status` requests one
 after another over one connection, the same over a new connection each
-time, `slots` (128 entries) over one connection, and the whole `vac status`
-command (`vac --socket PATH status --json`, a new Python process each
-time). Prints a table and the target lines, and writes
-bench/results/control.json.
+time, `slots` (an entry per slot) over one connection, and the whole `vac status`
+and `vac slots` commands (`vac --socket PATH status --json`, a new Python
+process each time). Prints a table and the target lines, and writes
+bench/results/control.json (control_<count>.json at another count).
 """
 
 import os
@@ -22,13 +22,14 @@ from vacd_factory import VacdFactory, VacdFailed
 
 from vac.control.client import ControlClient, ControlError
 
-SLOTS = 128
+SLOTS = int(os.environ.get("BENCH_CONTROL_SLOTS", "128"))
+RESULTS_NAME = "control" if SLOTS == 128 else f"control_{SLOTS}"
 REQUESTS = int(os.environ.get("BENCH_CONTROL_REQUESTS", "2000"))
 CONNECTIONS = int(os.environ.get("BENCH_CONTROL_CONNECTIONS", "1000"))
 SLOTS_REQUESTS = 500
 CLI_RUNS = int(os.environ.get("BENCH_CONTROL_CLI_RUNS", "30"))
 WARMUP = 50
-START_DEADLINE = 180.0      # vacd up with 128 idle slot workers
+START_DEADLINE = 180.0 * max(1.0, SLOTS / 128)     # vacd up with every slot worker idle
 CLI_TIMEOUT = 30.0
 TARGET_P99_MS = 10.0
 
@@ -115,6 +116,10 @@ def main():
                      one_connection(path, "slots", SLOTS_REQUESTS)))
         command, cli_label = cli_command(path)
         rows.append((f"CLI end to end: {cli_label}", cli_runs(command, CLI_RUNS)))
+        vac = os.path.join(os.path.dirname(sys.executable), "vac")
+        if os.path.exists(vac):
+            rows.append(("CLI end to end: vac --socket PATH slots",
+                         cli_runs([vac, "--socket", path, "slots"], CLI_RUNS)))
         factory.check_alive()
     except (MeasurementFailed, VacdFailed, ControlError, OSError, subprocess.SubprocessError) as error:
         failure = f"{type(error).__name__}: {error}"
@@ -141,7 +146,7 @@ def main():
                             p99 < TARGET_P99_MS, f"p99 {p99:.2f} ms"))
     print()
     report.print_targets(targets)
-    path = report.write_results("control", {
+    path = report.write_results(RESULTS_NAME, {
         "host": host,
         "settings": {"slots": SLOTS, "requests": REQUESTS, "connections": CONNECTIONS,
                      "slots_requests": SLOTS_REQUESTS, "cli_runs": CLI_RUNS, "warmup": WARMUP,

@@ -1,4 +1,4 @@
-"""Idle overhead: 128 slot children doing nothing but heartbeats.
+"""Idle overhead: 128 slot children doing nothing but heartbeats (BENCH_IDLE_SLOTS for another count).
 
 Unique memory (USS) per child and of the whole tree, and the tree's CPU use
 over 60 idle seconds, for vac (the real tree: root, cvmfs-keeper, reaper,
@@ -21,12 +21,15 @@ import report
 from supervisord_tree import SupervisordTree
 from vac_tree import VacTree
 
-SLOTS = 128
+SLOTS = int(os.environ.get("BENCH_IDLE_SLOTS", "128"))
 SETTLE = 5.0             # after the last first heartbeat, before measuring
 WINDOW = float(os.environ.get("BENCH_IDLE_WINDOW", "60"))
-START_DEADLINE = 120.0   # for all 128 children's first heartbeats
+START_DEADLINE = 120.0 * max(1.0, SLOTS / 128)   # for every child's first heartbeat
 MIB = 1024 * 1024
 HELPERS = ("cvmfs-keeper", "reaper")
+
+# bench/results/idle.json at the default count, idle_<count>.json at another.
+RESULTS_NAME = "idle" if SLOTS == 128 else f"idle_{SLOTS}"
 
 TARGET_USS_MIB = 3.0
 TARGET_CPU_PERCENT = 1.0
@@ -57,7 +60,7 @@ def uss_pss_mib(pid):
 
 
 def tree_roles(tree):
-    """{"root": pid, "children": [pids of the 128 slot-like children], "helpers": [...]}"""
+    """{"root": pid, "children": [pids of the slot-like children], "helpers": [...]}"""
     children = [tree.current[name] for name in tree.names]
     helpers = [tree.current[name] for name in HELPERS if name in tree.current]
     return {"root": tree.process.pid, "children": children, "helpers": helpers}
@@ -182,7 +185,7 @@ def main():
         floor = bare_interpreter_uss()
     except (MeasurementFailed, RuntimeError, OSError, psutil.Error) as error:
         print(f"measurement failed: {error}", file=sys.stderr)
-        report.write_results("idle", {"host": host, "failure": str(error)})
+        report.write_results(RESULTS_NAME, {"host": host, "failure": str(error)})
         return 1
 
     rows = []
@@ -217,7 +220,7 @@ def main():
          judged_cpu_percent(vac) < TARGET_CPU_PERCENT, f"{judged_cpu_percent(vac):.2f}%"),
     ]
     report.print_targets(targets)
-    path = report.write_results("idle", {
+    path = report.write_results(RESULTS_NAME, {
         "host": host,
         "settings": {"slots": SLOTS, "window_s": WINDOW, "settle_s": SETTLE,
                      "heartbeat_interval_s": 2.0},
