@@ -40,7 +40,7 @@ echo "##user_data_option_message##" > $out/shutdown_message
 FIZZLE_SECONDS = 1
 
 SETTINGS = """[settings]
-vac_space = crash.vac.example
+vac_space = {space}
 factory_name = {factory}
 total_processors = {processors}
 mb_per_processor = 128
@@ -122,9 +122,12 @@ class Site:
     """A factory's configuration and state directory under one test's tmp_path."""
 
     def __init__(self, tmp_path, factory, image, machinetypes, processors=2, docker_url=None, docker_timeout=10,
-                 heartbeat_timeout=20, singularity=None, extra_settings=""):
+                 heartbeat_timeout=20, singularity=None, extra_settings="",
+                 space="crash.vac.example"):
         self.tmp_path = tmp_path
         self.factory = factory
+        # The vac_space it belongs to.
+        self.space = space
         self.image = image
         self.singularity = singularity
         # Further [settings] lines; a test may change them and write the configuration again.
@@ -146,7 +149,7 @@ class Site:
             files = self.state_dir / "machinetypes" / name / "files"
             files.mkdir(parents=True, exist_ok=True)
             (files / f"{name}.user_data").write_text(machinetype.user_data)
-        text = SETTINGS.format(factory=self.factory, processors=self.processors,
+        text = SETTINGS.format(space=self.space, factory=self.factory, processors=self.processors,
                                draining="yes" if draining else "no", docker_timeout=self.docker_timeout,
                                heartbeat_timeout=self.heartbeat_timeout)
         if self.docker_url is not None:

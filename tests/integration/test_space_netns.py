@@ -5,7 +5,12 @@ namespace) and answers VacQuery on UDP 995. Asserted: every query type is
 answered by every vacd, kept by a client using Vac's own query logic and
 read by the other vacds (`vac space`, `vac machines --space`); a factory
 that stops answering shows as silent on the others; hostile and oversized
-datagrams change nothing.
+datagrams change nothing. With real busybox machines on the shared Docker
+engine (each vacd its own factory name and container label): with shares 1:1
+and one factory full of alpha the others start beta until the space is within
+one machine of the shares; a real machine's "300 No more work" on factory 1
+holds alpha back on factories 2 and 3 after one round, until backoff_seconds
+have passed.
 """
 
 import json
@@ -20,6 +25,7 @@ import uuid
 
 import pytest
 
+from docker_daemon import Machinetype, Site, containers
 from vac import cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -232,3 +238,166 @@ for address in addresses:
         except OSError:
             pass
 """
+
+
+# Three vacds in their namespaces running real busybox machines on the shared
+# Docker engine: each its own factory name, hence its own container label.
+
+class SiteFactory:
+    """A vacd in its namespace running a docker_daemon.Site: its machines are real containers."""
+
+    def __init__(self, namespace, site, directory, number):
+        self.site = site
+        self.socket = os.path.join(directory, f"f{number}.sock")
+        self.log_path = os.path.join(directory, f"f{number}.log")
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", namespace, sys.executable, "-m", "vac.daemon", "--config", str(site.config),
+             "--state-dir", str(site.state_dir), "--socket", self.socket],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=CHECKOUT)
+
+    def text(self):
+        with open(self.log_path) as handle:
+            return handle.read()
+
+    def wait_log(self, needle, count=1, timeout=20):
+        deadline = time.monotonic() + timeout
+        while self.text().count(needle) < count:
+            assert self.proc.poll() is None and time.monotonic() < deadline, f"{needle!r}:\n{self.text()[-8000:]}"
+            time.sleep(0.1)
+
+    def vac(self, *argv):
+        return Factory.vac(self, *argv)
+
+    def set_draining(self, draining):
+        """Drain or undrain by rewriting the configuration, and wait until the vacd has applied it."""
+        applied = self.text().count("configuration applied")
+        self.site.write_config(draining=draining)
+        self.wait_log("configuration applied", count=applied + 1)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def docker_space(space_netns, tmp_path, docker_client, busybox_image):
+    """start(number, machinetypes, processors, draining): a SiteFactory at SUBNET.number in one space.
+
+    Every vacd is stopped and every container of its factory removed afterwards, pass or fail.
+    """
+    _hub, namespaces = space_netns
+    tag = uuid.uuid4().hex[:6]
+    space = f"s{tag}.vac-netns.example.org"
+    directory = tempfile.mkdtemp(prefix="vac-netns-", dir="/tmp")
+    started = []
+
+    def start(number, machinetypes, processors=2, draining=False):
+        peers = " ".join(f"{SUBNET}.{i}" for i in (1, 2, 3) if i != number)
+        site = Site(tmp_path / f"f{number}", f"f{number}-{tag}.vac-netns.example.org", busybox_image, machinetypes,
+                    processors=processors, space=space,
+                    extra_settings=f"factories = . {peers}\nudp_timeout_seconds = 1\n")
+        site.write_config(draining=draining)
+        factory = SiteFactory(namespaces[number - 1], site, directory, number)
+        started.append(factory)
+        factory.wait_log("vacquery: answering on 0.0.0.0:995")
+        return factory
+
+    try:
+        yield start
+    finally:
+        for factory in started:
+            factory.stop()
+        for factory in started:
+            for container in containers(docker_client, factory.site.factory):
+                container.remove(force=True, v=True)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def space_hs06(factory):
+    """Machinetype -> HS06 the whole space runs, as a fresh round of `factory` finds it (1 processor = 10 HS06)."""
+    view = factory.vac("space", "--fresh")
+    assert view["silent"] == [], view
+    total = {}
+    for row in view["factories"]:
+        for machinetype, machines in row["machines"].items():
+            total[machinetype] = total.get(machinetype, 0) + 10.0 * machines
+    return view, total
+
+
+@pytest.mark.docker
+def test_with_one_factory_full_of_alpha_the_others_start_beta_until_the_space_meets_the_shares(docker_space):
+    alpha, beta = Machinetype("alpha", share=1), Machinetype("beta", share=1)
+    f1 = docker_space(1, [alpha])
+    f1.site.wait_running(2, f1)
+    # Full of alpha; then the space's shares, 1:1, are its shares too.
+    applied = f1.text().count("configuration applied")
+    f1.site.write_config([alpha, beta])
+    f1.wait_log("configuration applied", count=applied + 1)
+
+    others = [docker_space(number, [alpha, beta], draining=True) for number in (2, 3)]
+    for factory in others:
+        view, hs06 = space_hs06(factory)
+        assert hs06 == {"alpha": 20.0}, view
+    for factory in others:
+        factory.set_draining(False)
+    for factory in others:
+        started = factory.site.wait_running(2, factory)
+        assert [m.machinetype for m in started] == ["beta", "beta"], started
+
+    # Six machines of 10 HS06 at 1:1: each type within one machine of 30 HS06.
+    for factory in [f1, *others]:
+        view, hs06 = space_hs06(factory)
+        assert sum(hs06.values()) == 60.0 and all(abs(hs06.get(t, 0) - 30.0) <= 10.0 for t in ("alpha", "beta")), view
+        assert hs06 == {"alpha": 20.0, "beta": 40.0}, view
+    assert [m.machinetype for m in f1.site.machines()] == ["alpha", "alpha"]
+
+
+@pytest.mark.docker
+def test_an_abort_on_factory_1_holds_the_type_back_on_factories_2_and_3_until_its_backoff_ends(docker_space):
+    backoff = 20
+    aborting = Machinetype("alpha", message="300 No more work", backoff=backoff)
+    f1 = docker_space(1, [aborting], processors=1)
+    alpha, beta = Machinetype("alpha", backoff=backoff), Machinetype("beta", backoff=backoff)
+    others = [docker_space(number, [alpha, beta], draining=True) for number in (2, 3)]
+
+    [machine] = f1.site.wait_running(1, f1)
+    f1.site.release(machine.uuid)
+    aborted = f1.site.wait_finished(machine.uuid, f1)
+    assert aborted.shutdown_code == 300
+    backoff_end = aborted.ended + backoff
+
+    # One round later factories 2 and 3 hold alpha back until the abort's backoff_seconds have passed.
+    for factory in others:
+        view = factory.vac("space", "--fresh")
+        [row] = [row for row in view["factories"] if row["factory"] == f"{SUBNET}.1"]
+        assert row["last_abort"]["machinetype"] == "alpha" and row["last_abort"]["message"] == "300 No more work"
+        kinds = factory.vac("machinetypes")
+        assert kinds["alpha"]["backoff_until"] == pytest.approx(backoff_end, abs=1.5), kinds
+        assert kinds["beta"]["backoff_until"] is None
+    # Free slots meanwhile start only beta, though alpha's score is the lower one after the first.
+    for factory in others:
+        factory.set_draining(False)
+    for factory in others:
+        started = factory.site.wait_running(2, factory)
+        assert [m.machinetype for m in started] == ["beta", "beta"], started
+        assert all(m.created < backoff_end for m in started), (started, backoff_end)
+    # Factory 1 holds alpha back too: nothing more started there before the backoff ended.
+    early = [m for m in f1.site.machines() if m.uuid != machine.uuid and m.created < backoff_end]
+    assert early == [], (early, backoff_end, f1.text()[-6000:])
+
+    # After the backoff a freed slot starts alpha again.
+    time.sleep(max(0.0, backoff_end + 0.5 - time.time()))
+    for factory in others:
+        first = factory.site.machines()[0]
+        factory.site.release(first.uuid)
+    for factory in others:
+        resumed = factory.site.wait(lambda machines: [m for m in machines if m.machinetype == "alpha"],
+                                    "an alpha machine after the backoff", daemon=factory)
+        assert all(m.created >= backoff_end for m in resumed), (resumed, backoff_end)
