@@ -30,13 +30,12 @@ import time
 
 import report
 from engine_events import BENCH_ERRORS, EventRecorder, bench_image, cleanup, client, remove_leftovers
-from vacd_factory import VacdFactory, VacdFailed
+from vacd_factory import TURNOVER_USER_DATA as USER_DATA, VacdFailed, turnover_factory
 
 SLOTS = int(os.environ.get("BENCH_COST_SLOTS", "32"))
 WARMUP = float(os.environ.get("BENCH_COST_WARMUP", "20"))
 WINDOW = float(os.environ.get("BENCH_COST_WINDOW", "90"))
 SAMPLE_S = 0.1
-USER_DATA = '#!/bin/sh\necho "200 done" > /var/spool/joboutputs/shutdown_message\n'
 START_DEADLINE = 180.0
 TARGET_RATIO = 0.10
 TICK = os.sysconf("SC_CLK_TCK")
@@ -184,10 +183,7 @@ def engine_daemons():
 
 
 def measure(docker_client, image):
-    factory = VacdFactory("cost", slots=SLOTS, machinetypes={
-        "turnover": ({"root_image": f"docker://{image}", "target_share": "1",
-                      "max_wallclock_seconds": "3600", "fizzle_seconds": "1",
-                      "backoff_seconds": "10"}, USER_DATA)})
+    factory = turnover_factory("cost", SLOTS, image)
     recorder = None
     try:
         factory.start()

@@ -18,13 +18,12 @@ import report
 from engine_events import (BENCH_ERRORS, BENCH_SLOT_LABEL, EventRecorder, bench_image, cleanup, client,
                            idle_gaps, remove_leftovers)
 from plain_slots import PlainSlots
-from vacd_factory import VacdFactory, VacdFailed
+from vacd_factory import TURNOVER_USER_DATA as USER_DATA, VacdFailed, turnover_factory
 
 # One slot shows the factory's own latency on an engine with nothing else to
 # do; eight keep a 2-CPU engine busy, where the engine sets the pace.
 WIDTHS = tuple(int(n) for n in os.environ.get("BENCH_TURNOVER_SLOTS", "1,8").split(","))
 WINDOW = float(os.environ.get("BENCH_TURNOVER_WINDOW", "15"))
-USER_DATA = '#!/bin/sh\necho "200 done" > /var/spool/joboutputs/shutdown_message\n'
 START_DEADLINE = 120.0
 RELOAD_DEADLINE = 30.0
 SETTLE = 1.0          # after the window, for its last exits to reach the event stream
@@ -55,10 +54,7 @@ def summary_row(peer, slots, events, began, slot_label):
 
 
 def measure_vac(docker_client, image, slots):
-    factory = VacdFactory("turnover", slots=slots, machinetypes={
-        "turnover": ({"root_image": f"docker://{image}", "target_share": "1",
-                      "max_wallclock_seconds": "3600", "fizzle_seconds": "1",
-                      "backoff_seconds": "10"}, USER_DATA)})
+    factory = turnover_factory("turnover", slots, image)
     recorder = None
     try:
         factory.start()

@@ -215,6 +215,18 @@ class VacdFactory:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+# A machine that ends at once with 200: the turnover benchmarks' payload.
+TURNOVER_USER_DATA = '#!/bin/sh\necho "200 done" > /var/spool/joboutputs/shutdown_message\n'
+
+
+def turnover_factory(kind, slots, image):
+    """A factory whose one machinetype's machines end at once: as many lifecycles a minute as it can give."""
+    return VacdFactory(kind, slots=slots, machinetypes={
+        "turnover": ({"root_image": f"docker://{image}", "target_share": "1",
+                      "max_wallclock_seconds": "3600", "fizzle_seconds": "1",
+                      "backoff_seconds": "10"}, TURNOVER_USER_DATA)})
+
+
 def _log_time(text):
     """Unix time of a log stamp such as '2026-01-31 12:00:00,123' (local time)."""
     return datetime.datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
