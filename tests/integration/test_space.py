@@ -20,7 +20,7 @@ import pytest
 
 from daemon_client import daemon_factory  # noqa: F401 (a fixture)
 from vac import cli
-from vac_space_peers import Vac0301Factory, vac_client
+from vac_space_peers import Vac0301Factory, free_udp_port, vac_client
 
 CONFIG = """
 [settings]
@@ -52,12 +52,6 @@ root_image = docker://vac-nonexistent:latest
 user_data = beta.user_data
 target_share = 1
 """
-
-
-def free_udp_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

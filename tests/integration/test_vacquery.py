@@ -7,6 +7,7 @@ import time
 
 from daemon_client import daemon_factory  # noqa: F401 (a fixture)
 from vac.control.client import ControlClient
+from vac_space_peers import free_udp_port
 
 SPACE = "vq.vac-test.example.org"
 CONFIG = """
@@ -34,12 +35,6 @@ root_image = docker://vac-nonexistent:latest
 user_data = beta.user_data
 target_share = 1
 """
-
-
-def free_udp_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class VacPeer(threading.Thread):
