@@ -21,6 +21,8 @@ import report
 from supervisord_tree import SupervisordTree
 from vac_tree import VacTree
 
+from vac.supervisor.build import TreeSettings
+
 SLOTS = int(os.environ.get("BENCH_IDLE_SLOTS", "128"))
 SETTLE = 5.0             # after the last first heartbeat, before measuring
 WINDOW = float(os.environ.get("BENCH_IDLE_WINDOW", "60"))
@@ -223,7 +225,7 @@ def main():
     path = report.write_results(RESULTS_NAME, {
         "host": host,
         "settings": {"slots": SLOTS, "window_s": WINDOW, "settle_s": SETTLE,
-                     "heartbeat_interval_s": 2.0},
+                     "heartbeat_interval_s": TreeSettings.heartbeat_interval},
         "peers": figures,
         "bare_interpreter_uss_mib": floor,
         "targets": [{"target": d, "met": m, "measured": v} for d, m, v in targets],
