@@ -99,7 +99,11 @@ def remove_labelled_containers(label):
 
 @pytest.fixture
 def factory_label():
-    """A factory label unique to this test; its containers are removed afterwards, pass or fail."""
+    """A factory label unique to this test; its containers are removed afterwards, pass or fail.
+
+    Ask for it before daemon_factory: fixtures end in the reverse order, so the
+    vacds are stopped first and cannot start a container after the removal.
+    """
     label = f"test-{uuid.uuid4().hex[:8]}"
     yield label
     remove_labelled_containers(label)

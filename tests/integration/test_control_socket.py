@@ -625,7 +625,7 @@ def running_machines(slots):
 
 @pytest.mark.docker
 def test_drain_with_a_deadline_ends_the_machines_and_starts_no_more(
-        tmp_path, daemon_factory, socket_dir, factory_label, busybox_image):  # noqa: F811
+        tmp_path, factory_label, daemon_factory, socket_dir, busybox_image):  # noqa: F811
     state = tmp_path / "state"
     files = state / "machinetypes" / "sleeper" / "files"
     files.mkdir(parents=True)

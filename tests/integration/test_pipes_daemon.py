@@ -271,7 +271,7 @@ class PipeSite(Site):
 
 @pytest.mark.docker
 def test_a_lone_surrogate_in_a_pipe_leaves_the_root_alive_and_the_valid_entries_start(
-        tmp_path, daemon_factory, pipe_server, factory_label, busybox_image, docker_client):  # noqa: F811
+        tmp_path, factory_label, daemon_factory, pipe_server, busybox_image, docker_client):  # noqa: F811
     gated = {"machine_model": "docker", "root_image": f"docker://{busybox_image}",
              "user_data": "gated.user_data", "max_wallclock_seconds": 300, "fizzle_seconds": 1,
              "user_data_option_message": "200 Work completed"}

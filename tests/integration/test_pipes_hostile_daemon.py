@@ -163,7 +163,7 @@ def wait_for(predicate, what, daemon, timeout=30):
 
 @pytest.mark.docker
 def test_hostile_pipe_documents_never_take_the_factory_down(
-        tmp_path, daemon_factory, pipe_server, busybox_image, factory_label):  # noqa: F811
+        tmp_path, factory_label, daemon_factory, pipe_server, busybox_image):  # noqa: F811
     state_dir, config = tmp_path / "state", tmp_path / "vac.conf"
     for files in ("local-good", "exp"):
         (state_dir / "machinetypes" / files / "files").mkdir(parents=True)

@@ -223,7 +223,7 @@ def reaper_title(daemon):
 
 @pytest.mark.docker
 def test_with_a_slot_fatal_a_young_machine_stays_and_old_directories_expire(
-        tmp_path, daemon_factory, docker_client, busybox_image, factory_label):  # noqa: F811
+        tmp_path, factory_label, daemon_factory, docker_client, busybox_image):  # noqa: F811
     """Issue 9: one slot never settles (here: every worker killed at once, then FATAL) while
     another starts a machine. The reaper, with the shortest orphan_grace_seconds allowed and a
     sweep every second, must not remove that healthy machine once it is older than the grace;
@@ -296,7 +296,7 @@ gocdb_sitename = UKI-REAPER-TEST
 
 @pytest.mark.docker
 def test_vacd_s_reaper_queues_the_month_s_apel_sync_record_once(
-        tmp_path, daemon_factory, busybox_image, factory_label):  # noqa: F811
+        tmp_path, factory_label, daemon_factory, busybox_image):  # noqa: F811
     site = Site(tmp_path, factory_label, busybox_image, [Machinetype("gate")], processors=1)
     site.write_config(draining=True)
     (tmp_path / "apel.conf").write_text(APEL_CONF)

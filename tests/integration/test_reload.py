@@ -113,7 +113,7 @@ def test_a_reload_changes_the_repositories_the_keeper_watches(tmp_path, daemon_f
 
 @pytest.mark.docker
 def test_a_state_dir_reload_is_named_for_a_restart_and_placements_do_not_loop(
-        tmp_path, daemon_factory, docker_client, busybox_image, factory_label):  # noqa: F811
+        tmp_path, factory_label, daemon_factory, docker_client, busybox_image):  # noqa: F811
     site = Site(tmp_path, factory_label, busybox_image, [Machinetype("gate")], processors=1)
     site.write_config(draining=True)
     # The state directory comes from a file here, not from --state-dir, so a reload can change it.
