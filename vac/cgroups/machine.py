@@ -13,6 +13,7 @@ can take its time to freeze or to die.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -25,6 +26,7 @@ from vac.cgroups.layout import (
     LIMIT_CONTROLLERS_V2, MAX_PROC_CGROUP_BYTES, CgroupLayout, parse_proc_cgroup, tracking_of,
     unified_kill_offered)
 from vac.machine.layout import is_machine_uuid
+from vac.runtimes.change_wait import ChangeWait
 
 CPU_PERIOD_US = 100_000
 LAUNCHER = "launcher"
@@ -163,17 +165,28 @@ def _kill_pid(pid: int, signum: int) -> bool:
     return True
 
 
-def _wait_until(condition: Callable[[], bool], deadline: float) -> bool:
-    """Poll `condition` (quickly at first) until it holds or the monotonic `deadline` passes."""
+def _wait_until(condition: Callable[[], bool], deadline: float, events: Path | None = None) -> bool:
+    """Until `condition` holds or the monotonic `deadline` passes; True if it held.
+
+    With `events` (a unified cgroup's cgroup.events, which the kernel changes
+    when the cgroup empties or freezes) the wait is on inotify; v1 files give
+    no such event, so without it the condition is looked at again, quickly at
+    first, then every LAST_POLL_SECONDS.
+    """
     pause = FIRST_POLL_SECONDS
-    while True:
-        if condition():
-            return True
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        time.sleep(min(pause, remaining))
-        pause = min(pause * 2, LAST_POLL_SECONDS)
+    with ChangeWait((events,)) if events is not None else contextlib.nullcontext() as watch:
+        while True:
+            if condition():
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if watch is not None:
+                # The recheck after LAST_POLL_SECONDS covers a change made before the watch was set.
+                watch.wait(min(remaining, LAST_POLL_SECONDS * 10))
+                continue
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, LAST_POLL_SECONDS)
 
 
 class MachineCgroup:
@@ -320,20 +333,25 @@ class MachineCgroup:
         if self.tracking == "unified" and unified_kill_offered(self.layout.unified):
             # The kernel kills the whole subtree, forks in flight included.
             _write(directory / "cgroup.kill", "1", missing_ok=True)
-            if _wait_until(empty, deadline):
+            if _wait_until(empty, deadline, directory / "cgroup.events"):
                 return
         else:
             # Signals race with forks; a frozen cgroup does not fork. Repeat in
             # case a freeze timed out and a fork slipped through.
             while True:
                 self._freeze_and_kill(directory, deadline)
-                if _wait_until(empty, min(deadline, time.monotonic() + KILL_ROUND_SECONDS)):
+                round_end = min(deadline, time.monotonic() + KILL_ROUND_SECONDS)
+                if _wait_until(empty, round_end, self._events_of(directory)):
                     return
                 if time.monotonic() >= deadline:
                     break
         left = sorted(_subtree_pids(directory))
         raise CgroupError(errno.EBUSY, f"cgroup {directory} still holds processes {left[:20]} "
                                        f"{timeout:g} s after they were killed")
+
+    def _events_of(self, directory: Path) -> Path | None:
+        """The cgroup.events to wait on under unified tracking; None for the v1 freezer, which has none."""
+        return directory / "cgroup.events" if self.tracking == "unified" else None
 
     def _freeze_and_kill(self, directory: Path, deadline: float) -> None:
         if self.tracking == "freezer":
@@ -353,7 +371,7 @@ class MachineCgroup:
         _write(control, frozen, missing_ok=True)
         try:
             now = time.monotonic()
-            _wait_until(is_frozen, now + max(deadline - now, 0) * FREEZE_SHARE)
+            _wait_until(is_frozen, now + max(deadline - now, 0) * FREEZE_SHARE, self._events_of(directory))
             for pid in _subtree_pids(directory):
                 _kill_pid(pid, signal.SIGKILL)
         finally:

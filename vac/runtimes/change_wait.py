@@ -23,6 +23,7 @@ IN_MODIFY = 0x00000002
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_TO = 0x00000080
 IN_CREATE = 0x00000100
+IN_DELETE = 0x00000200
 CHANGES = IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
 _READ_BYTES = 65536
 
@@ -33,7 +34,7 @@ _libc.inotify_add_watch.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint
 class ChangeWait:
     """inotify on `paths` (those that exist); wait() returns on the first change or after its timeout."""
 
-    def __init__(self, paths: Iterable[Path | None]) -> None:
+    def __init__(self, paths: Iterable[Path | None], mask: int = CHANGES) -> None:
         self._fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if self._fd < 0:
             error = ctypes.get_errno()
@@ -41,7 +42,7 @@ class ChangeWait:
         for path in paths:
             if path is None:
                 continue
-            if _libc.inotify_add_watch(self._fd, os.fsencode(path), CHANGES) < 0:
+            if _libc.inotify_add_watch(self._fd, os.fsencode(path), mask) < 0:
                 error = ctypes.get_errno()
                 # A cgroup already removed has nothing more to say; the caller polls anyway.
                 if error not in (errno.ENOENT, errno.ENOTDIR):

@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from vac import http_fetch
+from vac.runtimes.change_wait import IN_CLOSE_WRITE, IN_DELETE, IN_MOVED_TO, ChangeWait
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ DEFAULT_MAX_IMAGE_BYTES = 16 * 1024**3
 _DIRECTORY_MODE = 0o755
 _IMAGE_MODE = 0o644
 # How long to wait between attempts at the lock another slot holds.
-_LOCK_RETRY_SECONDS = 0.1
+_LOCK_RECHECK_SECONDS = 1.0
 # An extension kept on the cached file: short, plain, and never one of the cache's own.
 _PLAIN_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}")
 _OWN_EXTENSIONS = (".lock", ".part")
@@ -111,20 +112,27 @@ def _install(temporary: Path, image: Path, last_modified: float | None) -> None:
 
 @contextlib.contextmanager
 def _exclusive_lock(path: Path, deadline: float, clock: Callable[[], float]):
-    """Yield True once the lock on `path` is held, or False if another holder kept it until the deadline."""
+    """Yield True once the lock on `path` is held, or False if another holder kept it until the deadline.
+
+    Non-blocking attempts, so a download that never ends cannot hold this slot
+    past its deadline; between them, the wait is on the cache directory: the
+    holder closing the lock file (its release), an image renamed into place or
+    a temporary file removed wakes it. The recheck after _LOCK_RECHECK_SECONDS
+    covers a holder killed without closing it cleanly.
+    """
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        while True:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                left = deadline - clock()
-                if left <= 0:
-                    yield False
-                    return
-                # Non-blocking attempts, so a download that never ends cannot hold this slot past its deadline.
-                time.sleep(min(_LOCK_RETRY_SECONDS, left))
+        with ChangeWait((path.parent,), mask=IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE) as released:
+            while True:
+                try:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    left = deadline - clock()
+                    if left <= 0:
+                        yield False
+                        return
+                    released.wait(min(_LOCK_RECHECK_SECONDS, left))
         yield True
     finally:
         os.close(descriptor)  # releases the lock
