@@ -133,7 +133,17 @@ def tree_settings(config):
                                      "sweep_seconds": float(settings.singularity_sweep_seconds)},
                         mjf=mjf_child_settings(config),
                         machine_models=machine_models(config),
-                        heartbeat_timeout=timeout, heartbeat_interval=min(5.0, timeout / 6))
+                        heartbeat_timeout=timeout, heartbeat_interval=heartbeat_interval(timeout))
+
+
+def heartbeat_interval(timeout):
+    """A child's heartbeat interval: a third of the timeout, so a child is restarted as hung after
+    three missed heartbeats, and an idle slot wakes as seldom as that allows (every 10 s by default).
+
+    Idle cost is wake-ups: each costs far more CPU than the heartbeat itself,
+    and a node of 256 slots wakes 256 times per interval.
+    """
+    return timeout / 3
 
 
 def machine_models(config):

@@ -41,8 +41,8 @@ class TreeSettings:
     # Machine/Job Features over HTTP: an mjf child when set, serving on
     # mjf["listen"] (IP:PORT), or on docker0's address when that is None.
     mjf: dict | None = None
-    # vacd's defaults (heartbeat_timeout_seconds = 30): a heartbeat every 5 s.
-    heartbeat_interval: float = 5.0
+    # vacd's defaults (heartbeat_timeout_seconds = 30): a heartbeat every 10 s.
+    heartbeat_interval: float = 10.0
     heartbeat_timeout: float = 30.0
     slot_shutdown: float = 10.0
     helper_shutdown: float = 5.0

@@ -24,11 +24,6 @@ from vac.workers.machine_run import SlotMachine
 
 log = logging.getLogger(__name__)
 
-# The title's elapsed time is refreshed at least this often; deadlines are
-# kept by machine.tick()'s next wake-up, not by this. Idle slots wake rarely.
-MAX_LOOP_SECONDS = 5.0
-
-
 def run(channel, spec):
     """Entry point in the forked slot process."""
     slot = int(spec["slot"])
@@ -70,9 +65,11 @@ def serve(loop, machine):
         loop.title(machine.title(now))
         # A heartbeat due now goes now: the wait then lasts until the next one,
         # and an idle slot wakes once per heartbeat (title, heartbeat, wait),
-        # not twice (a wait woken at once to send it).
+        # not twice (a wait woken at once to send it). The title's elapsed
+        # time is refreshed at each heartbeat; deadlines are kept by
+        # machine.tick()'s next wake-up, not by this.
         loop.heartbeat_if_due()
-        timeout = min(MAX_LOOP_SECONDS, loop.heartbeat_due_in)
+        timeout = loop.heartbeat_due_in
         if next_wake is not None:
             timeout = min(timeout, max(0.0, next_wake - now))
         fds = machine.fds()
