@@ -9,6 +9,7 @@ from vac.config.load import load_configuration
 from vac.ipc import messages
 from vac.machine.mjf import SHUTDOWN_NOTICE_SECONDS
 from vac.supervisor.factory import Factory
+from vac.supervisor.helper_handshakes import LOCAL_STATUS_MIN_SECONDS
 
 CONFIG = """
 [settings]
@@ -393,6 +394,11 @@ def test_vacquery_gets_every_slot_and_the_factory_to_answer_with_and_hears_from_
         uuid="u1", machinetype="work", started_at=clock.now - 135, ended_at=clock.now, code=300,
         text="Nothing to do", processors=1, cpu_seconds=120.0))
     report_idle(factory, [0])
+    # Built at most once a second: this pass waits, and the root is woken for it.
+    assert sent() == [], "within LOCAL_STATUS_MIN_SECONDS of the last"
+    assert factory.vacquery.next_deadline() == clock.now + LOCAL_STATUS_MIN_SECONDS
+    assert factory.next_deadline() <= factory.vacquery.next_deadline()
+    clock.now += LOCAL_STATUS_MIN_SECONDS
     (ended,) = sent()
     assert (ended.machines[0]["state"], ended.machines[0]["shutdown_message"]) == ("Shut down", "300 Nothing to do")
     assert {s["machinetype"]: s["shutdown_message"] for s in ended.statuses}["work"] == "300 Nothing to do"

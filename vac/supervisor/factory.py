@@ -253,8 +253,9 @@ class Factory:
         times = self.placer.wake_times()
         if self._drain_deadline is not None:
             times.append(self._drain_deadline)
-        if self.reaper.next_at() is not None:
-            times.append(self.reaper.next_at())
+        for deadline in (self.reaper.next_at(), self.vacquery.next_deadline()):
+            if deadline is not None:
+                times.append(deadline)
         return min(times)
 
     # Operators' commands.

@@ -124,6 +124,12 @@ class KeeperHandshake:
 # What vacquery answers with is sent again this often even unchanged: its
 # factory_heartbeat_time says the root is alive.
 LOCAL_STATUS_REFRESH_SECONDS = 30.0
+# What vacquery answers with is looked at no more often than this while the
+# factory changes: building and checking it costs the root, and decoding it
+# vacquery, more than the rest of a machine's placement and end (at 32 slots
+# of machines that exit at once, a change comes with nearly every pass).
+# The space's answers are then at most this much behind.
+LOCAL_STATUS_MIN_SECONDS = 1.0
 
 
 # An operator's request for a fresh poll not answered after this long is
@@ -146,6 +152,8 @@ class VacqueryHandshake:
         self._pending = None     # (number, machines, sent at) of a request not answered yet
         self._local_sent = NOT_ASKED   # the statuses last sent to vacquery
         self._local_sent_at = None
+        self._looked_at = None         # when the statuses were last built
+        self._look_again_at = None     # a pass came too soon after that: build them then
         self._refused = None     # why the last statuses could not be sent (logged once)
 
     def on_state(self, msg):
@@ -183,9 +191,19 @@ class VacqueryHandshake:
 
     def outgoing(self, local_report, vacmon, now):
         """Send vacquery what this factory answers with when it changed, it restarted, or
-        LOCAL_STATUS_REFRESH_SECONDS passed; local_report() gives (machinetypes, machines, factory)."""
+        LOCAL_STATUS_REFRESH_SECONDS passed; local_report() gives (machinetypes, machines, factory).
+
+        A (re)started vacquery gets them at once; otherwise they are built at
+        most every LOCAL_STATUS_MIN_SECONDS, and a pass that comes sooner
+        leaves next_deadline() at the time to build them again.
+        """
         if self._local_sent is NOT_ASKED:
             return []
+        if (self._local_sent is not None and self._looked_at is not None
+                and 0 <= now - self._looked_at < LOCAL_STATUS_MIN_SECONDS):
+            self._look_again_at = self._looked_at + LOCAL_STATUS_MIN_SECONDS
+            return []
+        self._looked_at, self._look_again_at = now, None
         statuses, machines, factory = local_report()
         content = {"statuses": [dataclasses.asdict(status) for status in statuses],
                    "machines": [dataclasses.asdict(machine) for machine in machines],
@@ -203,6 +221,10 @@ class VacqueryHandshake:
         self._refused = None
         self._local_sent, self._local_sent_at = content, now
         return [(VACQUERY, message)]
+
+    def next_deadline(self):
+        """When statuses held back by LOCAL_STATUS_MIN_SECONDS are to be built, or None."""
+        return self._look_again_at
 
     def space_hs06(self, factory_name, now):
         """HS06 per machinetype the other factories of the space run now (as they last answered)."""
