@@ -198,6 +198,8 @@ def test_fresh_runtime_finds_containers_by_labels(runtime, busybox_image, factor
         in_slot_4 = restarted.find(factory_label, slot=4)
         everything = restarted.find(factory_label)
         elsewhere = restarted.find(f"{factory_label}-other")
+        by_machine = restarted.find(factory_label, machine_uuid=second.machine_uuid)
+        other_machine = restarted.find(factory_label, slot=5, machine_uuid=first.machine_uuid)
     finally:
         restarted.close()
 
@@ -207,6 +209,7 @@ def test_fresh_runtime_finds_containers_by_labels(runtime, busybox_image, factor
     assert [(each.id, each.state) for each in everything] == [
         (first.id, ContainerState.RUNNING), (second.id, ContainerState.CREATED)]
     assert elsewhere == []
+    assert [each.id for each in by_machine] == [second.id] and other_machine == []
 
 
 @pytest.mark.docker

@@ -154,6 +154,8 @@ def test_a_machine_is_found_again_from_its_files_and_its_launcher_outlives_the_r
     # A new runtime (a new worker, a new vacd) knows the machine only from its directory.
     again = SingularityRuntime(runtime.state_dir, runtime.settings, timeout=20)
     [found] = again.find(FACTORY, 2)
+    assert [each.id for each in again.find(FACTORY, 2, machine_uuid=paths.machine_uuid)] == [handle.id]
+    assert again.find(FACTORY, 2, machine_uuid=str(uuid_module.uuid4())) == []
     assert (found.id, found.state, found.machine_uuid) == (handle.id, ContainerState.RUNNING, paths.machine_uuid)
     assert psutil.pid_exists(launcher)
     usage = again.stats(found)

@@ -170,12 +170,14 @@ class FakeRuntime:
         self._record("inspect", container_id)
         return self._container(container_id).handle
 
-    def find(self, factory: str, slot: int | None = None, models=None) -> list[ContainerHandle]:
+    def find(self, factory: str, slot: int | None = None, models=None,
+             machine_uuid: str | None = None) -> list[ContainerHandle]:
         self._record("find", factory if slot is None else f"{factory}/{slot}")
         found = []
         for container in self.containers.values():
             labels = container.handle.labels
-            if labels[LABEL_FACTORY] == factory and (slot is None or labels[LABEL_SLOT] == str(slot)):
+            if (labels[LABEL_FACTORY] == factory and (slot is None or labels[LABEL_SLOT] == str(slot))
+                    and machine_uuid in (None, container.handle.machine_uuid)):
                 self._settle(container)
                 found.append(container.handle)
         return sorted(found, key=lambda handle: (handle.created_at, handle.id))

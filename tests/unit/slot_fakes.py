@@ -118,10 +118,11 @@ class FakeRuntime:
         self._call("inspect", container_id)
         return self._get(container_id)
 
-    def find(self, factory, slot=None, models=None):
+    def find(self, factory, slot=None, models=None, machine_uuid=None):
         self._call("find", factory, slot)
         return [h for h in self.containers.values()
-                if h.labels.get("vac.factory") == factory and (slot is None or h.slot == slot)]
+                if h.labels.get("vac.factory") == factory and (slot is None or h.slot == slot)
+                and machine_uuid in (None, h.machine_uuid)]
 
     def wait(self, handle, deadline):
         self._call("wait", handle.id)

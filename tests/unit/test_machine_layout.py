@@ -92,6 +92,12 @@ def test_iter_machine_directories_lists_only_machines(tmp_path):
 
     assert [paths.machine_uuid for paths in iter_machine_directories(tmp_path)] == uuids
     assert list(iter_machine_directories(tmp_path / "missing")) == []
+    # One machine's alone: nothing else is looked at, and a name that is not a UUID finds nothing.
+    [one] = iter_machine_directories(tmp_path, uuids[1])
+    assert (one.machine_uuid, one.root) == (uuids[1], tmp_path / "machines" / uuids[1])
+    assert list(iter_machine_directories(tmp_path, str(uuid.uuid4()))) == []
+    assert list(iter_machine_directories(tmp_path, "not-a-machine")) == []
+    assert list(iter_machine_directories(tmp_path, "../machines/" + uuids[0])) == []
 
 
 def _record(**changes):

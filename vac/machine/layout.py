@@ -160,9 +160,14 @@ def create_machine_directory(state_dir: Path, machine_uuid: str, container_gid: 
     return paths
 
 
-def iter_machine_directories(state_dir: Path) -> Iterator[MachinePaths]:
-    """Every machine directory under `state_dir`, skipping anything not named by a UUID."""
+def iter_machine_directories(state_dir: Path, machine_uuid: str | None = None) -> Iterator[MachinePaths]:
+    """Every machine directory under `state_dir`, skipping anything not named by a UUID;
+    with `machine_uuid`, that machine's alone (if it has one)."""
     machines_dir = Path(state_dir) / MACHINES_DIR_NAME
+    if machine_uuid is not None:
+        if is_machine_uuid(machine_uuid) and (machines_dir / machine_uuid).is_dir():
+            yield MachinePaths(machine_uuid, machines_dir / machine_uuid)
+        return
     try:
         entries = sorted(os.scandir(machines_dir), key=lambda entry: entry.name)
     except FileNotFoundError:

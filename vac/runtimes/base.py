@@ -230,11 +230,14 @@ class ContainerRuntime(Protocol):
         """The container's current handle; ContainerGone if it does not exist."""
 
     def find(self, factory: str, slot: int | None = None,
-             models: Iterable[str] | None = None) -> list[ContainerHandle]:
-        """Every container (any state) labelled with `factory` (and `slot`), oldest first.
+             models: Iterable[str] | None = None, machine_uuid: str | None = None) -> list[ContainerHandle]:
+        """Every container (any state) labelled with `factory` (and `slot`, and `machine_uuid`), oldest first.
 
         `models`: the machine models whose containers must be listed (None: all);
         a runtime serving none of them may skip itself when it cannot answer.
+        `machine_uuid` asks for one machine's containers: the engine filters
+        them, and a runtime keeping its containers in machine directories
+        looks in that one alone, not in every machine's.
         """
 
     def wait(self, handle: ContainerHandle, deadline: float) -> ExitInfo | None:

@@ -29,7 +29,7 @@ from vac.runtimes.base import (DEFAULT_ENGINE_TIMEOUT_SECONDS, ContainerHandle, 
 from vac.runtimes.docker_api import (PAYLOAD_PATHS, create_kwargs, exit_info_from_inspect, handle_from_inspect,
                                      image_reference, usage_from_stats)
 from vac.runtimes.mounts import host_propagation
-from vac.vocabulary.labels import LABEL_FACTORY, LABEL_SLOT
+from vac.vocabulary.labels import LABEL_FACTORY, LABEL_MACHINE, LABEL_SLOT
 
 log = logging.getLogger(__name__)
 
@@ -250,11 +250,14 @@ class DockerRuntime:
         """The current handle of a container given by id or name; ContainerGone if it does not exist."""
         return handle_from_inspect(self._inspect_attrs(container_id))
 
-    def find(self, factory: str, slot: int | None = None, models=None) -> list[ContainerHandle]:
-        """Containers in any state labelled with `factory` (and `slot`), oldest first."""
+    def find(self, factory: str, slot: int | None = None, models=None,
+             machine_uuid: str | None = None) -> list[ContainerHandle]:
+        """Containers in any state labelled with `factory` (and `slot`, and `machine_uuid`), oldest first."""
         labels = [f"{LABEL_FACTORY}={factory}"]
         if slot is not None:
             labels.append(f"{LABEL_SLOT}={slot}")
+        if machine_uuid is not None:
+            labels.append(f"{LABEL_MACHINE}={machine_uuid}")
         with translated_errors(f"list containers of factory {factory}"):
             summaries = self._client().containers(all=True, filters={"label": labels})
         handles = []

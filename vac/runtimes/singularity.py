@@ -307,10 +307,15 @@ class SingularityRuntime:
         folder, meta = self._meta(container_id)
         return self._handle(folder, meta)
 
-    def find(self, factory: str, slot: int | None = None, models: Iterable[str] | None = None) -> list[ContainerHandle]:
-        """Every Singularity machine of `factory` (and `slot`) not removed, oldest first."""
+    def find(self, factory: str, slot: int | None = None, models: Iterable[str] | None = None,
+             machine_uuid: str | None = None) -> list[ContainerHandle]:
+        """Every Singularity machine of `factory` (and `slot`, and `machine_uuid`) not removed, oldest first.
+
+        Without `machine_uuid` every machine directory is looked at, the
+        finished ones kept for their history too.
+        """
         handles = []
-        for paths in iter_machine_directories(self.state_dir):
+        for paths in iter_machine_directories(self.state_dir, machine_uuid):
             folder = paths.root / FOLDER_NAME
             meta = _read_json(folder / CONTAINER_FILE)
             if meta is None or (folder / REMOVED_FILE).exists():

@@ -150,7 +150,7 @@ def clean(runtime: ContainerRuntime, factory: str, slot: int, paths: MachinePath
     record = read_record(paths)
     # Its own engine must answer; another (a Docker engine on a Singularity-only host) need not.
     models = {record.machine_model} if record is not None else None
-    for handle in runtime.find(factory, slot, models=models):
+    for handle in runtime.find(factory, slot, models=models, machine_uuid=paths.machine_uuid):
         if handle.machine_uuid == paths.machine_uuid:
             runtime.remove(handle)
     backend = scratch_backend(terms.factory) if terms is not None else DirectoryScratch()
