@@ -44,6 +44,14 @@ def bench_image(docker_client):
     return ensure_image(docker_client, IMAGE)
 
 
+def prepare():
+    """(client, bench image) on an engine cleared of what interrupted bench runs left."""
+    docker_client = client()
+    image = bench_image(docker_client)
+    remove_leftovers(docker_client)
+    return docker_client, image
+
+
 class EventStreamEnded(Exception):
     """The engine ended its event stream (it restarted or went away): the figures would be incomplete."""
 

@@ -94,3 +94,12 @@ def write_results(name, data):
         json.dump(data, out, indent=2, sort_keys=True)
         out.write("\n")
     return path
+
+
+def finish(name, data, targets, failure):
+    """Write `data` with the targets and the failure as bench/results/<name>.json, say where,
+    and return the exit code: 1 if the measurement failed (a missed target is no failure)."""
+    path = write_results(name, {**data, "targets": [{"target": d, "met": m, "measured": v} for d, m, v in targets],
+                                "failure": failure})
+    print(f"results: {path}")
+    return 1 if failure else 0

@@ -56,6 +56,9 @@ class VacdFactory:
         self.state_dir = os.path.join(self.dir, "state")
         self.config_path = os.path.join(self.dir, "vac.conf")
         self.log_path = os.path.join(self.dir, "vacd.log")
+        self.socket_path = os.path.join(self.dir, "control.sock")
+        # The logs of the vacds started before the current one on this state directory.
+        self.earlier_logs = []
         self.settings = {
             "vac_space": "bench.vac.example",
             "factory_name": self.factory_name,
@@ -88,12 +91,22 @@ class VacdFactory:
         os.replace(temp, self.config_path)
 
     def start(self):
-        """Start vacd (draining unless settings said otherwise)."""
+        """Start vacd (draining unless settings said otherwise).
+
+        A vacd started again on the same state directory (after stop(), or after
+        its tree was killed) logs anew; the earlier log is kept in earlier_logs.
+        """
         self.write_config()
+        if self._log is not None:
+            self._log.close()
+        if self.proc is not None and os.path.exists(self.log_path):
+            kept = os.path.join(self.dir, f"vacd-{len(self.earlier_logs) + 1}.log")
+            os.replace(self.log_path, kept)
+            self.earlier_logs.append(kept)
         self._log = open(self.log_path, "w", encoding="utf-8")
         self.proc = subprocess.Popen(
             vacd_command() + ["--config", self.config_path, "--state-dir", self.state_dir,
-                              "--socket", os.path.join(self.dir, "control.sock")],
+                              "--socket", self.socket_path],
             stdout=self._log, stderr=subprocess.STDOUT)
         return self
 
@@ -173,6 +186,14 @@ class VacdFactory:
                 return source.read()
         except OSError:
             return ""
+
+    def log_texts(self):
+        """The text of every vacd's log on this state directory, the earliest first."""
+        texts = []
+        for path in self.earlier_logs:
+            with open(path, encoding="utf-8", errors="replace") as source:
+                texts.append(source.read())
+        return texts + [self.log_text()]
 
     def logged_times(self, needle, since):
         """Unix times of the log lines containing `needle` stamped at or after `since`."""

@@ -4,26 +4,21 @@ Site writes a factory's configuration and machinetype files and reads what the
 factory leaves in its state directory (machine records, `finished` markers,
 APEL records); given SingularitySettings, its pool runs Singularity
 machinetypes too. CreateEvents records every container the engine creates
-for a factory label. The rest finds and kills the daemon's processes and stops and
-starts the host's dockerd the way scripts/bootstrap runs it.
+for a factory label. The rest finds the daemon's processes (outages.py kills
+them, and stops and starts the host's dockerd).
 """
 
 import dataclasses
-import json
 import os
-import shutil
-import signal
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import docker
 import psutil
 import pytest
 import requests
 
-from accounts import process_alive
+from state_records import accounting, apel_records, read_machines
 from vac.runtimes.base import SINGULARITY_ID_PREFIX
 
 # One template for every machinetype: it waits until the test releases it by
@@ -97,27 +92,6 @@ class SingularitySettings:
     sweep_seconds: int = 2
 
 
-@dataclasses.dataclass(frozen=True)
-class Machine:
-    """One machine as its directory shows it."""
-    uuid: str
-    slot: int
-    machinetype: str
-    state: str
-    created: float
-    started: float | None
-    ended: float | None
-    container_id: str | None
-    shutdown_code: int | None
-    finished: bool
-    joboutputs: Path
-
-    @property
-    def ready(self):
-        """Its container runs /user_data and waits to be released."""
-        return (self.joboutputs / "ready").exists()
-
-
 class Site:
     """A factory's configuration and state directory under one test's tmp_path."""
 
@@ -173,20 +147,7 @@ class Site:
 
     def machines(self):
         """Every machine with a readable record, in the order the slots created them."""
-        machines = []
-        root = self.state_dir / "machines"
-        for directory in root.iterdir() if root.exists() else ():
-            try:
-                record = json.loads((directory / "record.json").read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                continue  # being created: the next look finds it
-            machines.append(Machine(
-                uuid=record["machine_uuid"], slot=record["slot"], machinetype=record["machinetype"],
-                state=record["state"], created=record["created"], started=record["started"],
-                ended=record["ended"], container_id=record["container_id"],
-                shutdown_code=record["shutdown_code"], finished=(directory / "finished").exists(),
-                joboutputs=directory / "joboutputs"))
-        return sorted(machines, key=lambda m: (m.created, m.uuid))
+        return read_machines(self.state_dir)
 
     def machine(self, uuid):
         return next(m for m in self.machines() if m.uuid == uuid)
@@ -231,9 +192,7 @@ class Site:
 
     def apel_records(self):
         """The text of each APEL record in the archive."""
-        archive = self.state_dir / "apel-archive"
-        return [path.read_text() for path in sorted(archive.rglob("*")) if path.is_file()] \
-            if archive.exists() else []
+        return apel_records(self.state_dir)
 
 
 def drain_and_finish(site, daemon, docker_client, timeout=40):
@@ -291,14 +250,14 @@ def assert_accounted_once(site, logs):
     """
     records = site.apel_records()
     machines = site.machines()
+    counts = accounting(machines, records, logs)
     for machine in machines:
         assert machine.finished and machine.ended is not None, machine
         lived = machine.ended - machine.started if machine.started is not None else 0
         expected = 1 if lived >= FIZZLE_SECONDS else 0
-        assert sum(f"LocalJobId: {machine.uuid}\n" in text for text in records) == expected, machine
-        finalised = sum(text.count(f"machine {machine.uuid} finalised:") for text in logs)
-        reported = sum(text.count(f"machine {machine.uuid} ({machine.machinetype}) finished:") for text in logs)
-        assert (finalised, reported) == (1, 1), (machine, finalised, reported)
+        assert counts[machine.uuid].apel_records == expected, machine
+        assert (counts[machine.uuid].finalised, counts[machine.uuid].reported) == (1, 1), \
+            (machine, counts[machine.uuid])
     assert len(records) == sum(1 for m in machines
                                if m.started is not None and m.ended - m.started >= FIZZLE_SECONDS)
 
@@ -398,98 +357,3 @@ def slot_worker(daemon, slot, other_than=None, timeout=15):
                 pass
         assert time.monotonic() < deadline, f"no worker for slot {slot}\n{daemon.text()[-6000:]}"
         time.sleep(0.05)
-
-
-def kill_tree(daemon, spare=None):
-    """SIGKILL the root and every process below it at once, as a power cut of the tree would.
-
-    spare(process) picks processes that are below the root without being the
-    tree's: Singularity machines, whose launchers the root inherits as the
-    tree's subreaper, live on in their own cgroups as Docker containers do.
-    """
-    root = psutil.Process(daemon.proc.pid)
-    processes = [root, *(process for process in root.children(recursive=True)
-                         if spare is None or not spare(process))]
-    for process in processes:
-        try:
-            process.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    daemon.proc.wait(10)
-    # The others are nobody's children now; dead means gone or a zombie.
-    deadline = time.monotonic() + 10
-    for process in processes[1:]:
-        while process_alive(process):
-            assert time.monotonic() < deadline, f"{process} survived SIGKILL"
-            time.sleep(0.05)
-    return processes
-
-
-# The host's dockerd.
-
-DOCKER_PID_FILE = "/var/run/docker.pid"
-DOCKERD_LOG = "/var/log/vac-dockerd.log"
-ENGINE_WAIT_SECONDS = 60
-
-
-def _systemd_runs():
-    return os.path.isdir("/run/systemd/system") and shutil.which("systemctl") is not None
-
-
-def engine_answers(timeout=5):
-    try:
-        client = docker.from_env(timeout=timeout)
-    except docker.errors.DockerException:
-        return False
-    try:
-        return client.ping()
-    except (docker.errors.DockerException, requests.exceptions.RequestException):
-        return False
-    finally:
-        client.close()
-
-
-class DockerEngine:
-    """Stops and starts the host's dockerd: with systemctl under systemd, else
-    the way scripts/bootstrap starts it (detached, its log appended to)."""
-
-    def __init__(self):
-        self.argv = None
-        self.stopped = False
-
-    def stop(self):
-        """Stop dockerd and wait until it has exited (containers live on: live-restore)."""
-        self.stopped = True
-        if _systemd_runs():
-            # The socket too, or the next client would start the engine again at once.
-            subprocess.run(["systemctl", "stop", "docker.socket", "docker.service"], check=True, timeout=120)
-            return
-        with open(DOCKER_PID_FILE) as stream:
-            process = psutil.Process(int(stream.read().strip()))
-        self.argv = process.cmdline()
-        process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + ENGINE_WAIT_SECONDS
-        while process_alive(process):
-            assert time.monotonic() < deadline, f"dockerd (pid {process.pid}) did not stop"
-            time.sleep(0.1)
-
-    def start(self):
-        """Start dockerd again and wait until it answers."""
-        if _systemd_runs():
-            subprocess.run(["systemctl", "start", "docker.socket", "docker.service"], check=True, timeout=120)
-        else:
-            argv = self.argv or [shutil.which("dockerd") or "dockerd"]
-            with open(DOCKERD_LOG, "ab") as log:
-                # setsid -f: a new session whose leader is not ours, as bootstrap's setsid nohup … &.
-                subprocess.run(["setsid", "-f", *argv], stdin=subprocess.DEVNULL, stdout=log,
-                               stderr=subprocess.STDOUT, check=True, timeout=30)
-        deadline = time.monotonic() + ENGINE_WAIT_SECONDS
-        while not engine_answers():
-            assert time.monotonic() < deadline, f"dockerd did not answer within {ENGINE_WAIT_SECONDS} s"
-            time.sleep(0.2)
-        self.stopped = False
-
-    def ensure_running(self):
-        """After the test, pass or fail: the engine answers again."""
-        if self.stopped or not engine_answers():
-            self.start()

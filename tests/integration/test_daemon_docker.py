@@ -15,8 +15,8 @@ import pytest
 
 from daemon_client import daemon_factory  # noqa: F401 (a fixture)
 from docker_daemon import create_events  # noqa: F401 (a fixture)
-from docker_daemon import (DockerEngine, Machinetype, Site, containers, finish_and_check, kill_tree, slot_worker,
-                           titles)
+from docker_daemon import Machinetype, Site, containers, finish_and_check, slot_worker, titles
+from outages import DockerEngine, kill_tree
 
 GATE = Machinetype("gate")
 

@@ -20,7 +20,8 @@ import pytest
 from accounts import account_processes, pid_alive
 from daemon_client import daemon_factory  # noqa: F401 (a fixture)
 from docker_daemon import create_events  # noqa: F401 (a fixture)
-from docker_daemon import Machinetype, Site, SingularitySettings, finish_and_check, kill_tree
+from docker_daemon import Machinetype, Site, SingularitySettings, finish_and_check
+from outages import kill_tree
 from singularity_site import (STANDIN, busybox_directory_image, in_a_machine_cgroup,  # noqa: F401 (fixtures)
                               launcher_of, machine_cgroup_directories, machine_cgroups_exist,
                               needs_singularity_tools, reachable_tmp_path, shared_root, slot_accounts)
