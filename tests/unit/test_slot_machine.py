@@ -270,6 +270,22 @@ def test_the_engine_failing_while_running_keeps_the_machine_and_recovers(world):
     assert world.reports[-1][0] == "running"
 
 
+def test_a_running_slot_asks_an_unavailable_engine_every_second_and_runs_again_within_one(world):
+    # Its CPU sample is what tells a running slot that the engine is back: at
+    # the usual 5 s interval a node's machines would be unsupervised that long.
+    world.boot()
+    world.place()
+    world.runtime.unavailable = True
+    world.slot.on_jobs([world.jobs.take("wait")])
+    world.tick_at(world.clock() + 2)
+    world.slot.on_jobs([world.jobs.take("stats")])
+    assert world.reports[-1][0] == "unavailable"
+    world.runtime.unavailable = False
+    world.tick_at(world.clock() + 1)
+    world.slot.on_jobs([world.jobs.take("stats")])
+    assert world.reports[-1][0] == "running"
+
+
 def test_a_stop_left_over_from_the_previous_machine_does_not_swallow_the_next_one(world):
     world.boot()
     first = world.place()

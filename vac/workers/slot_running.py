@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 
 FIRST_STATS_DELAY_SECONDS = 1.0
 STATS_INTERVAL_SECONDS = 5.0
+# While the engine does not answer, a running slot's CPU sample is its probe of
+# the engine, asked this often: the slot reports its machine supervised again
+# within about this long of the engine's return, not up to a whole interval.
+ENGINE_PROBE_SECONDS = 1.0
 # CPU samples reach the record this often, so a restarted worker keeps most of them.
 RECORD_CPU_INTERVAL_SECONDS = 60.0
 
@@ -86,6 +90,8 @@ class RunningSteps:
             return  # too late: the outcome is being fixed
         if isinstance(result.error, ContainerRuntimeError):
             self._log(logging.DEBUG, "no CPU sample: %s", result.error)
+            if self.unavailable is not None and m.next_stats_at is not None:
+                m.next_stats_at = min(m.next_stats_at, self.clock() + ENGINE_PROBE_SECONDS)
             return
         if result.error is not None:
             raise result.error
