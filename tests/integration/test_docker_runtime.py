@@ -13,6 +13,7 @@ import time
 import uuid
 
 import pytest
+import requests
 
 from vac.runtimes.base import (ContainerGone, ContainerHandle, ContainerNotStarted, ContainerRequest, ContainerState, ImageMissing,
                                RuntimeUnavailable, StartFailed, Usage)
@@ -253,6 +254,11 @@ def test_wait_returns_none_at_its_deadline_then_the_exit(runtime, busybox_image,
     assert usage_while_running.cpu_seconds > 0.05
     assert usage_while_running.memory_bytes > 0
     assert runtime.stats(handle) == usage_while_running
+    # Having seen the exit, the runtime does not ask the engine again: no engine is needed for it.
+    runtime.close()
+    engine_url, runtime.base_url = runtime.base_url, f"unix://{tmp_path}/no-engine.sock"
+    assert runtime.stats(handle) == usage_while_running
+    runtime.base_url = engine_url
     fresh = DockerRuntime(timeout=30)
     try:
         assert fresh.stats(handle) == Usage(0.0, 0)
@@ -488,3 +494,17 @@ def test_a_private_cvmfs_mount_is_bound_without_propagation(runtime, docker_clie
     warnings = [r for r in caplog.records if "is on a private mount" in r.getMessage()
                 and r.levelno >= logging.WARNING]
     assert warnings == [], "the cvmfs-keeper warns once for the factory, not every slot"
+
+
+@pytest.mark.docker
+def test_engine_requests_take_no_credentials_or_proxies_from_the_environment(runtime, monkeypatch, tmp_path):
+    # requests would add .netrc credentials for the engine's host, and look them up on every call.
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine localhost login someone password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    for client in (runtime._client(), runtime._waiting_client()):
+        prepared = client.prepare_request(requests.Request("GET", client._url("/version")))
+        assert "Authorization" not in prepared.headers
+        assert client.merge_environment_settings(prepared.url, {}, None, None, None)["proxies"] == {}
+    assert runtime._client().version()["ApiVersion"]
