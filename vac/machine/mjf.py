@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from vac.machine.atomicfile import fsync_directory, write_atomic
+from vac.machine.atomicfile import write_atomic
 from vac.machine.layout import FEATURES_FILE_MODE, MachinePaths
 
 log = logging.getLogger(__name__)
@@ -105,14 +105,14 @@ def jobfeatures(inputs: MjfInputs) -> dict[str, str]:
 
 
 def _write_keys(directory: Path, values: Mapping[str, str], temp_dir: Path) -> None:
+    # Atomic, not durable: a payload reads whole values, but the keys are
+    # written afresh for each machine and read only by it, which does not
+    # outlive a crash of the host; an fsync per key cost each start some
+    # twenty synchronous writes.
     for key, value in sorted(values.items()):
         # Temp files go in the machine directory, outside the mounted one, so a
         # container listing /etc/jobfeatures never sees half-written keys.
-        write_atomic(directory / key, value.encode(), FEATURES_FILE_MODE, temp_dir=temp_dir,
-                     sync_directories=False)
-    # One fsync per directory for all its renames, not one per key.
-    fsync_directory(directory)
-    fsync_directory(temp_dir)
+        write_atomic(directory / key, value.encode(), FEATURES_FILE_MODE, temp_dir=temp_dir, durable=False)
 
 
 def write_mjf(paths: MachinePaths, inputs: MjfInputs) -> None:
