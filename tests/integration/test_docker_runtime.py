@@ -200,6 +200,7 @@ def test_fresh_runtime_finds_containers_by_labels(runtime, busybox_image, factor
         everything = restarted.find(factory_label)
         elsewhere = restarted.find(f"{factory_label}-other")
         by_machine = restarted.find(factory_label, machine_uuid=second.machine_uuid)
+        brief = restarted.find(factory_label, brief=True)
         other_machine = restarted.find(factory_label, slot=5, machine_uuid=first.machine_uuid)
     finally:
         restarted.close()
@@ -211,6 +212,10 @@ def test_fresh_runtime_finds_containers_by_labels(runtime, busybox_image, factor
         (first.id, ContainerState.RUNNING), (second.id, ContainerState.CREATED)]
     assert elsewhere == []
     assert [each.id for each in by_machine] == [second.id] and other_machine == []
+    # From the listing alone: enough to act on, with the creation time in whole seconds.
+    assert [(each.id, each.name, each.labels, each.state, each.started_at) for each in brief] == [
+        (each.id, each.name, each.labels, each.state, None) for each in everything]
+    assert brief[0].created_at == pytest.approx(everything[0].created_at, abs=1.0)
 
 
 @pytest.mark.docker

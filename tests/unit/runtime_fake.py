@@ -171,7 +171,7 @@ class FakeRuntime:
         return self._container(container_id).handle
 
     def find(self, factory: str, slot: int | None = None, models=None,
-             machine_uuid: str | None = None) -> list[ContainerHandle]:
+             machine_uuid: str | None = None, brief: bool = False) -> list[ContainerHandle]:
         self._record("find", factory if slot is None else f"{factory}/{slot}")
         found = []
         for container in self.containers.values():

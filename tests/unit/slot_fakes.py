@@ -106,6 +106,9 @@ class FakeRuntime:
         for handle in self.containers.values():
             if handle.machine_uuid == request.machine_uuid:
                 return handle
+        if request.image not in self.images:
+            # As the engine: no container without its image.
+            raise ImageMissing(f"image {request.image} is not present for container {request.machine_uuid}")
         return self.add(request_labels(request), state=ContainerState.CREATED)
 
     def start(self, handle):
@@ -118,7 +121,7 @@ class FakeRuntime:
         self._call("inspect", container_id)
         return self._get(container_id)
 
-    def find(self, factory, slot=None, models=None, machine_uuid=None):
+    def find(self, factory, slot=None, models=None, machine_uuid=None, brief=False):
         self._call("find", factory, slot)
         return [h for h in self.containers.values()
                 if h.labels.get("vac.factory") == factory and (slot is None or h.slot == slot)

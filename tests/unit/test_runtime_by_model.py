@@ -10,7 +10,7 @@ class Recording:
     def __init__(self, name, handles=(), unavailable=False):
         self.name, self.handles, self.unavailable, self.calls = name, list(handles), unavailable, []
 
-    def find(self, factory, slot=None, models=None, machine_uuid=None):
+    def find(self, factory, slot=None, models=None, machine_uuid=None, brief=False):
         self.calls.append(("find", factory, slot))
         if self.unavailable:
             raise RuntimeUnavailable(f"{self.name} does not answer")

@@ -1,6 +1,7 @@
 """The recording fake runtime behaves as the Docker runtime does, on a fake clock."""
 
 import inspect
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from runtime_fake import Behaviour, Call, FakeRuntime
 from vac.runtimes.base import (ContainerGone, ContainerNotStarted, ContainerRequest, ContainerRuntime,
                                ContainerState, ExitInfo, ImageMissing, RuntimeUnavailable, StartFailed, Usage)
 from vac.runtimes.docker import DockerRuntime
+from vac.workers import slot_steps
 
 IMAGE = "docker://vac-test-busybox:latest"
 
@@ -130,3 +132,24 @@ def test_engine_down_fails_every_call_and_calls_are_recorded(fake):
         fake.inspect(handle.id)
     assert fake.calls[:3] == [Call("create", handle.name), Call("start", handle.name), Call("find", "f1.example.com")]
     assert fake.calls_to("remove") == [handle.name, handle.name]
+
+
+def test_the_create_step_asks_for_a_docker_image_only_when_the_engine_lacks_it():
+    present = FakeRuntime(images={"vac-test-busybox:latest"})
+    handle = slot_steps.create(present, request())
+    assert [call.method for call in present.calls] == ["create"]
+
+    pulled = FakeRuntime(pullable={"vac-test-busybox:latest": 5.0})
+    assert slot_steps.create(pulled, request()).name == handle.name
+    assert [call.method for call in pulled.calls] == ["create", "ensure_image", "create"]
+
+    missing = FakeRuntime()
+    with pytest.raises(ImageMissing, match="pull of vac-test-busybox:latest failed"):
+        slot_steps.create(missing, request())
+    assert [call.method for call in missing.calls] == ["create", "ensure_image"]
+
+
+def test_the_create_step_always_looks_at_a_singularity_image_which_may_need_refreshing():
+    fake = FakeRuntime(images={"vac-test-busybox:latest"})
+    slot_steps.create(fake, replace(request(), model="singularity"))
+    assert [call.method for call in fake.calls] == ["ensure_image", "create"]

@@ -230,7 +230,8 @@ class ContainerRuntime(Protocol):
         """The container's current handle; ContainerGone if it does not exist."""
 
     def find(self, factory: str, slot: int | None = None,
-             models: Iterable[str] | None = None, machine_uuid: str | None = None) -> list[ContainerHandle]:
+             models: Iterable[str] | None = None, machine_uuid: str | None = None,
+             brief: bool = False) -> list[ContainerHandle]:
         """Every container (any state) labelled with `factory` (and `slot`, and `machine_uuid`), oldest first.
 
         `models`: the machine models whose containers must be listed (None: all);
@@ -238,6 +239,9 @@ class ContainerRuntime(Protocol):
         `machine_uuid` asks for one machine's containers: the engine filters
         them, and a runtime keeping its containers in machine directories
         looks in that one alone, not in every machine's.
+        `brief`: enough to remove them (id, name, labels, state); the times may
+        be missing or coarse, and an engine is asked once instead of once more
+        per container.
         """
 
     def wait(self, handle: ContainerHandle, deadline: float) -> ExitInfo | None:

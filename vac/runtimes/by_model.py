@@ -64,7 +64,8 @@ class ModelRuntimes:
         return self.for_model(_model_of_id(container_id)).inspect(container_id)
 
     def find(self, factory: str, slot: int | None = None,
-             models: Iterable[str] | None = None, machine_uuid: str | None = None) -> list[ContainerHandle]:
+             models: Iterable[str] | None = None, machine_uuid: str | None = None,
+             brief: bool = False) -> list[ContainerHandle]:
         """Containers of every runtime, oldest first.
 
         `models` are those whose containers must be listed (None: all), with
@@ -76,7 +77,7 @@ class ModelRuntimes:
         handles = []
         for model in self._builders:
             try:
-                handles.extend(self.for_model(model).find(factory, slot, machine_uuid=machine_uuid))
+                handles.extend(self.for_model(model).find(factory, slot, machine_uuid=machine_uuid, brief=brief))
             except RuntimeUnavailable as error:
                 if needed is None or model in needed:
                     raise

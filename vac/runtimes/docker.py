@@ -27,7 +27,7 @@ from vac.runtimes.base import (DEFAULT_ENGINE_TIMEOUT_SECONDS, ContainerHandle, 
                                ContainerRuntimeError, ContainerGone, ContainerState, ExitInfo, ImageMissing,
                                PayloadPaths, RuntimeUnavailable, StartFailed, Usage)
 from vac.runtimes.docker_api import (PAYLOAD_PATHS, create_kwargs, exit_info_from_inspect, handle_from_inspect,
-                                     image_reference, usage_from_stats)
+                                     handle_from_summary, image_reference, usage_from_stats)
 from vac.runtimes.mounts import host_propagation
 from vac.vocabulary.labels import LABEL_FACTORY, LABEL_MACHINE, LABEL_SLOT
 
@@ -253,8 +253,11 @@ class DockerRuntime:
         return handle_from_inspect(self._inspect_attrs(container_id))
 
     def find(self, factory: str, slot: int | None = None, models=None,
-             machine_uuid: str | None = None) -> list[ContainerHandle]:
-        """Containers in any state labelled with `factory` (and `slot`, and `machine_uuid`), oldest first."""
+             machine_uuid: str | None = None, brief: bool = False) -> list[ContainerHandle]:
+        """Containers in any state labelled with `factory` (and `slot`, and `machine_uuid`), oldest first.
+
+        Each is inspected for its exact times, unless `brief` asks only for what the listing says.
+        """
         labels = [f"{LABEL_FACTORY}={factory}"]
         if slot is not None:
             labels.append(f"{LABEL_SLOT}={slot}")
@@ -262,6 +265,9 @@ class DockerRuntime:
             labels.append(f"{LABEL_MACHINE}={machine_uuid}")
         with translated_errors(f"list containers of factory {factory}"):
             summaries = self._client().containers(all=True, filters={"label": labels})
+        if brief:
+            return sorted((handle_from_summary(summary) for summary in summaries),
+                          key=lambda handle: (handle.created_at or 0.0, handle.id))
         handles = []
         for summary in summaries:
             try:

@@ -145,6 +145,18 @@ def handle_from_inspect(attrs: dict) -> ContainerHandle:
     )
 
 
+def handle_from_summary(summary: dict) -> ContainerHandle:
+    """The handle of a container from the engine's listing: its creation time in whole seconds, no start or end."""
+    names = summary.get("Names") or ()
+    return ContainerHandle(
+        id=summary["Id"],
+        name=names[0].lstrip("/") if names else summary["Id"],
+        labels=dict(summary.get("Labels") or {}),
+        state=ContainerState(summary["State"]),
+        created_at=float(summary["Created"]) if summary.get("Created") else None,
+    )
+
+
 def exit_info_from_inspect(attrs: dict) -> ExitInfo | None:
     """How the container ended, from its `inspect` JSON; None while it has not."""
     state = attrs["State"]

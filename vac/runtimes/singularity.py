@@ -308,7 +308,7 @@ class SingularityRuntime:
         return self._handle(folder, meta)
 
     def find(self, factory: str, slot: int | None = None, models: Iterable[str] | None = None,
-             machine_uuid: str | None = None) -> list[ContainerHandle]:
+             machine_uuid: str | None = None, brief: bool = False) -> list[ContainerHandle]:
         """Every Singularity machine of `factory` (and `slot`, and `machine_uuid`) not removed, oldest first.
 
         Without `machine_uuid` every machine directory is looked at, the

@@ -18,7 +18,7 @@ from vac.machine.prepare import BadTerms, MachineTerms, PreparedMachine, create_
 from vac.machine.record import MachineRecord, is_finished, read_record, write_record
 from vac.machine.scratch import DirectoryScratch
 from vac.runtimes.base import (ContainerGone, ContainerHandle, ContainerRequest, ContainerRuntime,
-                               ContainerRuntimeError, ExitInfo)
+                               ContainerRuntimeError, ExitInfo, ImageMissing, StartFailed)
 from vac.vocabulary.slot_states import MachineState, machine_state
 from vac.workers import finishing, slot_rules
 
@@ -74,7 +74,16 @@ def create(runtime: ContainerRuntime, request: ContainerRequest) -> ContainerHan
     """STARTING, first half: the image, then the container (not started yet).
 
     Creating again after a failed attempt returns the container made then.
+    A Docker image is looked for (and pulled) only when the engine refuses
+    the container for want of it, or refuses it at all (the look names what
+    is wrong with an image); a Singularity image is always looked at, as a
+    cached copy of a URL may need refreshing.
     """
+    if request.model == "docker":
+        try:
+            return runtime.create(request)
+        except (ImageMissing, StartFailed):
+            pass
     runtime.ensure_image(request.image, time.monotonic() + IMAGE_DEADLINE_SECONDS)
     return runtime.create(request)
 
@@ -150,7 +159,7 @@ def clean(runtime: ContainerRuntime, factory: str, slot: int, paths: MachinePath
     record = read_record(paths)
     # Its own engine must answer; another (a Docker engine on a Singularity-only host) need not.
     models = {record.machine_model} if record is not None else None
-    for handle in runtime.find(factory, slot, models=models, machine_uuid=paths.machine_uuid):
+    for handle in runtime.find(factory, slot, models=models, machine_uuid=paths.machine_uuid, brief=True):
         if handle.machine_uuid == paths.machine_uuid:
             runtime.remove(handle)
     backend = scratch_backend(terms.factory) if terms is not None else DirectoryScratch()
