@@ -52,3 +52,25 @@ def test_a_forked_job_killed_before_it_delivers_is_reported_failed():
     (result,) = results
     assert isinstance(result.error, ChildProcessError)
     assert "died without a result" in str(result.error)
+
+
+def test_threads_are_reused_and_each_concurrent_job_still_gets_one():
+    jobs = JobRunner()
+    threads = threading.active_count()
+    for n in range(5):
+        jobs.submit(f"one-{n}", threading.get_ident)
+        (result,) = collect(jobs, 1)
+        assert result.error is None
+        # The thread counts itself idle just after it delivers: let it get there.
+        deadline = time.monotonic() + 2
+        while jobs._idle_threads == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+    assert threading.active_count() == threads + 1, "one after another, one thread does"
+
+    # Jobs that block each other's progress run at once: one waits for the other.
+    release = threading.Event()
+    jobs.submit("waiter", lambda: release.wait(5))
+    jobs.submit("releaser", release.set)
+    results = collect(jobs, 2)
+    assert sorted((r.name, r.value) for r in results) == [("releaser", None), ("waiter", True)]
+    assert threading.active_count() == threads + 2

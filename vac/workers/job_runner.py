@@ -2,7 +2,9 @@
 
 The loop stays free to heartbeat, take the root's messages and enforce the
 wall-clock limit while a Docker call, an HTTP fetch or an mkfs is under way.
-Each job has a name, and one job of a name runs at a time.
+Each job has a name, and one job of a name runs at a time. A thread that
+finished its job waits for the next instead of ending: a machine's life
+takes some seven jobs, and starting a thread for each cost more than most.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class JobRunner:
         self._running: set[str] = set()
         self._forked: dict[int, tuple[str, int, Any]] = {}  # pid -> (name, result fd, token)
         self._exiting: list[int] = []  # forked jobs that delivered and are about to exit
+        self._tasks: queue.SimpleQueue[tuple[str, Callable[..., Any], tuple, Any]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle_threads = 0  # threads done with a job that will take the next one
 
     def fileno(self) -> int:
         """Readable when a result is waiting."""
@@ -68,10 +73,21 @@ class JobRunner:
                 _child_run(call, args, result_fd, self._wake_w)
             self._forked[pid] = (name, result_fd, token)
             return
+        self._tasks.put((name, call, args, token))
+        with self._lock:
+            if self._idle_threads:
+                self._idle_threads -= 1
+                return
         # Daemon threads: a worker told to stop exits at once, even while one
         # of them waits on the engine; its successor repeats what was cut short.
-        threading.Thread(target=self._run, args=(name, call, args, token), name=f"job-{name}",
-                         daemon=True).start()
+        threading.Thread(target=self._serve, name="jobs", daemon=True).start()
+
+    def _serve(self) -> None:
+        """A job thread: run the queued jobs, one after another, for the life of the worker."""
+        while True:
+            self._run(*self._tasks.get())
+            with self._lock:
+                self._idle_threads += 1
 
     def _run(self, name: str, call: Callable[..., Any], args: tuple, token: Any) -> None:
         try:
