@@ -220,9 +220,12 @@ class Root:
                 with FaultBarrier("factory", "its tick"):
                     for child_id, msg in self.app.tick(may_start):
                         self.send(child_id, msg)
-        self._update_title(now)
+        # Once per pass, for the title and systemd's status alike: a pass comes
+        # with nearly every message of a pool under turnover.
+        summary = self.summary()
+        self._update_title(now, summary)
         if not stopping:
-            self.notifier.status(self.summary(), now)
+            self.notifier.status(summary, now)
             # Only a pass that got this far is healthy enough to pet the watchdog.
             self.notifier.watchdog(now)
         self._wake_at = self._next_wake(now)
@@ -588,8 +591,8 @@ class Root:
             text += ", stopping"
         return text
 
-    def _update_title(self, now):
-        title = f"supervisor [{self.summary()}]"
+    def _update_title(self, now, summary=None):
+        title = f"supervisor [{summary if summary is not None else self.summary()}]"
         if title != self._title:
             proctitle.set_title(title)
             self._title = title
