@@ -160,6 +160,10 @@ class Root:
         """Start the tree, loop until SIGTERM/SIGINT, stop it in order; return 0."""
         self.processes.become_subreaper()
         self._install_signals()
+        # setproctitle's first call moves the environment and builds its title
+        # buffer (some 200 KiB of writes); made here, before any fork, every
+        # child inherits that work instead of doing it again in pages of its own.
+        self._update_title(self.clock())
         # Children share the root's heap copy-on-write; a garbage collection in
         # a child would touch (and so copy) every object it walks. Freezing moves
         # what exists now out of the collector's reach.
