@@ -27,6 +27,11 @@ def unescape(field: str) -> str:
     return _OCTAL_ESCAPE.sub(lambda match: chr(int(match.group(1), 8)), field)
 
 
+def escape(path: str) -> str:
+    """A path as mountinfo writes it (unescape's inverse)."""
+    return "".join(f"\\{ord(char):03o}" if char in " \t\n\\" else char for char in path)
+
+
 def parse_mountinfo(text: str) -> list[MountEntry]:
     """The mounts listed in mountinfo text, in order (later ones on top); malformed lines skipped."""
     entries = []
@@ -43,17 +48,29 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
     return entries
 
 
+def _read_text(path: os.PathLike | str) -> str:
+    with open(path, encoding="utf-8", errors="surrogateescape") as table:
+        return table.read()
+
+
 def read_mountinfo(path: os.PathLike | str = MOUNTINFO) -> list[MountEntry]:
     """This process's mount table; OSError if it cannot be read."""
-    with open(path, encoding="utf-8", errors="surrogateescape") as table:
-        return parse_mountinfo(table.read())
+    return parse_mountinfo(_read_text(path))
 
 
 def mount_at(mount_point: Path, mountinfo_path: os.PathLike | str = MOUNTINFO) -> MountEntry | None:
-    """The topmost mount at `mount_point`, or None if nothing is mounted there."""
+    """The topmost mount at `mount_point`, or None if nothing is mounted there.
+
+    A table that does not hold the path anywhere is not parsed: on a host
+    running many containers it has hundreds of lines, and the answer is
+    nearly always none.
+    """
     wanted = os.path.realpath(mount_point)
+    text = _read_text(mountinfo_path)
+    if f" {escape(wanted)} " not in text:
+        return None
     found = None
-    for entry in read_mountinfo(mountinfo_path):
+    for entry in parse_mountinfo(text):
         if entry.mount_point == wanted:
             found = entry  # later lines are mounted on top of earlier ones
     return found

@@ -1,6 +1,6 @@
 """The one parser of /proc/self/mountinfo: fields, octal escapes, stacked mounts."""
 
-from vac.mountinfo import MountEntry, mount_at, parse_mountinfo, read_mountinfo
+from vac.mountinfo import MountEntry, escape, mount_at, parse_mountinfo, read_mountinfo, unescape
 
 
 def test_mountinfo_parsing_unescapes_paths():
@@ -47,3 +47,18 @@ def test_the_topmost_of_stacked_mounts_is_found(tmp_path):
 
 def test_this_host_has_a_root_mount():
     assert any(entry.mount_point == "/" for entry in read_mountinfo())
+
+
+def test_a_mount_at_a_path_mountinfo_escapes_is_found_and_a_mere_prefix_is_not(tmp_path):
+    spaced = tmp_path / "scratch dir\\x"
+    spaced.mkdir()
+    table = tmp_path / "mountinfo"
+    table.write_text(
+        f"30 1 0:30 / {escape(str(spaced))} rw - tmpfs spaced rw\n"
+        f"31 1 0:31 / {escape(str(tmp_path / 'scratch'))}-other rw - tmpfs other rw\n")
+
+    assert escape(str(spaced)).endswith("scratch\\040dir\\134x")
+    assert unescape(escape("/a b\tc\nd\\e")) == "/a b\tc\nd\\e"
+    assert mount_at(spaced, table).source == "spaced"
+    assert mount_at(tmp_path / "scratch", table) is None
+    assert mount_at(tmp_path / "scratch dir", table) is None
