@@ -181,19 +181,6 @@ def test_write_atomic_sets_mode_despite_umask(tmp_path):
     assert (tmp_path / "f").read_bytes() == b"data"
 
 
-def test_write_atomic_syncs_unless_the_write_need_not_outlive_a_crash(tmp_path, monkeypatch):
-    synced = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
-
-    write_atomic(tmp_path / "durable", b"one")
-    assert len(synced) == 2, "the file, then its directory"
-    write_atomic(tmp_path / "volatile", b"two", durable=False)
-    assert len(synced) == 2
-    assert (tmp_path / "volatile").read_bytes() == b"two"
-    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["durable", "volatile"]
-
-
 def test_write_atomic_replaces_a_symlink_instead_of_writing_through_it(tmp_path):
     target = tmp_path / "target"
     target.write_text("original")

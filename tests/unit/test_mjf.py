@@ -129,6 +129,28 @@ def test_write_mjf_writes_one_file_per_key_without_newline(tmp_path):
     assert [entry.name for entry in paths.root.iterdir() if entry.name.startswith(".")] == []
 
 
+def test_write_mjf_again_replaces_every_value_and_follows_no_symlink(tmp_path):
+    # A preparation repeated after a crash finds the keys of its first attempt.
+    paths = create_machine_directory(tmp_path, MACHINE_UUID)
+    (paths.jobfeatures / "allocated_cpu").write_text("a much longer earlier value")
+    outside = tmp_path / "outside"
+    outside.write_text("untouched")
+    (paths.machinefeatures / "hs06").symlink_to(outside)
+    old_umask = os.umask(0o077)
+    try:
+        with pytest.raises(OSError):
+            write_mjf(paths, FULL)
+        (paths.machinefeatures / "hs06").unlink()
+        write_mjf(paths, FULL)
+    finally:
+        os.umask(old_umask)
+
+    assert outside.read_text() == "untouched"
+    assert {path.name: path.read_text() for path in paths.jobfeatures.iterdir()} == EXPECTED_JOBFEATURES
+    assert {path.name: path.read_text() for path in paths.machinefeatures.iterdir()} == EXPECTED_MACHINEFEATURES
+    assert {stat.S_IMODE(os.lstat(path).st_mode) for path in paths.jobfeatures.iterdir()} == {0o644}
+
+
 def test_global_shutdown_time_lowers_only_the_two_shutdown_keys(tmp_path):
     paths = create_machine_directory(tmp_path, MACHINE_UUID)
     write_mjf(paths, FULL)

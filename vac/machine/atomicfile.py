@@ -18,7 +18,7 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_temporary(temp_dir: Path, name: str, data: bytes, mode: int, durable: bool = True) -> Path:
+def _write_temporary(temp_dir: Path, name: str, data: bytes, mode: int) -> Path:
     # A leading dot and a random suffix: never a name anyone reads (MJF key, APEL
     # queue element) and never an existing file, even after a crash left one behind.
     temp_path = temp_dir / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
@@ -28,8 +28,7 @@ def _write_temporary(temp_dir: Path, name: str, data: bytes, mode: int, durable:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        if durable:
-            os.fsync(fd)
+        os.fsync(fd)
     except BaseException:
         os.close(fd)
         temp_path.unlink(missing_ok=True)
@@ -39,24 +38,22 @@ def _write_temporary(temp_dir: Path, name: str, data: bytes, mode: int, durable:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644, temp_dir: Path | None = None,
-                 sync_directories: bool = True, durable: bool = True) -> None:
+                 sync_directories: bool = True) -> None:
     """Replace `path` with `data` (temp file, fsync, rename, fsync of the directory).
 
     `temp_dir` must be on the same filesystem; it defaults to the file's own directory.
     A caller writing many files may pass sync_directories=False and fsync each
-    directory once when it is done. durable=False skips every fsync: readers
-    still see the old content or the new, but a crash of the host may lose the
-    write, for files nothing needs after one.
+    directory once when it is done.
     """
     path = Path(path)
     temp_dir = Path(temp_dir) if temp_dir is not None else path.parent
-    temp_path = _write_temporary(temp_dir, path.name, data, mode, durable)
+    temp_path = _write_temporary(temp_dir, path.name, data, mode)
     try:
         os.rename(temp_path, path)
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise
-    if not (sync_directories and durable):
+    if not sync_directories:
         return
     fsync_directory(path.parent)
     if temp_dir != path.parent:

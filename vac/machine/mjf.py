@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,21 +105,34 @@ def jobfeatures(inputs: MjfInputs) -> dict[str, str]:
     return values
 
 
-def _write_keys(directory: Path, values: Mapping[str, str], temp_dir: Path) -> None:
-    # Atomic, not durable: a payload reads whole values, but the keys are
-    # written afresh for each machine and read only by it, which does not
-    # outlive a crash of the host; an fsync per key cost each start some
-    # twenty synchronous writes.
+_OPEN_KEY = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _write_keys(directory: Path, values: Mapping[str, str]) -> None:
+    # Written in place, neither through a temporary file nor synced: nothing
+    # reads them before the machine starts (its container does not exist yet,
+    # and only it knows its URL), and they are written afresh for each
+    # machine, which does not outlive a crash of the host. A temporary file,
+    # a rename and an fsync for each of some twenty keys was a good part of
+    # a start's CPU.
     for key, value in sorted(values.items()):
-        # Temp files go in the machine directory, outside the mounted one, so a
-        # container listing /etc/jobfeatures never sees half-written keys.
-        write_atomic(directory / key, value.encode(), FEATURES_FILE_MODE, temp_dir=temp_dir, durable=False)
+        fd = os.open(directory / key, _OPEN_KEY, FEATURES_FILE_MODE)
+        try:
+            os.fchmod(fd, FEATURES_FILE_MODE)  # the umask must not decide what containers may read
+            view = memoryview(value.encode())
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
 
 
 def write_mjf(paths: MachinePaths, inputs: MjfInputs) -> None:
-    """Write every machinefeatures and jobfeatures key file (value as text, no newline)."""
-    _write_keys(paths.machinefeatures, machinefeatures(inputs), paths.root)
-    _write_keys(paths.jobfeatures, jobfeatures(inputs), paths.root)
+    """Write every machinefeatures and jobfeatures key file (value as text, no newline), before the machine starts.
+
+    Later changes, read by a running machine, go through rewrite_shutdown_time's atomic writes.
+    """
+    _write_keys(paths.machinefeatures, machinefeatures(inputs))
+    _write_keys(paths.jobfeatures, jobfeatures(inputs))
 
 
 def lowered_shutdown_time(current: int, global_shutdown_time: int | None, now: float,
