@@ -254,9 +254,10 @@ def as_number(value, maximum: float) -> float | None:
 
 
 @functools.cache
-def _field_types(cls):
-    """The resolved annotations of a status class: resolving them each time was most of a check's cost."""
-    return typing.get_type_hints(cls)
+def _field_checks(cls):
+    """{field: (its type, a check of a value)} of a status class, made once: resolving the
+    annotations, and walking a union's options, on every check was most of its cost."""
+    return {name: (kind, _check_of(kind)) for name, kind in typing.get_type_hints(cls).items()}
 
 
 def from_plain(cls, mapping):
@@ -266,27 +267,34 @@ def from_plain(cls, mapping):
     """
     if not isinstance(mapping, dict):
         raise ValueError(f"{cls.__name__}: a {type(mapping).__name__}, not a map")
-    hints = _field_types(cls)
-    if set(mapping) != set(hints):
-        raise ValueError(f"{cls.__name__}: fields {sorted(map(str, mapping))[:40]} do not match {sorted(hints)}")
-    for name, kind in hints.items():
-        if not _fits(mapping[name], kind):
+    checks = _field_checks(cls)
+    if mapping.keys() != checks.keys():
+        raise ValueError(f"{cls.__name__}: fields {sorted(map(str, mapping))[:40]} do not match {sorted(checks)}")
+    for name, (kind, check) in checks.items():
+        if not check(mapping[name]):
             raise ValueError(f"{cls.__name__}.{name}: {mapping[name]!r:.80} is not {kind}")
     return cls(**mapping)
 
 
-def _fits(value, kind) -> bool:
+def as_plain(status) -> dict:
+    """A status dataclass as its plain map (from_plain's inverse): its fields are plain values, so no copy is made."""
+    return {name: getattr(status, name) for name in _field_checks(type(status))}
+
+
+def _check_of(kind):
+    """A function telling whether a value fits `kind`: None, int, float, str or a union of them."""
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
-        return any(_fits(value, option) for option in typing.get_args(kind))
+        options = tuple(_check_of(option) for option in typing.get_args(kind))
+        return lambda value: any(check(value) for check in options)
     if kind is type(None):
-        return value is None
+        return lambda value: value is None
     if kind is int:
-        return as_count(value) is not None and isinstance(value, int)
+        return lambda value: as_count(value) is not None and isinstance(value, int)
     if kind is float:
-        return as_number(value, MAX_COUNT) is not None
+        return lambda value: as_number(value, MAX_COUNT) is not None
     if kind is str:
-        return isinstance(value, str) and len(value) <= 4 * MAX_TEXT
-    return False
+        return lambda value: isinstance(value, str) and len(value) <= 4 * MAX_TEXT
+    return lambda value: False
 
 
 def dumps(message: dict) -> bytes:

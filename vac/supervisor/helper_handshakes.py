@@ -4,11 +4,11 @@ Each class takes in its helper's reports and says what to send it next; the
 Factory routes the reports to them and sends what they return.
 """
 
-import dataclasses
 import logging
 
 from vac.config import pipes, plain
 from vac.ipc import messages
+from vac.space import protocol
 from vac.space import status as space_status
 from vac.vocabulary.live_set import LIVE_SET_SECONDS
 from vac.vocabulary.slot_states import SETTLED_STATES
@@ -205,9 +205,9 @@ class VacqueryHandshake:
             return []
         self._looked_at, self._look_again_at = now, None
         statuses, machines, factory = local_report()
-        content = {"statuses": [dataclasses.asdict(status) for status in statuses],
-                   "machines": [dataclasses.asdict(machine) for machine in machines],
-                   "factory": dataclasses.asdict(factory), "vacmon": list(vacmon)[:messages.MAX_VACMONS]}
+        content = {"statuses": [protocol.as_plain(status) for status in statuses],
+                   "machines": [protocol.as_plain(machine) for machine in machines],
+                   "factory": protocol.as_plain(factory), "vacmon": list(vacmon)[:messages.MAX_VACMONS]}
         if content == self._local_sent and now - self._local_sent_at < LOCAL_STATUS_REFRESH_SECONDS:
             return []
         try:
