@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from vac.supervisor.notify import Notifier, forget_in_child
+from vac.supervisor.notify import Notifier, forget_in_child, unset_environment
 
 T0 = 100.0
 
@@ -178,9 +178,11 @@ def test_forget_in_child(systemd, monkeypatch):
     monkeypatch.setenv("WATCHDOG_USEC", "1000000")
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
     notifier = Notifier()
-    assert notifier.enabled
+    # The root, before it forks: the notifier keeps what it read.
+    unset_environment()
+    assert not {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"} & set(os.environ)
+    assert notifier.enabled and notifier.watchdog_interval is not None
     forget_in_child(notifier)
     assert not notifier.enabled
     notifier.ready("from a child")
     assert systemd.received() == []
-    assert not {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"} & set(os.environ)

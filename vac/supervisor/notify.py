@@ -101,8 +101,16 @@ def _watchdog_interval(environ):
         return None
 
 
-def forget_in_child(notifier):
-    """In a freshly forked child: never talk to systemd."""
-    notifier.close()
-    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+ENVIRONMENT = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+def unset_environment():
+    """Take systemd's variables out of this process's environment once the Notifier has read
+    them (sd_notify's unset_environment): no child forked or started later sees them."""
+    for name in ENVIRONMENT:
         os.environ.pop(name, None)
+
+
+def forget_in_child(notifier):
+    """In a freshly forked child: never talk to systemd (the root unset its variables before forking)."""
+    notifier.close()

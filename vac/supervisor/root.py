@@ -21,6 +21,7 @@ from vac.ipc.framing import ChannelClosed, IpcError, Unencodable
 from vac.supervisor import notify, tree as treemod
 from vac.supervisor.barrier import FaultBarrier
 from vac.supervisor.policy import ExitStatus, overdue_by
+from vac.signals import DEFAULT_HANDLER, set_signal_handler
 from vac.supervisor.process import Processes, die_with_parent
 from vac.vocabulary.child_states import ChildState, FactoryState
 
@@ -160,6 +161,8 @@ class Root:
         """Start the tree, loop until SIGTERM/SIGINT, stop it in order; return 0."""
         self.processes.become_subreaper()
         self._install_signals()
+        # Read by the notifier already; no child need look for them, nor see them.
+        notify.unset_environment()
         # setproctitle's first call moves the environment and builds its title
         # buffer (some 200 KiB of writes); made here, before any fork, every
         # child inherits that work instead of doing it again in pages of its own.
@@ -382,7 +385,7 @@ class Root:
         os.setpgid(0, 0)
         signal.set_wakeup_fd(-1)
         for signum in HANDLED_SIGNALS:
-            signal.signal(signum, signal.SIG_DFL)
+            set_signal_handler(signum, DEFAULT_HANDLER)
         for live in (*self.live.values(), *self._forking):
             live.channel.close()
             if live.pidfd is not None:

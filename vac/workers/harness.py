@@ -15,6 +15,7 @@ import time
 from vac import logs, proctitle
 from vac.ipc import messages
 from vac.ipc.framing import ChannelClosed
+from vac.signals import set_signal_handler
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class WorkerLoop:
         self._next_heartbeat = 0.0
         self._wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
-        signal.signal(signal.SIGTERM, self._on_term)
+        set_signal_handler(signal.SIGTERM, self._on_term)
         logs.set_role(self.child_id)
 
     def _on_term(self, signum, frame):
