@@ -161,7 +161,8 @@ def main():
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
     host = report.host_facts()
     print(f"idle overhead: {SLOTS} children doing nothing but heartbeats "
-          f"(every 5 s, vacd's default), CPU over {WINDOW:.0f} s, USS at its end")
+          f"(every {TreeSettings.heartbeat_interval:g} s, vacd's default, for both), CPU over {WINDOW:.0f} s, "
+          f"USS at its end")
     print(f"vac: the real tree (root, cvmfs-keeper, reaper, {SLOTS} slots); supervisord: "
           f"{SLOTS} copies of a program with a slot worker's imports, heartbeating to the bench")
     print("both trees idle through the same window; CPU time is accounted per process, "
@@ -170,7 +171,8 @@ def main():
           f"Linux {host['kernel']}, Python {host['python']}, vac {host['vac_commit']}")
     print()
 
-    trees = [VacTree(SLOTS), SupervisordTree(SLOTS)]
+    # The peer's children heartbeat as often as vac's: the same work, so the wake-ups compare.
+    trees = [VacTree(SLOTS), SupervisordTree(SLOTS, heartbeat_interval=TreeSettings.heartbeat_interval)]
     started = []
     try:
         with tempfile.TemporaryDirectory(prefix="vac-bench-idle-") as workdir:
