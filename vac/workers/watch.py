@@ -21,16 +21,44 @@ WATCH_FLAGS = pyinotify.IN_DONT_FOLLOW | pyinotify.IN_ONLYDIR
 ANY_NAME = "*"
 
 
+def _load_binding():
+    """pyinotify's binding to libc's inotify calls, or None if it finds none (WatchManager then says why)."""
+    return pyinotify.INotifyWrapper.create()
+
+
+# pyinotify looks for libc anew for every WatchManager, with ctypes.util.find_library,
+# which runs `ldconfig -p` in a subprocess. Loaded once here, in the root that
+# imports this module before it forks, no slot worker runs ldconfig.
+_BINDING = _load_binding()
+
+
+class _WatchManager(pyinotify.WatchManager):
+    """A pyinotify WatchManager on the binding loaded at import."""
+
+    def __init__(self) -> None:
+        if _BINDING is None:
+            super().__init__()
+            return
+        # pyinotify's own __init__, with the binding given instead of looked for.
+        self._ignore_events = False
+        self._exclude_filter = lambda path: False
+        self._wmd = {}
+        self._inotify_wrapper = _BINDING
+        self._fd = _BINDING.inotify_init()
+        if self._fd < 0:
+            raise OSError(f"cannot initialize a new instance of inotify, {_BINDING.str_errno()}")
+
+
 class _SlotInotify:
     """One inotify instance per process, shared by its watches and told apart by watch descriptor.
 
-    Making a pyinotify WatchManager looks for libc with ldconfig (about 13 ms
-    of CPU): a slot worker makes one, not one per machine.
+    A slot worker makes one, not one per machine, and on the libc binding
+    loaded before the fork.
     """
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.manager = pyinotify.WatchManager()
+        self.manager = _WatchManager()
         self.notifier = pyinotify.Notifier(self.manager, default_proc_fun=self._event, timeout=0)
         self.watches: dict[int, JoboutputsWatch] = {}
 
