@@ -21,6 +21,19 @@ when the clock steps back and cannot be derived from a container):
         singularity/                         0700  a Singularity machine's launcher plan, pid,
                                                    exit status and output (docs/singularity.md)
 
+Each slot's unfinished machines are also named in an index, so that a slot
+worker taking over after a restart reads their records instead of every
+record kept for history (slot_steps.scan):
+
+    <state_dir>/unfinished/                  0700
+    <state_dir>/unfinished/<slot>/           0700
+        <uuid>                               0600  empty: made before the machine's record; removed when
+                                                   the slot next prepares a machine or restarts, once
+                                                   the record says done
+        complete                             0600  marker: every unfinished machine of the slot is named
+                                                   here (written after a full scan; a state directory from
+                                                   before the index has none, and its slots read every record)
+
 What the container needs: Docker bind mounts are made by dockerd as root, so
 the host-side 0700 parent is no obstacle, while inside the container the mounted
 paths keep their own modes; MJF must be readable and /user_data executable by
@@ -40,9 +53,14 @@ import stat
 import uuid as uuid_module
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
+
+from vac.machine.atomicfile import create_atomic, fsync_directory
 
 MACHINES_DIR_NAME = "machines"
+UNFINISHED_DIR_NAME = "unfinished"
+INDEX_COMPLETE_NAME = "complete"
+INDEX_DIR_MODE = 0o700
 
 MACHINES_DIR_MODE = 0o711
 MACHINE_DIR_MODE = 0o700
@@ -175,3 +193,77 @@ def iter_machine_directories(state_dir: Path, machine_uuid: str | None = None) -
     for entry in entries:
         if is_machine_uuid(entry.name) and entry.is_dir(follow_symlinks=False):
             yield MachinePaths(entry.name, machines_dir / entry.name)
+
+
+def slot_index_directory(state_dir: Path, slot: int) -> Path:
+    """Where slot `slot`'s unfinished machines are named."""
+    if slot < 0:
+        raise ValueError(f"slot number must not be negative, got {slot}")
+    return Path(state_dir) / UNFINISHED_DIR_NAME / str(slot)
+
+
+def indexed_machines(state_dir: Path, slot: int) -> list[str] | None:
+    """The UUIDs slot `slot`'s index names, or None unless the index is complete (then every record must be read)."""
+    directory = slot_index_directory(state_dir, slot)
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if INDEX_COMPLETE_NAME not in names:
+        return None
+    return sorted(name for name in names if is_machine_uuid(name))
+
+
+def index_machine(state_dir: Path, slot: int, machine_uuid: str) -> None:
+    """Name `machine_uuid` in its slot's index, durably (before its record is first written)."""
+    directory = _index_directory(state_dir, slot)
+    if _name(directory, machine_uuid):
+        # Its record's fsync need not carry this name with it on every filesystem.
+        fsync_directory(directory)
+
+
+def unindex_machine(state_dir: Path, slot: int, machine_uuid: str) -> None:
+    """Remove `machine_uuid` from its slot's index (its record says done; missing is fine)."""
+    if not is_machine_uuid(machine_uuid):
+        raise ValueError(f"machine UUID {machine_uuid!r} is not a canonical lower-case UUID")
+    try:
+        os.unlink(slot_index_directory(state_dir, slot) / machine_uuid)
+    except FileNotFoundError:
+        pass
+
+
+def complete_index(state_dir: Path, slot: int, machine_uuids: Iterable[str]) -> None:
+    """After every record was read: name each unfinished machine of the slot, then mark the index complete."""
+    directory = _index_directory(state_dir, slot)
+    for machine_uuid in machine_uuids:
+        _name(directory, machine_uuid)
+    # The names must be on disk before the marker that says they are all there.
+    fsync_directory(directory)
+    create_atomic(directory / INDEX_COMPLETE_NAME, b"", PRIVATE_FILE_MODE)
+
+
+def _index_directory(state_dir: Path, slot: int) -> Path:
+    """The slot's index directory, made (and made durable) if missing."""
+    directory = slot_index_directory(state_dir, slot)
+    for path in (directory.parent, directory):
+        try:
+            os.mkdir(path, INDEX_DIR_MODE)
+        except FileExistsError:
+            continue
+        fsync_directory(path.parent)
+    if not stat.S_ISDIR(os.lstat(directory).st_mode):
+        raise NotADirectoryError(f"{directory} exists and is not a directory (symlinks are refused)")
+    return directory
+
+
+def _name(directory: Path, machine_uuid: str) -> bool:
+    """Create the empty entry `machine_uuid` in an index directory; False if it was there."""
+    if not is_machine_uuid(machine_uuid):
+        raise ValueError(f"machine UUID {machine_uuid!r} is not a canonical lower-case UUID")
+    try:
+        fd = os.open(directory / machine_uuid, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     PRIVATE_FILE_MODE)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True

@@ -8,12 +8,14 @@ outcome is fixed in the record once, removing what is gone is fine.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
 
 from vac import history
 from vac.machine.joboutputs import ShutdownMessage
-from vac.machine.layout import MachinePaths, create_machine_directory, iter_machine_directories
+from vac.machine.layout import (MachinePaths, complete_index, create_machine_directory, index_machine,
+                                indexed_machines, is_machine_uuid, iter_machine_directories, unindex_machine)
 from vac.machine.prepare import BadTerms, MachineTerms, PreparedMachine, create_directory, scratch_backend
 from vac.machine.record import MachineRecord, is_finished, read_record, write_record
 from vac.machine.scratch import DirectoryScratch
@@ -21,6 +23,8 @@ from vac.runtimes.base import (ContainerGone, ContainerHandle, ContainerRequest,
                                ContainerRuntimeError, ExitInfo, ImageMissing, StartFailed)
 from vac.vocabulary.slot_states import MachineState, machine_state
 from vac.workers import finishing, slot_rules
+
+log = logging.getLogger(__name__)
 
 # Each wait on the engine is bounded; the slot starts the next one at once.
 WAIT_CHUNK_SECONDS = 60.0
@@ -33,18 +37,84 @@ class UnsupportedModel(ValueError):
 
 
 def scan(runtime: ContainerRuntime, factory: str, slot: int, state_dir: Path) -> slot_rules.AdoptionPlan:
-    """What a predecessor left in `slot`: its unfinished records and its labelled containers."""
-    records = []
-    for paths in iter_machine_directories(state_dir):
-        record = read_record(paths)
-        if record is None or record.slot != slot or machine_state(record.state) is MachineState.DONE:
-            continue
-        records.append((record, is_finished(paths)))
+    """What a predecessor left in `slot`: its unfinished records and its labelled containers.
+
+    The records read are those the slot's index names (layout.py); without a
+    complete index (a state directory from before it), every record, after
+    which the index is completed. A container of the slot that the index does
+    not name has its record read all the same: it is never taken for an orphan
+    because of the index.
+    """
+    indexed = indexed_machines(state_dir, slot)
+    if indexed is None:
+        records = _every_unfinished_record(state_dir, slot)
+        try:
+            complete_index(state_dir, slot, [record.machine_uuid for record, _ in records])
+        except OSError as error:
+            log.warning("slot %02d: cannot write its index of unfinished machines (%s); "
+                        "its next scan reads every record again", slot, error)
+    else:
+        records = _indexed_unfinished_records(state_dir, slot, indexed)
     # An engine must answer when a record says a machine of its model may be there;
     # one that no record needs is only asked for orphans, if it answers.
     models = {record.machine_model for record, _ in records}
     containers = runtime.find(factory, slot, models=models)
+    named = {record.machine_uuid for record, _ in records}
+    for container in containers:
+        if container.machine_uuid in named or not is_machine_uuid(container.machine_uuid or ""):
+            continue
+        found = _unfinished_record(MachinePaths.for_machine(state_dir, container.machine_uuid), slot)
+        if found is not None:
+            log.warning("slot %02d: machine %s has a container and an unfinished record but was not in the "
+                        "slot's index; naming it there", slot, container.machine_uuid)
+            index_machine(state_dir, slot, container.machine_uuid)
+            records.append(found)
+            named.add(container.machine_uuid)
     return slot_rules.adoption_plan(records, containers)
+
+
+def _unfinished_record(paths: MachinePaths, slot: int) -> tuple[MachineRecord, bool] | None:
+    """(record, finished marker exists) of a machine of `slot` whose record is not done, else None."""
+    record = read_record(paths)
+    if record is None or record.slot != slot or machine_state(record.state) is MachineState.DONE:
+        return None
+    return record, is_finished(paths)
+
+
+def _every_unfinished_record(state_dir: Path, slot: int) -> list[tuple[MachineRecord, bool]]:
+    found = (_unfinished_record(paths, slot) for paths in iter_machine_directories(state_dir))
+    return [item for item in found if item is not None]
+
+
+def _indexed_unfinished_records(state_dir: Path, slot: int, machine_uuids) -> list[tuple[MachineRecord, bool]]:
+    """The unfinished records of the machines the slot's index names; those that need nothing more leave it."""
+    records = []
+    for machine_uuid in machine_uuids:
+        paths = MachinePaths.for_machine(state_dir, machine_uuid)
+        record = read_record(paths)
+        if _needs_nothing(paths, record):
+            unindex_machine(state_dir, slot, machine_uuid)
+        elif record is not None and record.slot == slot:
+            records.append((record, is_finished(paths)))
+    return records
+
+
+def _needs_nothing(paths: MachinePaths, record: MachineRecord | None) -> bool:
+    """True if the machine needs nothing more of its slot: its record says done, or it has no directory at all.
+
+    A directory whose record cannot be read stays in the index: the disk may answer later.
+    """
+    if record is None:
+        return not paths.root.is_dir()
+    return machine_state(record.state) is MachineState.DONE
+
+
+def forget_done_machines(state_dir: Path, slot: int) -> None:
+    """Remove from the slot's index the machines that need nothing more (its earlier machines, once done)."""
+    for machine_uuid in indexed_machines(state_dir, slot) or ():
+        paths = MachinePaths.for_machine(state_dir, machine_uuid)
+        if _needs_nothing(paths, read_record(paths)):
+            unindex_machine(state_dir, slot, machine_uuid)
 
 
 def remove_containers(runtime: ContainerRuntime, handles) -> None:
@@ -56,6 +126,9 @@ def remove_containers(runtime: ContainerRuntime, handles) -> None:
 def prepare(terms: MachineTerms, paths: MachinePaths, record: MachineRecord, now: float,
             prepare_machine, runtime: ContainerRuntime) -> PreparedMachine:
     """PREPARING: the directory and record first (so a failure can be finalised), then the rest."""
+    # Named in its slot's index before it has a record: a successor of this worker looks there (scan).
+    forget_done_machines(terms.state_dir, record.slot)
+    index_machine(terms.state_dir, record.slot, record.machine_uuid)
     try:
         create_directory(terms)
     except BadTerms:
