@@ -7,6 +7,7 @@ the very process that waits for it (a scan stuck for good, as on a hung disk).
 """
 
 import os
+import shutil
 import signal
 
 import psutil
@@ -16,6 +17,7 @@ from daemon_client import daemon_factory  # noqa: F401 (a fixture)
 from docker_daemon import (CreateEvents, Machinetype, Site, assert_accounted_once, assert_one_container_each,
                            containers, drain_and_finish, slot_worker)
 from engine_proxy import engine_proxy  # noqa: F401 (a fixture)
+from vac.machine.layout import UNFINISHED_DIR_NAME
 
 GATE = Machinetype("gate")
 # Short engine timeout and heartbeat timeout: the adoption's deadline (a few engine
@@ -43,6 +45,9 @@ def test_a_slot_worker_stuck_past_its_state_deadline_is_restarted_and_its_succes
         first = slot_worker(daemon, 0)
 
         listing = engine_proxy.hold(SLOT_0_LISTING, count=1)
+        # A slot whose index names its machine scans in its own thread; one on a state
+        # directory from before the index scans in a forked child, which can be stopped alone.
+        shutil.rmtree(site.state_dir / UNFINISHED_DIR_NAME)
         os.kill(first, signal.SIGKILL)
         stuck = slot_worker(daemon, 0, other_than=first)
         held = listing.wait_held(timeout=30)

@@ -16,8 +16,9 @@ from vac.machine.record import MachineRecord, is_finished, read_record, write_re
 from vac.runtimes.base import ContainerState
 from vac.workers import slot_steps
 
+from vac.workers.machine_run import SlotMachine
 
-from slot_fakes import SLOT, World, make_machinetype, place_spec
+from slot_fakes import FACTORY, SLOT, FakeJobs, World, make_machinetype, place_spec, settle
 
 
 @pytest.fixture
@@ -246,6 +247,38 @@ def test_the_index_marker_and_names(tmp_path):
         index_machine(tmp_path, 5, "../machines")
     assert oct((slot_index_directory(tmp_path, 5)).stat().st_mode & 0o777) == "0o700"
     assert MachinePaths.for_machine(tmp_path, first)   # names are machine UUIDs
+
+
+class ForkRecordingJobs(FakeJobs):
+    """FakeJobs that remember which jobs were to run in a forked child."""
+
+    def __init__(self):
+        super().__init__()
+        self.forked = {}
+
+    def submit(self, name, call, *args, token=None, fork=False):
+        self.forked[name] = fork
+        super().submit(name, call, *args, token=token, fork=fork)
+
+
+def _scan_forked(world):
+    jobs = ForkRecordingJobs()
+    slot = SlotMachine(slot=SLOT, factory_name=FACTORY, state_dir=world.state_dir, runtime=world.runtime,
+                       jobs=jobs, report=lambda state, **detail: None, send=world.sent.append, clock=world.clock,
+                       watch_factory=lambda path: None)
+    slot.start()
+    settle(slot, jobs)
+    return jobs.forked["scan"]
+
+
+def test_a_slot_with_a_machine_to_take_over_scans_in_its_own_thread_an_empty_one_in_a_child(world):
+    # The slot that will supervise a machine makes its engine client anyway; an idle one should hold none.
+    assert _scan_forked(world) is True
+    world.boot()
+    world.place()
+    assert _scan_forked(world) is False
+    _without_index(world)
+    assert _scan_forked(world) is True, "without an index, as before it"
 
 
 def _spec(world):

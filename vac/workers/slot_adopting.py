@@ -6,7 +6,7 @@ import dataclasses
 import logging
 
 from vac.machine.joboutputs import SHUTDOWN_BY_FACTORY
-from vac.machine.layout import MachinePaths
+from vac.machine.layout import MachinePaths, indexed_machines
 from vac.machine.prepare import read_terms
 from vac.runtimes.base import ContainerRuntimeError
 from vac.workers import slot_rules, slot_steps
@@ -24,9 +24,19 @@ class AdoptingSteps:
     """SlotMachine's ADOPTING state (see machine_run.py)."""
 
     def _submit_scan(self) -> None:
-        # In a forked child: an idle slot then never holds an engine client (Docker's connection pool) of its own.
+        # A slot whose index names a machine is about to supervise it with an engine client of its own:
+        # the scan runs in its thread and makes that client. Otherwise in a forked child: an idle slot
+        # then never holds an engine client (Docker's connection pool) of its own.
         self.jobs.submit("scan", slot_steps.scan, self.runtime, self.factory_name, self.slot,
-                         self.state_dir, fork=True)
+                         self.state_dir, fork=not self._indexed_machines())
+
+    def _indexed_machines(self) -> list[str]:
+        """The machines the slot's index names (none if it has no complete index or cannot be read)."""
+        try:
+            return indexed_machines(self.state_dir, self.slot) or []
+        except OSError as error:
+            self._log(logging.WARNING, "cannot read its index of unfinished machines: %s", error)
+            return []
 
     def _on_scan(self, result: JobResult) -> None:
         if isinstance(result.error, (ContainerRuntimeError, OSError)):
