@@ -2,6 +2,7 @@
 finds every unfinished machine of its slot after a crash at each point, and on a state directory from
 before the index."""
 
+import json
 import shutil
 import time
 import uuid as uuid_module
@@ -13,7 +14,9 @@ from vac.machine import layout
 from vac.machine.layout import (MachinePaths, complete_index, create_machine_directory, index_machine,
                                 indexed_machines, slot_index_directory)
 from vac.machine.record import MachineRecord, is_finished, read_record, write_record
+from vac.runtimes import singularity
 from vac.runtimes.base import ContainerState
+from vac.runtimes.by_model import runtimes_from_spec
 from vac.workers import slot_steps
 
 from vac.workers.machine_run import SlotMachine
@@ -283,3 +286,38 @@ def test_a_slot_with_a_machine_to_take_over_scans_in_its_own_thread_an_empty_one
 
 def _spec(world):
     return place_spec(world.settings, make_machinetype(world.template), SLOT, world.clock())
+
+
+def _singularity_machine(state_dir, slot):
+    """A machine directory holding a Singularity machine's container of `slot` (as the runtime writes it)."""
+    machine_uuid = str(uuid_module.uuid4())
+    folder = create_machine_directory(state_dir, machine_uuid).root / singularity.FOLDER_NAME
+    folder.mkdir()
+    (folder / singularity.CONTAINER_FILE).write_text(json.dumps({
+        "id": f"singularity-{machine_uuid}", "name": f"vac-{machine_uuid}", "created_at": 1.0,
+        "labels": {"vac.factory": FACTORY, "vac.slot": str(slot), "vac.machine": machine_uuid}}))
+    return machine_uuid
+
+
+def test_the_singularity_runtime_looks_only_at_the_machines_a_complete_index_names(tmp_path, monkeypatch):
+    runtime = runtimes_from_spec({"state_dir": str(tmp_path), "machine_models": ["singularity"]},
+                                 30).for_model("singularity")
+    named = _singularity_machine(tmp_path, SLOT)
+    unnamed = _singularity_machine(tmp_path, SLOT)
+    _history(tmp_path, 20)
+    assert sorted(h.machine_uuid for h in runtime.find(FACTORY, SLOT)) == sorted([named, unnamed]), \
+        "without an index, every machine directory"
+
+    complete_index(tmp_path, SLOT, [named])
+    looked_at = []
+    real = singularity.iter_machine_directories
+
+    def counting(state_dir, machine_uuid=None):
+        for paths in real(state_dir, machine_uuid):
+            looked_at.append(paths.machine_uuid)
+            yield paths
+
+    monkeypatch.setattr(singularity, "iter_machine_directories", counting)
+    assert [h.machine_uuid for h in runtime.find(FACTORY, SLOT)] == [named]
+    assert looked_at == [named], "not every machine directory kept for history"
+    assert runtime.find(FACTORY, SLOT + 1) == []

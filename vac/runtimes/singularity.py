@@ -24,7 +24,8 @@ from vac import __version__
 from vac.cgroups.layout import CgroupLayout, detect
 from vac.cgroups.machine import CgroupError, Limits, MachineCgroup
 from vac.machine.atomicfile import write_atomic
-from vac.machine.layout import PRIVATE_FILE_MODE, MachinePaths, is_machine_uuid, iter_machine_directories
+from vac.machine.layout import (PRIVATE_FILE_MODE, MachinePaths, indexed_machines, is_machine_uuid,
+                                iter_machine_directories)
 from vac.runtimes import image_cache
 from vac.runtimes.change_wait import ChangeWait
 from vac.runtimes.base import (DEFAULT_ENGINE_TIMEOUT_SECONDS, SINGULARITY_ID_PREFIX, ContainerGone, ContainerHandle,
@@ -311,9 +312,18 @@ class SingularityRuntime:
              machine_uuid: str | None = None, brief: bool = False) -> list[ContainerHandle]:
         """Every Singularity machine of `factory` (and `slot`, and `machine_uuid`) not removed, oldest first.
 
-        Without `machine_uuid` every machine directory is looked at, the
-        finished ones kept for their history too.
+        For a slot with a complete index (layout.py) the machines it names are
+        looked at: a machine is named before its record, so before its
+        container is made, and leaves the index only once its record says done,
+        after its container was removed. Otherwise, without `machine_uuid`,
+        every machine directory is, the finished ones kept for history too.
         """
+        if machine_uuid is None and slot is not None:
+            indexed = indexed_machines(self.state_dir, slot)
+            if indexed is not None:
+                return sorted((handle for uuid in indexed
+                               for handle in self.find(factory, slot, machine_uuid=uuid, brief=brief)),
+                              key=lambda handle: (handle.created_at or 0.0, handle.id))
         handles = []
         for paths in iter_machine_directories(self.state_dir, machine_uuid):
             folder = paths.root / FOLDER_NAME
