@@ -7,6 +7,7 @@ import pytest
 
 from vac.ipc import messages
 from vac.machine.record import is_finished, read_record
+from vac.workers import slot_steps
 
 from slot_fakes import FACTORY, SLOT, World, make_machinetype, place_spec, settle
 
@@ -53,6 +54,28 @@ def test_a_machine_runs_through_every_state_and_ends_with_its_message(world):
     assert world.runtime.containers == {}
     assert len(world.apel_files()) == 1
     assert paths.root.is_dir() and not paths.scratch.exists()
+
+
+def test_cleaning_removes_the_machine_s_own_container_without_a_listing(world):
+    world.boot()
+    world.place()
+    container_id = world.container_id()
+    world.end_container(0, "200 Work completed")
+    assert world.states()[-3:] == ["finishing", "cleaning", "idle"]
+    # The adoption scan's listing at boot is the only one.
+    assert world.runtime.names().count("find") == 1
+    assert ("remove", container_id) in world.runtime.calls and world.runtime.containers == {}
+
+
+def test_a_container_made_by_an_unanswered_create_is_found_by_its_labels_and_removed(world):
+    world.boot()
+    world.runtime.images.clear()  # the create fails, so the slot knows no container
+    spec = world.place()
+    assert [f.code for f in world.finished()] == [700]
+    # As if the engine had made one before failing its answer: cleaning it again finds it.
+    stray = world.runtime.add({"vac.factory": FACTORY, "vac.slot": str(SLOT), "vac.machine": spec["uuid"]})
+    slot_steps.clean(world.runtime, FACTORY, SLOT, world.paths(spec), None)
+    assert ("remove", stray.id) in world.runtime.calls and world.runtime.containers == {}
 
 
 def test_the_wall_clock_limit_falls_due_to_the_second_and_ends_the_machine_with_700(world):

@@ -135,7 +135,8 @@ class EndingSteps:
 
     def _submit_clean(self) -> None:
         m = self.machine
-        self._submit("clean", slot_steps.clean, self.runtime, self.factory_name, self.slot, m.paths, m.terms)
+        self._submit("clean", slot_steps.clean, self.runtime, self.factory_name, self.slot, m.paths, m.terms,
+                     m.handle)
 
     def _on_clean(self, result: JobResult) -> None:
         m = self.machine

@@ -227,13 +227,23 @@ def finish(runtime: ContainerRuntime, paths: MachinePaths, record: MachineRecord
 
 
 def clean(runtime: ContainerRuntime, factory: str, slot: int, paths: MachinePaths,
-          terms: MachineTerms | None) -> None:
-    """CLEANING: remove every container of the machine (found by its labels) and destroy its scratch space."""
-    record = read_record(paths)
-    # Its own engine must answer; another (a Docker engine on a Singularity-only host) need not.
-    models = {record.machine_model} if record is not None else None
-    for handle in runtime.find(factory, slot, models=models, machine_uuid=paths.machine_uuid, brief=True):
-        if handle.machine_uuid == paths.machine_uuid:
-            runtime.remove(handle)
+          terms: MachineTerms | None, known: ContainerHandle | None = None) -> None:
+    """CLEANING: remove the machine's container and destroy its scratch space.
+
+    `known`: the container the slot made or adopted for it. A machine has at
+    most one (its container's name holds its UUID, and a repeated create
+    returns the first), so that one is removed without asking the engine for
+    a listing; a machine with none known (its create failed or went
+    unanswered) has its containers found by their labels.
+    """
+    if known is not None:
+        runtime.remove(known)
+    else:
+        record = read_record(paths)
+        # Its own engine must answer; another (a Docker engine on a Singularity-only host) need not.
+        models = {record.machine_model} if record is not None else None
+        for handle in runtime.find(factory, slot, models=models, machine_uuid=paths.machine_uuid, brief=True):
+            if handle.machine_uuid == paths.machine_uuid:
+                runtime.remove(handle)
     backend = scratch_backend(terms.factory) if terms is not None else DirectoryScratch()
     backend.destroy(paths)
