@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 
+import psutil
 import pytest
 import requests
 
@@ -513,3 +514,21 @@ def test_engine_requests_take_no_credentials_or_proxies_from_the_environment(run
         assert "Authorization" not in prepared.headers
         assert client.merge_environment_settings(prepared.url, {}, None, None, None)["proxies"] == {}
     assert runtime._client().version()["ApiVersion"]
+
+
+def _sockets_open():
+    return len(psutil.Process().net_connections(kind="unix"))
+
+
+@pytest.mark.docker
+def test_one_kept_alive_connection_serves_every_container_s_requests(runtime, busybox_image, factory_label, tmp_path):
+    # Each container has URLs of its own (start, inspect, wait, remove); none needs a connection of its own.
+    runtime.find(factory_label)
+    before = _sockets_open()
+    for slot in range(4):
+        handle = run_machine(runtime, machine_request(tmp_path / str(slot), factory_label, "exit 0\n", slot=slot))
+        assert runtime.wait(handle, time.monotonic() + 30).exit_code == 0
+        runtime.inspect(handle.id)
+        runtime.remove(handle)
+    # The waiting client's connection is the one more.
+    assert _sockets_open() <= before + 1

@@ -22,6 +22,7 @@ import docker.auth
 import docker.errors
 import requests
 import urllib3.exceptions
+from docker.transport import UnixHTTPAdapter
 
 from vac.runtimes.base import (DEFAULT_ENGINE_TIMEOUT_SECONDS, ContainerHandle, ContainerNotStarted, ContainerRequest,
                                ContainerRuntimeError, ContainerGone, ContainerState, ExitInfo, ImageMissing,
@@ -372,15 +373,39 @@ class DockerRuntime:
         return usage
 
 
+class _OnePoolUnixAdapter(UnixHTTPAdapter):
+    """The SDK's adapter for the engine's Unix socket, with one connection pool for every request.
+
+    The SDK keys its pools by each request's whole URL, so every container's
+    own URLs (start, inspect, wait, remove) got a pool and a new connection
+    of their own: some four connections per machine, each set up and torn
+    down by the engine and by us, where one kept-alive connection serves.
+    """
+
+    POOL_KEY = "http+docker://localhost"
+
+    def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
+        return self.get_connection(self.POOL_KEY, proxies)
+
+
 def _engine_client(**options) -> docker.APIClient:
-    """An API client that takes nothing from the environment for its requests.
+    """An API client that takes nothing from the environment and keeps its connections.
 
     The engine's API is never sent through an HTTP proxy or given .netrc
     credentials, and without the look-ups every request makes for them each
     call costs about a third less CPU (a slot makes some ten per machine).
+    On a Unix socket, one pool serves every request (_OnePoolUnixAdapter).
     """
     client = docker.APIClient(**options)
     client.trust_env = False
+    sdk_adapter = client.adapters.get("http+docker://")
+    if isinstance(sdk_adapter, UnixHTTPAdapter):
+        adapter = _OnePoolUnixAdapter(f"http+unix://{sdk_adapter.socket_path}", sdk_adapter.timeout,
+                                      max_pool_size=sdk_adapter.max_pool_size)
+        client.mount("http+docker://", adapter)
+        # The SDK's fallback for other schemes is the adapter it made; it must not be a closed one.
+        client._custom_adapter = adapter
+        sdk_adapter.close()
     return client
 
 
