@@ -52,14 +52,18 @@ class MachineRecord:
     end_estimated: bool = False
 
     def to_json(self) -> bytes:
-        """The record as JSON text."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True, indent=1).encode() + b"\n"
+        """The record as JSON text (its fields are plain values: no deep copy is needed, as asdict makes)."""
+        return json.dumps({name: getattr(self, name) for name in _RECORD_FIELDS}, sort_keys=True,
+                          indent=1).encode() + b"\n"
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> MachineRecord:
         """Build a record from decoded JSON, ignoring keys a newer version may have added."""
-        known = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in known})
+        return cls(**{key: value for key, value in data.items() if key in _RECORD_FIELDS})
+
+
+# A record is written at every transition of every machine.
+_RECORD_FIELDS = frozenset(field.name for field in dataclasses.fields(MachineRecord))
 
 
 def write_record(paths: MachinePaths, record: MachineRecord) -> None:
