@@ -73,6 +73,9 @@ def message(tag, **bounds):
         if unknown:
             raise ValueError(f"message {tag!r}: bounds for unknown fields {sorted(unknown)}")
         cls._FIELD_BOUNDS = {name: bounds.get(name, DEFAULT_BOUNDS) for name in cls._FIELD_TYPES}
+        # Made here, when the module is imported (in the root, before it forks): a child that
+        # made them on its first message would keep its own copies, in pages of its own.
+        cls._FIELD_CHECKS = {name: _check_of(kind) for name, kind in cls._FIELD_TYPES.items()}
         _REGISTRY[tag] = cls
         return cls
 
@@ -117,10 +120,10 @@ def decode(obj):
 
 def _fields_problem(cls, fields):
     """'field: why' for the first field of `fields` that message `cls` refuses, or None."""
-    for name, kind in cls._FIELD_TYPES.items():
+    for name, check in cls._FIELD_CHECKS.items():
         value = fields[name]
-        if not _conforms(value, kind):
-            return f"{name}: {_shown(value)} is not {kind}"
+        if not check(value):
+            return f"{name}: {_shown(value)} is not {cls._FIELD_TYPES[name]}"
         problem = _plain_problem(value, cls._FIELD_BOUNDS[name], 0)
         if problem is not None:
             return f"{name}: {problem}"

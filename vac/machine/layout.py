@@ -204,7 +204,14 @@ def slot_index_directory(state_dir: Path, slot: int) -> Path:
 
 def indexed_machines(state_dir: Path, slot: int) -> list[str] | None:
     """The UUIDs slot `slot`'s index names, or None unless the index is complete (then every record must be read)."""
-    directory = slot_index_directory(state_dir, slot)
+    if slot < 0:
+        raise ValueError(f"slot number must not be negative, got {slot}")
+    # Plain strings, and asked before it is listed: an idle slot worker of a new factory
+    # runs this just after its fork, and pathlib or a caught exception there copies
+    # some of the root's pages into the worker's own.
+    directory = os.path.join(state_dir, UNFINISHED_DIR_NAME, str(slot))
+    if not os.access(directory, os.F_OK):
+        return None
     try:
         names = os.listdir(directory)
     except (FileNotFoundError, NotADirectoryError):
