@@ -222,6 +222,33 @@ def test_the_pids_limit_bounds_a_fork_bomb(machine):
     assert machine.payload_pids() == set()
 
 
+def test_a_payload_that_never_stops_forking_is_killed_to_the_last_process(machine, monkeypatch):
+    machine.create(limits(pids=30))
+
+    def forking_forever():
+        # Every process forks as fast as the pids limit lets it, and its children do too.
+        os.write(ready_w, b"forking\n")
+        while True:
+            try:
+                os.fork()
+            except BlockingIOError:
+                time.sleep(0.001)
+
+    ready_r, ready_w = os.pipe()
+    bomb, _ = spawn(machine.payload_procs(), forking_forever)
+    os.close(ready_w)
+    read_child(ready_r, CHILD_DEADLINE, "the forking payload", line=True)
+
+    def no_sleep(seconds):
+        raise AssertionError("the kill waits on pidfds or cgroup.events, never a fixed sleep")
+    monkeypatch.setattr(machine_module.time, "sleep", no_sleep)
+    machine.kill_payload(timeout=5)
+    monkeypatch.undo()
+
+    assert machine.payload_pids() == set()
+    assert os.WTERMSIG(reap(bomb)) == signal.SIGKILL
+
+
 def test_a_payload_allocating_past_the_memory_limit_is_oom_killed(machine):
     machine.create(limits(memory_bytes=128 * MiB))
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from vac.cgroups.layout import (
     LIMIT_CONTROLLERS_V2, MAX_PROC_CGROUP_BYTES, CgroupLayout, parse_proc_cgroup, tracking_of,
@@ -40,12 +41,16 @@ V1_LIMIT_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
 # Settings and counters are a few lines; a pid list 8 bytes a process.
 MAX_SMALL_FILE_BYTES = 64 * 1024
 MAX_PROCS_BYTES = 4 * 1024 * 1024
-FIRST_POLL_SECONDS = 0.005
-LAST_POLL_SECONDS = 0.1
+# A wait on cgroup.events looks again this often at what it waits for: a change
+# made just before the watch was set gives no event.
+RECHECK_SECONDS = 1.0
 # The share of a kill's time the freeze may take: tasks are then killed frozen
 # or not, and a round that a fork outran is followed by another.
 FREEZE_SHARE = 0.5
 KILL_ROUND_SECONDS = 0.5
+# Processes a v1 kill round holds a pidfd for (and waits on); any more are
+# signalled by pid and waited for in the next round.
+MAX_PIDFDS_PER_ROUND = 512
 
 
 class CgroupError(OSError):
@@ -165,28 +170,55 @@ def _kill_pid(pid: int, signum: int) -> bool:
     return True
 
 
-def _wait_until(condition: Callable[[], bool], deadline: float, events: Path | None = None) -> bool:
+def _wait_until(condition: Callable[[], bool], deadline: float, events: Path) -> bool:
     """Until `condition` holds or the monotonic `deadline` passes; True if it held.
 
-    With `events` (a unified cgroup's cgroup.events, which the kernel changes
-    when the cgroup empties or freezes) the wait is on inotify; v1 files give
-    no such event, so without it the condition is looked at again, quickly at
-    first, then every LAST_POLL_SECONDS.
+    The wait is on inotify on `events` (a unified cgroup's cgroup.events, which
+    the kernel changes when the cgroup empties or freezes).
     """
-    pause = FIRST_POLL_SECONDS
-    with ChangeWait((events,)) if events is not None else contextlib.nullcontext() as watch:
+    with ChangeWait((events,)) as watch:
         while True:
             if condition():
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            if watch is not None:
-                # The recheck after LAST_POLL_SECONDS covers a change made before the watch was set.
-                watch.wait(min(remaining, LAST_POLL_SECONDS * 10))
-                continue
-            time.sleep(min(pause, remaining))
-            pause = min(pause * 2, LAST_POLL_SECONDS)
+            watch.wait(min(remaining, RECHECK_SECONDS))
+
+
+def _open_pidfds(pids: Iterable[int]) -> tuple[list[int], list[int]]:
+    """(a pidfd for each process still there, the pids none could be opened for: out of descriptors).
+
+    A signal through a pidfd never reaches a process that reused the pid.
+    """
+    pidfds, unopened = [], []
+    for pid in pids:
+        try:
+            pidfds.append(os.pidfd_open(pid))
+        except ProcessLookupError:
+            continue
+        except OSError:
+            unopened.append(pid)
+    return pidfds, unopened
+
+
+def _ended(pidfds: Iterable[int], timeout: float) -> set[int]:
+    """Those of `pidfds` whose process has ended (a pidfd is readable once it has), waiting up to `timeout` s for one."""
+    poller = select.poll()
+    for pidfd in pidfds:
+        poller.register(pidfd, select.POLLIN)
+    return {fd for fd, _ in poller.poll(max(timeout, 0) * 1000)}
+
+
+def _wait_for_ends(pidfds: list[int], deadline: float) -> None:
+    """Until every process of `pidfds` has ended or the monotonic `deadline` passes."""
+    running = list(pidfds)
+    while running:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        ended = _ended(running, remaining)
+        running = [fd for fd in running if fd not in ended]
 
 
 class MachineCgroup:
@@ -335,13 +367,16 @@ class MachineCgroup:
             _write(directory / "cgroup.kill", "1", missing_ok=True)
             if _wait_until(empty, deadline, directory / "cgroup.events"):
                 return
+        elif self.tracking == "freezer":
+            if self._kill_v1(directory, deadline):
+                return
         else:
             # Signals race with forks; a frozen cgroup does not fork. Repeat in
             # case a freeze timed out and a fork slipped through.
             while True:
                 self._freeze_and_kill(directory, deadline)
                 round_end = min(deadline, time.monotonic() + KILL_ROUND_SECONDS)
-                if _wait_until(empty, round_end, self._events_of(directory)):
+                if _wait_until(empty, round_end, directory / "cgroup.events"):
                     return
                 if time.monotonic() >= deadline:
                     break
@@ -349,34 +384,58 @@ class MachineCgroup:
         raise CgroupError(errno.EBUSY, f"cgroup {directory} still holds processes {left[:20]} "
                                        f"{timeout:g} s after they were killed")
 
-    def _events_of(self, directory: Path) -> Path | None:
-        """The cgroup.events to wait on under unified tracking; None for the v1 freezer, which has none."""
-        return directory / "cgroup.events" if self.tracking == "unified" else None
+    def _kill_v1(self, directory: Path, deadline: float) -> bool:
+        """The v1 freezer's kill, in rounds: freeze, SIGKILL every listed process through a pidfd,
+        thaw, then wait for those pidfds; True once no listed process is left running.
+
+        v1 files give no event, neither for the end of a freeze nor for an
+        empty cgroup; a pidfd is readable once its process has ended. The
+        freeze is not waited for: a process that forked before it froze or
+        died leaves a child that the next round lists and kills.
+        """
+        control = directory / "freezer.state"
+        while True:
+            pids = sorted(_subtree_pids(directory))
+            pidfds, unopened = _open_pidfds(pids[:MAX_PIDFDS_PER_ROUND])
+            beyond = unopened + pids[MAX_PIDFDS_PER_ROUND:]
+            try:
+                ended = _ended(pidfds, 0)
+                running = [fd for fd in pidfds if fd not in ended]
+                if not running and not beyond:
+                    # Nothing listed is alive: exited processes are the kernel's to unlist.
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                _write(control, "FROZEN", missing_ok=True)
+                try:
+                    for pidfd in running:
+                        with contextlib.suppress(ProcessLookupError):
+                            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    for pid in beyond:
+                        _kill_pid(pid, signal.SIGKILL)
+                finally:
+                    # A frozen task dies of SIGKILL only once thawed; never leave it frozen.
+                    _write(control, "THAWED", missing_ok=True)
+                _wait_for_ends(running, deadline)
+            finally:
+                for pidfd in pidfds:
+                    os.close(pidfd)
 
     def _freeze_and_kill(self, directory: Path, deadline: float) -> None:
-        if self.tracking == "freezer":
-            control, frozen, thawed = directory / "freezer.state", "FROZEN", "THAWED"
+        """A v2 kernel before 5.14 (no cgroup.kill): freeze with the cgroup v2 freezer, SIGKILL, thaw."""
+        control = directory / "cgroup.freeze"
 
-            def is_frozen():
-                try:
-                    return _read(control).strip() == frozen
-                except FileNotFoundError:
-                    return True
-        else:
-            # A v2 kernel before 5.14: the cgroup v2 freezer.
-            control, frozen, thawed = directory / "cgroup.freeze", "1", "0"
-
-            def is_frozen():
-                return _keyed_file(directory / "cgroup.events").get("frozen", "1") == "1"
-        _write(control, frozen, missing_ok=True)
+        def is_frozen():
+            return _keyed_file(directory / "cgroup.events").get("frozen", "1") == "1"
+        _write(control, "1", missing_ok=True)
         try:
             now = time.monotonic()
-            _wait_until(is_frozen, now + max(deadline - now, 0) * FREEZE_SHARE, self._events_of(directory))
+            _wait_until(is_frozen, now + max(deadline - now, 0) * FREEZE_SHARE, directory / "cgroup.events")
             for pid in _subtree_pids(directory):
                 _kill_pid(pid, signal.SIGKILL)
         finally:
             # A frozen task dies of SIGKILL only once thawed; never leave it frozen.
-            _write(control, thawed, missing_ok=True)
+            _write(control, "0", missing_ok=True)
 
     # Accounting.
 
