@@ -263,8 +263,8 @@ def assert_accounted_once(site, logs):
 
 
 def containers(docker_client, factory):
-    """The engine's containers of `factory`, in any state."""
-    return docker_client.containers.list(all=True, filters={"label": f"vac.factory={factory}"})
+    """The engine's containers of `factory`, in any state (one removed while they are listed is left out)."""
+    return docker_client.containers.list(all=True, filters={"label": f"vac.factory={factory}"}, ignore_removed=True)
 
 
 class CreateEvents:

@@ -74,7 +74,7 @@ def workers(tmp_state_dir, factory_label, tmp_path):
 
 
 def labelled(docker_client, factory_label):
-    return docker_client.containers.list(all=True, filters={"label": f"vac.factory={factory_label}"})
+    return docker_client.containers.list(all=True, filters={"label": f"vac.factory={factory_label}"}, ignore_removed=True)
 
 
 def wait_for_file(path, timeout=20):
