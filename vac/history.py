@@ -5,6 +5,10 @@ when its container starts and when it is finalised; `vac occupancy` reads it.
 WAL mode lets readers and the writers of several processes work side by side,
 and every write has a bounded busy timeout. History is a record, not a duty:
 a write that fails is logged and the machine's lifecycle goes on.
+
+A writing process keeps its connection open: opening one, setting it up and
+closing it (the last connection out checkpoints the log, with its fsyncs)
+cost more than the row it wrote, twice per machine.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +28,8 @@ HISTORY_FILE_NAME = "history.sqlite"
 # wedged lock costs a job thread no more than this.
 WRITE_TIMEOUT_SECONDS = 2.0
 WRITE_ATTEMPTS = 3
+# Connections a process keeps open for writing, one per history file (a factory has one).
+KEPT_CONNECTIONS = 4
 READ_TIMEOUT_SECONDS = 5.0
 # 2: end_estimated, set where nobody saw the machine end (accounting/end_time.py).
 SCHEMA_VERSION = 2
@@ -101,7 +109,8 @@ def history_path(state_dir: str | os.PathLike) -> Path:
 
 def open_for_writing(state_dir: str | os.PathLike, timeout: float = WRITE_TIMEOUT_SECONDS) -> sqlite3.Connection:
     """A connection to the history (created with its schema if missing), in WAL mode."""
-    connection = sqlite3.connect(history_path(state_dir), timeout=timeout, isolation_level=None)
+    connection = sqlite3.connect(history_path(state_dir), timeout=timeout, isolation_level=None,
+                                 check_same_thread=False)
     try:
         connection.execute("PRAGMA journal_mode = WAL")
         # A lost last commit after a power cut costs a history row, not consistency.
@@ -138,15 +147,84 @@ def _span(row) -> MachineSpan:
     return MachineSpan(*row[:-1], end_estimated=bool(row[-1]))
 
 
-def _write(state_dir, statement: str, values: dict, what: str) -> bool:
-    for attempt in range(WRITE_ATTEMPTS):
-        try:
-            connection = open_for_writing(state_dir, WRITE_TIMEOUT_SECONDS)
+class _KeptConnections:
+    """This process's open writing connections, by history file, shared by its threads.
+
+    A connection opened before a fork belongs to the parent: the child never
+    uses it, nor closes it (closing may checkpoint and remove the parent's
+    log), and opens its own. A history file replaced or removed under a kept
+    connection (by an operator) is noticed by its inode, and opened again.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.open: OrderedDict[Path, tuple[sqlite3.Connection, tuple[int, int]]] = OrderedDict()
+        self.inherited: list = []
+
+    def after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()
+        self.inherited.extend(self.open.values())
+        self.open = OrderedDict()
+
+    def execute(self, state_dir, statement: str, values: dict) -> None:
+        """Run `statement` in a transaction of its own on this process's connection to the history."""
+        path = history_path(state_dir)
+        with self.lock:
+            connection = self._connection(state_dir, path)
             try:
                 with connection:
                     connection.execute(statement, values)
-            finally:
-                connection.close()
+            except sqlite3.Error:
+                # Locked, damaged or replaced: the next write starts from a new connection.
+                self._close(path)
+                raise
+
+    def _connection(self, state_dir, path: Path) -> sqlite3.Connection:
+        kept = self.open.get(path)
+        identity = _identity(path)
+        if kept is not None and kept[1] == identity:
+            self.open.move_to_end(path)
+            return kept[0]
+        if kept is not None:
+            self._close(path)
+        connection = open_for_writing(state_dir, WRITE_TIMEOUT_SECONDS)
+        self.open[path] = (connection, _identity(path))
+        while len(self.open) > KEPT_CONNECTIONS:
+            self._close(next(iter(self.open)))
+        return connection
+
+    def _close(self, path: Path) -> None:
+        kept = self.open.pop(path, None)
+        if kept is not None:
+            kept[0].close()
+
+    def close_all(self) -> None:
+        with self.lock:
+            for path in list(self.open):
+                self._close(path)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+_kept = _KeptConnections()
+os.register_at_fork(after_in_child=_kept.after_fork_in_child)
+
+
+def close_connections() -> None:
+    """Close the connections this process kept for writing (tests; a process may also just exit)."""
+    _kept.close_all()
+
+
+def _write(state_dir, statement: str, values: dict, what: str) -> bool:
+    for attempt in range(WRITE_ATTEMPTS):
+        try:
+            _kept.execute(state_dir, statement, values)
             return True
         except sqlite3.OperationalError as error:
             # Switching a new file to WAL answers "locked" at once, without

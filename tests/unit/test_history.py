@@ -1,6 +1,7 @@
 """The machine history store: upserts by UUID, repeated finalisation, period queries, failures tolerated."""
 
 import logging
+import os
 import sqlite3
 import time
 
@@ -21,6 +22,23 @@ ENDING = dict(ended_at=T0 + 3600, shutdown_code=200, shutdown_text="Work complet
 
 def rows(state_dir):
     return history.machines_between(state_dir, 0, 2 * T0)
+
+
+@pytest.fixture(autouse=True)
+def _close_kept_connections():
+    yield
+    history.close_connections()
+
+
+def open_descriptors_of(path):
+    """How many of this process's descriptors are open on `path` (its -wal and -shm files apart)."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{name}") == str(path)
+        except OSError:
+            continue
+    return count
 
 
 def test_a_started_machine_is_running_until_its_end_is_recorded(tmp_path):
@@ -120,3 +138,42 @@ def test_old_finished_machines_can_be_forgotten(tmp_path):
     history.record_started(tmp_path, uuid=UUID_B, **STARTED)
     assert history.forget_ended_before(tmp_path, T0 + 7200) == 1
     assert [span.uuid for span in rows(tmp_path)] == [UUID_B]
+
+
+def test_a_process_keeps_one_connection_for_all_its_writes(tmp_path):
+    for number in range(20):
+        uuid = f"{number:08d}-1111-4111-8111-111111111111"
+        assert history.record_started(tmp_path, uuid=uuid, **STARTED)
+        assert history.record_finished(tmp_path, uuid=uuid, **STARTED, **ENDING)
+    assert open_descriptors_of(history.history_path(tmp_path)) == 1
+    # The log stays between writes: no last connection closed and checkpointed it away.
+    assert (tmp_path / (history.HISTORY_FILE_NAME + "-wal")).exists()
+    assert len(rows(tmp_path)) == 20
+    history.close_connections()
+    assert open_descriptors_of(history.history_path(tmp_path)) == 0
+
+
+def test_a_history_file_removed_under_a_kept_connection_is_made_again(tmp_path):
+    history.record_started(tmp_path, uuid=UUID_A, **STARTED)
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / (history.HISTORY_FILE_NAME + suffix)).unlink(missing_ok=True)
+    assert history.record_started(tmp_path, uuid=UUID_B, **STARTED)
+    assert open_descriptors_of(history.history_path(tmp_path)) == 1
+    assert [span.uuid for span in rows(tmp_path)] == [UUID_B]
+
+
+def test_a_forked_child_writes_on_a_connection_of_its_own_and_leaves_its_parents_alone(tmp_path):
+    history.record_started(tmp_path, uuid=UUID_A, **STARTED)
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            status = 0 if history.record_started(tmp_path, uuid=UUID_B, **STARTED) else 2
+            # The child's own connection, and the parent's left open as it was.
+            status = status or (0 if open_descriptors_of(history.history_path(tmp_path)) == 2 else 3)
+        finally:
+            os._exit(status)
+    _, wait_status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(wait_status) == 0
+    assert history.record_finished(tmp_path, uuid=UUID_A, **STARTED, **ENDING)
+    assert {span.uuid: span.ended_at for span in rows(tmp_path)} == {UUID_A: ENDING["ended_at"], UUID_B: None}
