@@ -233,6 +233,22 @@ def test_creating_the_same_machine_twice_returns_the_first_container(runtime, bu
 
 
 @pytest.mark.docker
+def test_a_start_gives_the_time_it_returned_and_the_exit_gives_the_engine_s(runtime, busybox_image, factory_label,
+                                                                           tmp_path):
+    created = runtime.create(machine_request(tmp_path, factory_label, "exit 0\n"))
+    asked = time.time()
+    started = runtime.start(created)
+    returned = time.time()
+    assert (started.id, started.state) == (created.id, ContainerState.RUNNING)
+    assert asked <= started.started_at <= returned
+
+    info = runtime.wait(started, time.monotonic() + 30)
+    engine_started = runtime.inspect(started.id).started_at
+    assert info.started_at == engine_started
+    assert asked - 1 <= engine_started <= started.started_at
+
+
+@pytest.mark.docker
 def test_wait_returns_none_at_its_deadline_then_the_exit(runtime, busybox_image, factory_label, tmp_path):
     script = """\
         i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done

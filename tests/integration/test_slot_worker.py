@@ -447,3 +447,37 @@ def test_a_worker_killed_while_its_container_starts_leaves_a_machine_accounted_f
     assert_accounted_once(tmp_state_dir, [finished], fizzle_seconds=1)
     span = history_of(tmp_state_dir, uuid)
     assert (span.started_at, span.ended_at, span.shutdown_code) == (engine_started, finished.ended_at, 200)
+
+
+# Every request about one container: its creation, and each call on its id.
+CONTAINER_REQUEST = r"^[A-Z]+ /v[0-9.]+/containers/(create|[0-9a-f]{64}([/?]|$))"
+
+
+@pytest.mark.docker
+def test_a_machine_s_life_takes_five_engine_calls_and_is_accounted_from_the_engine_s_start(
+        busybox_image, docker_client, factory_label, tmp_state_dir, template, workers, engine_proxy):
+    calls = engine_proxy.hold(CONTAINER_REQUEST, seconds=0)
+    worker = workers(docker_url=engine_proxy.url)
+    place_msg = machine_place(tmp_state_dir, factory_label, template, WAIT_FOR_GO)
+    uuid = place_msg.machine["uuid"]
+    worker.send(place_msg)
+    out = joboutputs(tmp_state_dir, uuid)
+    wait_for_file(out / "ready")
+    [container] = labelled(docker_client, factory_label)
+    engine_started = parse_docker_time(container.attrs["State"]["StartedAt"])
+    running = read_record(MachinePaths.for_machine(tmp_state_dir, uuid))
+    # While it runs, the record has the time the start returned: the start's answer carries none.
+    assert engine_started <= running.started <= engine_started + 5
+    release_after_fizzle(out, engine_started)
+
+    finished = worker.finished(uuid)
+    assert (finished.code, finished.started_at) == (200, engine_started)
+    finish_cleanly(docker_client, factory_label, worker, finished)
+    assert read_record(MachinePaths.for_machine(tmp_state_dir, uuid)).started == engine_started
+    assert history_of(tmp_state_dir, uuid).started_at == engine_started
+    assert_accounted_once(tmp_state_dir, [finished], fizzle_seconds=1)
+    # Create, start, wait, the inspection after the exit, remove; CPU samples while it ran (one a few seconds).
+    asked = [held.request.split(" ", 2)[:2] for held in calls.held]
+    kinds = [f"{method} {path.split('?')[0].rsplit('/', 1)[-1]}" for method, path in asked]
+    assert [kind for kind in kinds if kind != "GET stats"] == [
+        "POST create", "POST start", "POST wait", "GET json", "DELETE " + container.id], kinds

@@ -126,7 +126,8 @@ class FakeRuntime:
     def _exit_info(self, container: FakeContainer) -> ExitInfo | None:
         if not container.handle.state.has_ended:
             return None
-        return ExitInfo(container.exit_code, container.handle.finished_at, container.oom_killed)
+        return ExitInfo(container.exit_code, container.handle.finished_at, container.oom_killed,
+                        container.handle.started_at)
 
     def ensure_image(self, image: str, deadline: float) -> None:
         reference = image_reference(image)
@@ -155,16 +156,17 @@ class FakeRuntime:
         self.containers[name] = FakeContainer(handle, request, behaviour)
         return handle
 
-    def start(self, handle: ContainerHandle) -> None:
+    def start(self, handle: ContainerHandle) -> ContainerHandle:
         self._record("start", handle.name)
         container = self._container(handle.id)
         if container.handle.state != ContainerState.CREATED:
-            return
+            return container.handle
         if container.behaviour.start_error:
             raise StartFailed(f"the engine could not start container {handle.name}: "
                               f"{container.behaviour.start_error}")
         container.started_monotonic = self.clock()
         container.handle = replace(container.handle, state=ContainerState.RUNNING, started_at=self.clock.wall())
+        return container.handle
 
     def inspect(self, container_id: str) -> ContainerHandle:
         self._record("inspect", container_id)

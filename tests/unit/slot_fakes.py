@@ -116,6 +116,7 @@ class FakeRuntime:
         current = self._get(handle.id)
         if current.state is ContainerState.CREATED:
             self._set(current, state=ContainerState.RUNNING, started_at=self.clock())
+        return self._get(handle.id)
 
     def inspect(self, container_id):
         self._call("inspect", container_id)

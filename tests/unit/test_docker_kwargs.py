@@ -206,8 +206,9 @@ def test_handle_and_exit_info_from_an_exited_container():
         labels={"vac.factory": "f1.example.com", "vac.slot": "3", "vac.machine": UUID, "vac.generation": "7"},
         state=ContainerState.EXITED, created_at=1709294399.25, started_at=1709294400.5, finished_at=1709295000.0)
     assert (handle.machine_uuid, handle.slot, handle.generation) == (UUID, 3, 7)
+    # The engine's start time comes with the end: a start gives none.
     assert exit_info_from_inspect(INSPECT_EXITED) == ExitInfo(exit_code=137, finished_at=1709295000.0,
-                                                              oom_killed=True)
+                                                              oom_killed=True, started_at=1709294400.5)
 
 
 def test_a_running_container_has_no_exit_info_and_no_finish_time():

@@ -30,9 +30,7 @@ def fake():
 
 
 def started(fake, machine_request):
-    handle = fake.create(machine_request)
-    fake.start(handle)
-    return handle
+    return fake.start(fake.create(machine_request))
 
 
 @pytest.mark.parametrize("implementation", [FakeRuntime, DockerRuntime])
@@ -53,7 +51,8 @@ def test_wait_blocks_until_the_deadline_then_returns_the_scripted_exit(fake):
     assert fake.wait(handle, start + 60) is None
     assert fake.clock() == start + 60
     assert fake.exit_status(handle) is None
-    assert fake.wait(handle, start + 1000) == ExitInfo(3, fake.clock.wall(), False)
+    # As the engine: the start time comes with the end.
+    assert fake.wait(handle, start + 1000) == ExitInfo(3, fake.clock.wall(), False, handle.started_at)
     assert fake.clock() == start + 100
     assert fake.inspect(handle.id).state == ContainerState.EXITED
 

@@ -181,10 +181,11 @@ class ContainerHandle:
 
 @dataclass(frozen=True, slots=True)
 class ExitInfo:
-    """How a container ended."""
+    """How a container ended; `started_at`, the engine's start time, where it tells it with the end."""
     exit_code: int
     finished_at: float | None
     oom_killed: bool = False
+    started_at: float | None = None
 
 
 class Usage(NamedTuple):
@@ -223,8 +224,13 @@ class ContainerRuntime(Protocol):
     def create(self, request: ContainerRequest) -> ContainerHandle:
         """Create (not start) the machine's container; creating the same machine again returns the existing one."""
 
-    def start(self, handle: ContainerHandle) -> None:
-        """Start a created container; StartFailed if the engine refuses."""
+    def start(self, handle: ContainerHandle) -> ContainerHandle:
+        """Start a created container and return its handle; StartFailed if the engine refuses.
+
+        The handle's `started_at` is the engine's start time if the start gives
+        it, else the time the start returned; the engine's own time then comes
+        with the exit (ExitInfo.started_at), and accounting takes that one.
+        """
 
     def inspect(self, container_id: str) -> ContainerHandle:
         """The container's current handle; ContainerGone if it does not exist."""

@@ -57,8 +57,8 @@ class ModelRuntimes:
     def create(self, request: ContainerRequest) -> ContainerHandle:
         return self.for_model(request.model).create(request)
 
-    def start(self, handle: ContainerHandle) -> None:
-        self.for_model(handle.runtime).start(handle)
+    def start(self, handle: ContainerHandle) -> ContainerHandle:
+        return self.for_model(handle.runtime).start(handle)
 
     def inspect(self, container_id: str) -> ContainerHandle:
         return self.for_model(_model_of_id(container_id)).inspect(container_id)

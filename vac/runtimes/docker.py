@@ -233,8 +233,13 @@ class DockerRuntime:
                  request.machine_uuid, name)
         return handle
 
-    def start(self, handle: ContainerHandle) -> None:
-        """Start a created container (starting a running one is a no-op)."""
+    def start(self, handle: ContainerHandle) -> ContainerHandle:
+        """Start a created container (starting a running one is a no-op); its handle, as running.
+
+        The engine's answer to a start carries no start time, and asking for
+        it would be another call per machine: the handle has the time the
+        start returned, and the exit brings the engine's (ExitInfo.started_at).
+        """
         with translated_errors(f"start container {handle.name}"):
             try:
                 self._client().start(handle.id)
@@ -244,6 +249,7 @@ class DockerRuntime:
                 raise StartFailed(f"the engine could not start container {handle.name}: "
                                   f"{error.explanation or error}") from error
         log.info("started container %s (%s)", handle.name, handle.id[:12])
+        return dataclasses.replace(handle, state=ContainerState.RUNNING, started_at=time.time())
 
     def _inspect_attrs(self, container_id: str) -> dict:
         with translated_errors(f"inspect container {container_id}"):

@@ -163,7 +163,7 @@ def exit_info_from_inspect(attrs: dict) -> ExitInfo | None:
     if not ContainerState(state["Status"]).has_ended:
         return None
     return ExitInfo(exit_code=int(state["ExitCode"]), finished_at=parse_docker_time(state.get("FinishedAt")),
-                    oom_killed=bool(state.get("OOMKilled")))
+                    oom_killed=bool(state.get("OOMKilled")), started_at=parse_docker_time(state.get("StartedAt")))
 
 
 def usage_from_stats(stats: dict) -> Usage | None:

@@ -234,12 +234,12 @@ class SingularityRuntime:
                  request.machine_uuid, image, path, mode, account.name)
         return self._handle(folder, meta)
 
-    def start(self, handle: ContainerHandle) -> None:
-        """Start the launcher (a no-op for a machine whose launcher was started already)."""
+    def start(self, handle: ContainerHandle) -> ContainerHandle:
+        """Start the launcher (a no-op for a machine whose launcher was started already); the handle, with its start time."""
         folder, meta = self._meta(handle.id)
         if (folder / LAUNCHER_PID_FILE).exists() or (folder / STARTED_FILE).exists():
             log.info("Singularity machine %s was started already", handle.id)
-            return
+            return self._handle(folder, meta)
         account = _account(meta["account"])
         cgroup = self._cgroup(meta)
         plan = launcher_plan(argv=meta["argv"], account=account, cwd=Path(meta["cwd"]), mkdirs=cgroup.mkdirs(),
@@ -262,6 +262,7 @@ class SingularityRuntime:
         started_at = _reported_start(result.stdout)
         _write_json(folder / STARTED_FILE, {"started_at": started_at})
         log.info("started Singularity machine %s (%s)", handle.name, handle.id)
+        return self._handle(folder, meta)
 
     # ------------------------------------------------------------ what it is now
 

@@ -163,13 +163,14 @@ def create(runtime: ContainerRuntime, request: ContainerRequest) -> ContainerHan
 
 def start(runtime: ContainerRuntime, handle: ContainerHandle, state_dir: Path, factory: str,
           record: MachineRecord) -> ContainerHandle:
-    """STARTING, second half: start the created container; its handle, with the engine's start time.
+    """STARTING, second half: start the created container; its handle, with its start time.
 
     The caller has recorded that the start was asked for. The start is
-    recorded in the factory's history, which `vac occupancy` draws.
+    recorded in the factory's history, which `vac occupancy` draws. An
+    engine that gives no start time with the start gives it with the exit
+    (see finish).
     """
-    runtime.start(handle)
-    started = runtime.inspect(handle.id)
+    started = runtime.start(handle)
     history.record_started(state_dir, uuid=record.machine_uuid, factory=factory, slot=record.slot,
                            machinetype=record.machinetype, processors=record.processors,
                            started_at=started.started_at or time.time(), shutdown_at=record.shutdown_time)
@@ -216,6 +217,9 @@ def finish(runtime: ContainerRuntime, paths: MachinePaths, record: MachineRecord
             exit_info = runtime.exit_status(handle)
         except ContainerGone:
             exit_info = None
+    if exit_info is not None and exit_info.started_at is not None:
+        # The engine's own start time: the record had the time the start returned.
+        record = dataclasses.replace(record, started=exit_info.started_at)
     if handle is not None:
         # The last reading: a Singularity machine's cgroup keeps its whole CPU time until it is cleaned,
         # while the slot sampled it only every few seconds (Docker gives its last sample again).
