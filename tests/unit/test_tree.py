@@ -13,7 +13,7 @@ from vac.supervisor.policy import (
 )
 from vac.vocabulary.child_states import EXIT_BAD_SPEC, ChildState, Restart, Strategy
 from vac.supervisor.tree import (
-    BRUTAL_KILL, ChildSpec, PoolPolicy, Start, Stop, SupervisorSpec, Tree, TreeSpecError,
+    BRUTAL_KILL, Node, ChildSpec, PoolPolicy, Start, Stop, SupervisorSpec, Tree, TreeSpecError,
     validate_tree,
 )
 
@@ -450,6 +450,24 @@ def test_next_deadline():
     assert script.tree.next_deadline() == T0 + 1.0
     script.at(1.0)
     assert script.tree.next_deadline() == T0 + 1.5
+
+
+def test_due_before_the_next_deadline_looks_at_no_member_until_an_event(monkeypatch):
+    script = Script(group("top", pool("slots", 8, BACKOFF_POLICY, QUIET_BREAKER)))
+    script.start()
+    script.exit("s3")
+    assert script.tree.next_deadline() == T0 + 1.0
+    looked = []
+    members = Node.leaves
+    monkeypatch.setattr(Node, "leaves", lambda node: looked.append(node.id) or members(node))
+    assert [script.at(offset) for offset in (0.25, 0.5, 0.75)] == [[], [], []]
+    assert looked == [], "nothing can be due before the deadline already worked out"
+    # An event forgets it: after another crash, the members are looked at again.
+    script.exit("s5")
+    assert script.at(0.8) == [] and looked
+    assert script.at(1.0) == starts("s3")
+    assert script.tree.next_deadline() == T0 + 0.75 + 1.0
+    assert script.at(1.75) == starts("s5")
 
 
 # Validation.

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 MAX_IDLE_WAIT = 5.0
+# The process title and systemd's status follow the slots at most this often:
+# under turnover nearly every message of a pool brings a pass.
+SUMMARY_MIN_SECONDS = 0.5
 
 
 class Live:
@@ -73,7 +76,14 @@ class Root:
         self._services = []       # objects with next_deadline() and on_pass(now)
         self._wake_r = self._wake_w = None
         self._title = None
+        self._summary_at = None   # when the title and status may be made again (None: at once)
+        self._summary_waits = False
         self._wake_at = None      # when the next full pass is due
+        # The earliest deadline of any child as of the last look at them all
+        # (None: none), and whether one may have moved earlier since: a pass
+        # looks at every child only then, not at every message.
+        self._children_due = None
+        self._children_changed = True
         self._busy = False        # this pass saw more than heartbeats
         self._forking = []        # Spawned of a batch being forked, not yet taken in
 
@@ -216,7 +226,8 @@ class Root:
             # Only heartbeats arrived: they move deadlines later, never earlier,
             # so there is nothing to decide (this keeps 128 idle slots cheap).
             return
-        self._check_deadlines(now)
+        if self._children_changed or (self._children_due is not None and now >= self._children_due):
+            self._check_deadlines(now)
         for service in self._services:
             with FaultBarrier("loop", "a pass of %s", type(service).__name__):
                 service.on_pass(now)
@@ -227,12 +238,17 @@ class Root:
                 with FaultBarrier("factory", "its tick"):
                     for child_id, msg in self.app.tick(may_start):
                         self.send(child_id, msg)
-        # Once per pass, for the title and systemd's status alike: a pass comes
-        # with nearly every message of a pool under turnover.
-        summary = self.summary()
-        self._update_title(now, summary)
+        if stopping or self._summary_at is None or now >= self._summary_at:
+            # For the title and systemd's status alike.
+            summary = self.summary()
+            self._update_title(now, summary)
+            if not stopping:
+                self.notifier.status(summary, now)
+            self._summary_at = now + SUMMARY_MIN_SECONDS
+            self._summary_waits = False
+        else:
+            self._summary_waits = True
         if not stopping:
-            self.notifier.status(summary, now)
             # Only a pass that got this far is healthy enough to pet the watchdog.
             self.notifier.watchdog(now)
         self._wake_at = self._next_wake(now)
@@ -240,16 +256,11 @@ class Root:
     def _next_wake(self, now):
         """The earliest deadline of anything the loop watches (monotonic)."""
         deadlines = [now + MAX_IDLE_WAIT]
-        for child_id, live in self.live.items():
-            leaf = self.tree.leaves[child_id]
-            if live.kill_at is not None:
-                deadlines.append(live.kill_at)
-            elif leaf.state is not ChildState.STOPPING:
-                deadlines.append(live.last_seen + leaf.spec.heartbeat_timeout)
-                if live.state_deadline is not None:
-                    deadlines.append(live.state_deadline + leaf.spec.heartbeat_timeout)
-        for deadline in (self.tree.next_deadline(), self.notifier.next_watchdog(),
-                         self._reload_at):
+        if self._children_changed:
+            # A child's deadline moved while the children were being looked at.
+            deadlines.append(now)
+        for deadline in (self._children_due, self._summary_at if self._summary_waits else None,
+                         self.tree.next_deadline(), self.notifier.next_watchdog(), self._reload_at):
             if deadline is not None:
                 deadlines.append(deadline)
         for service in self._services:
@@ -354,6 +365,7 @@ class Root:
         self.by_pid[live.pid] = child_id
         self.selector.register(live.channel, selectors.EVENT_READ, ("channel", child_id))
         live.registered = True
+        self._children_changed = True
         if live.pidfd is not None:
             self.selector.register(live.pidfd, selectors.EVENT_READ, ("pidfd", child_id))
         self.tree.started(child_id, live.pid)
@@ -408,6 +420,7 @@ class Root:
         else:
             self.processes.signal(live.pid, signal.SIGTERM)
             live.kill_at = now + spec.shutdown
+        self._children_changed = True
         self.emit("stop", child=child_id, pid=live.pid)
 
     def _on_channel(self, child_id):
@@ -445,6 +458,7 @@ class Root:
             if msg.deadline != live.state_deadline:
                 # A new deadline may fall before the wake-up planned without it.
                 self._busy = True
+                self._children_changed = True
             live.state, live.state_deadline = msg.state, msg.deadline
         elif isinstance(msg, messages.StateReport):
             self.reports[child_id] = msg
@@ -491,31 +505,53 @@ class Root:
         self._watch_output(child_id, live)
 
     def _check_deadlines(self, now):
+        """Kill the children past their deadlines; note the earliest deadline of those left."""
+        self._children_changed = False
+        earliest = None
         for child_id, live in list(self.live.items()):
-            leaf = self.tree.leaves[child_id]
-            if live.kill_at is not None:
-                if now >= live.kill_at:
-                    log.warning("%s (pid %d) still running after its shutdown budget: SIGKILL",
-                                child_id, live.pid)
-                    self.processes.signal(live.pid, signal.SIGKILL)
-                    self.emit("kill", child=child_id, pid=live.pid)
-                    live.kill_at = now + 3600  # already killed; wait for the reap
-                continue
-            if leaf.state is ChildState.STOPPING:
-                continue
-            silent = now - live.last_seen
-            overdue = overdue_by(live.state_deadline, now, leaf.spec.heartbeat_timeout)
-            if silent > leaf.spec.heartbeat_timeout:
-                log.error("%s (pid %d) silent for %.1fs (limit %.1fs): killing it",
-                          child_id, live.pid, silent, leaf.spec.heartbeat_timeout)
-                self.emit("hung", child=child_id, pid=live.pid)
-                self._execute(self.tree.fail(child_id, f"no heartbeat for {silent:.1f}s"))
-            elif overdue is not None:
-                # Heartbeats without progress: the loop turns, the state does not move.
-                log.error("%s (pid %d) still %s %.1fs past the deadline its heartbeats carry (margin %.1fs): "
-                          "killing it", child_id, live.pid, live.state, overdue, leaf.spec.heartbeat_timeout)
-                self.emit("hung", child=child_id, pid=live.pid, state=live.state)
-                self._execute(self.tree.fail(child_id, f"{live.state} {overdue:.1f}s past its deadline"))
+            self._check_child(child_id, live, now)
+            deadline = self._child_deadline(live, self.tree.leaves[child_id])
+            if deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        self._children_due = earliest
+
+    @staticmethod
+    def _child_deadline(live, leaf):
+        """When the child must have been heard from, or have ended (None: nothing due)."""
+        if live.kill_at is not None:
+            return live.kill_at
+        if leaf.state is ChildState.STOPPING:
+            return None
+        timeout = leaf.spec.heartbeat_timeout
+        if live.state_deadline is not None:
+            return min(live.last_seen, live.state_deadline) + timeout
+        return live.last_seen + timeout
+
+    def _check_child(self, child_id, live, now):
+        leaf = self.tree.leaves[child_id]
+        if live.kill_at is not None:
+            if now >= live.kill_at:
+                log.warning("%s (pid %d) still running after its shutdown budget: SIGKILL",
+                            child_id, live.pid)
+                self.processes.signal(live.pid, signal.SIGKILL)
+                self.emit("kill", child=child_id, pid=live.pid)
+                live.kill_at = now + 3600  # already killed; wait for the reap
+            return
+        if leaf.state is ChildState.STOPPING:
+            return
+        silent = now - live.last_seen
+        overdue = overdue_by(live.state_deadline, now, leaf.spec.heartbeat_timeout)
+        if silent > leaf.spec.heartbeat_timeout:
+            log.error("%s (pid %d) silent for %.1fs (limit %.1fs): killing it",
+                      child_id, live.pid, silent, leaf.spec.heartbeat_timeout)
+            self.emit("hung", child=child_id, pid=live.pid)
+            self._execute(self.tree.fail(child_id, f"no heartbeat for {silent:.1f}s"))
+        elif overdue is not None:
+            # Heartbeats without progress: the loop turns, the state does not move.
+            log.error("%s (pid %d) still %s %.1fs past the deadline its heartbeats carry (margin %.1fs): "
+                      "killing it", child_id, live.pid, live.state, overdue, leaf.spec.heartbeat_timeout)
+            self.emit("hung", child=child_id, pid=live.pid, state=live.state)
+            self._execute(self.tree.fail(child_id, f"{live.state} {overdue:.1f}s past its deadline"))
 
     def _reap(self):
         now = self.clock()

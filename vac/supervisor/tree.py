@@ -187,6 +187,9 @@ class Tree:
         self._index_nodes(self.top)
         self.degraded_since = None
         self.shutting_down = False
+        # next_deadline() as last worked out; any event that may change it forgets it.
+        self._next_at = None
+        self._next_known = False
 
     def _index_nodes(self, node):
         self.nodes[node.id] = node
@@ -198,6 +201,7 @@ class Tree:
 
     def start(self, now):
         """Start every child, in tree order."""
+        self._next_known = False
         return [self._start(leaf, now) for leaf in self.top.leaves()]
 
     def started(self, child_id, pid):
@@ -214,6 +218,7 @@ class Tree:
         leaf = self.leaves[child_id]
         if leaf.state not in ALIVE:
             return []
+        self._next_known = False
         leaf.failure = reason
         if leaf.state is ChildState.STOPPING:
             return []
@@ -222,6 +227,7 @@ class Tree:
     def exited(self, child_id, exit_status, now):
         """A child process ended; return the actions that follow."""
         leaf = self.leaves[child_id]
+        self._next_known = False
         failed = leaf.failure is not None
         leaf.pid = None
         leaf.last_exit = exit_status
@@ -254,7 +260,15 @@ class Tree:
         return self._restart_in(leaf.parent, leaf, now, decision.at)
 
     def due(self, now):
-        """Restarts whose time has come (backoff over, breaker closed, group stopped)."""
+        """Restarts whose time has come (backoff over, breaker closed, group stopped).
+
+        Nothing is, before next_deadline() and with no event since it was
+        worked out, and then no member is looked at (DEGRADED is left by
+        time alone, so a degraded tree is always looked at).
+        """
+        if self._next_known and self.degraded_since is None and (self._next_at is None or now < self._next_at):
+            return []
+        self._next_known = False
         actions = []
         for leaf in self.top.leaves():
             if leaf.state is ChildState.BACKOFF and leaf.restart_at <= now:
@@ -271,19 +285,24 @@ class Tree:
 
     def next_deadline(self):
         """The earliest time due() may have something to do, or None."""
+        if self._next_known:
+            return self._next_at
         times = [leaf.restart_at for leaf in self.leaves.values()
                  if leaf.state is ChildState.BACKOFF and leaf.restart_at is not None]
         # A group still waiting for its members to stop is woken by their exits.
         times += [node.pending_at for node in self.nodes.values()
                   if node.pending_group is not None and not any(
                       leaf.state in ALIVE for member in node.pending_group for leaf in member.leaves())]
-        return min(times) if times else None
+        self._next_at = min(times) if times else None
+        self._next_known = True
+        return self._next_at
 
     def reset(self, child_id, now):
         """Operator reset: a FATAL child gets a clean record and starts again."""
         leaf = self.leaves[child_id]
         if leaf.state is not ChildState.FATAL:
             return []
+        self._next_known = False
         leaf.failed_starts = 0
         leaf.state = ChildState.BACKOFF
         leaf.restart_at = now
@@ -293,6 +312,7 @@ class Tree:
     def shutdown_phases(self):
         """Stop order: later members first; a pool's children all at once."""
         self.shutting_down = True
+        self._next_known = False
         phases = []
 
         def visit(node):
