@@ -534,6 +534,33 @@ def test_engine_requests_take_no_credentials_or_proxies_from_the_environment(run
     assert runtime._client().version()["ApiVersion"]
 
 
+@pytest.mark.docker
+def test_a_machine_s_engine_calls_go_straight_to_the_adapter_with_the_sdk_s_headers(runtime, busybox_image,
+                                                                                  factory_label, tmp_path,
+                                                                                  monkeypatch):
+    def merged_by_the_session(*args, **kwargs):
+        raise AssertionError("a request went through requests' Session.request")
+
+    runtime.find(factory_label)     # the API version is learnt first
+    sent = []
+    adapter = runtime._client().get_adapter(url=runtime._client().base_url)
+    send = adapter.send
+    monkeypatch.setattr(adapter, "send", lambda request, **kwargs: sent.append(request) or send(request, **kwargs))
+    monkeypatch.setattr(requests.Session, "request", merged_by_the_session)
+    handle = run_machine(runtime, machine_request(tmp_path, factory_label, "exit 0\n"))
+    assert runtime.wait(handle, time.monotonic() + 30).exit_code == 0
+    runtime.stats(handle)
+    runtime.remove(handle)
+    assert runtime.find(factory_label) == []
+
+    [create] = [request for request in sent if "/containers/create" in request.url]
+    assert create.method == "POST" and create.url.endswith(f"/containers/create?name={handle.name}")
+    assert create.headers["Content-Type"] == "application/json" and '"Image"' in create.body
+    [remove] = [request for request in sent if request.method == "DELETE"]
+    assert remove.url.endswith(f"/containers/{handle.id}?v=True&link=False&force=True")
+    assert all(request.headers["User-Agent"].startswith("docker-sdk-python/") for request in sent)
+
+
 def _sockets_open():
     return len(psutil.Process().net_connections(kind="unix"))
 
