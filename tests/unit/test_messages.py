@@ -270,12 +270,25 @@ def test_values_at_their_bounds_pass():
     ({"n": 2**64}, "beyond 64 bits"),
     ({"n": -2**63 - 1}, "beyond 64 bits"),
     ({1: "int key"}, "map key of type int"),
+    ({"\ud800": "a key that is no Unicode"}, "not valid Unicode"),
+    ({"k" * (MAX_TEXT_CHARS + 1): "a key too long"}, "characters"),
+    ({"m": {"n": {("t",): 1}}}, "map key of type tuple"),
     ({"s": {1, 2}}, "set, which is not plain data"),
     ({"o": object()}, "not plain data"),
 ])
 def test_what_msgpack_could_not_carry_or_the_peer_could_not_decode_is_refused_in_the_sender(detail, why):
     with pytest.raises(Unencodable, match=why):
         encode(StateReport(child_id="slot-00", state="s", detail=detail))
+
+
+def test_plain_values_of_every_kind_and_subclass_pass():
+    class Name(str):
+        pass
+
+    detail = {"text": "é", Name("sub"): Name("value"), b"key": b"bytes", "n": [1, 2.5, None, True, (3, "x")],
+              "deep": {"k": {"l": "m"}}, "empty": {}}
+    msg = StateReport(child_id="slot-00", state="s", detail=detail)
+    assert decode(encode(msg)) == msg
 
 
 def test_a_message_declares_its_bounds_per_field_and_only_for_its_fields():

@@ -131,7 +131,36 @@ def _fields_problem(cls, fields):
 
 
 def _plain_problem(value, bounds, depth):
-    """Why `value` is not plain data within `bounds`, or None (pure, bounded recursion)."""
+    """Why `value` is not plain data within `bounds`, or None (pure, bounded recursion).
+
+    Strings and maps of the exact types come first: the messages of a
+    machine's life hold hundreds of them, in the root and in its slot.
+    """
+    kind = type(value)
+    if kind is str:
+        if len(value) > bounds.max_chars or not value.isascii():
+            return _value_problem(value, bounds, depth)
+        return None
+    if kind is dict:
+        if depth >= bounds.max_depth or len(value) > bounds.max_items:
+            return _value_problem(value, bounds, depth)
+        for key, item in value.items():
+            if type(key) is not str or len(key) > bounds.max_chars or not key.isascii():
+                problem = _value_problem(key, bounds, depth + 1, map_key=True)
+                if problem is not None:
+                    return problem
+            problem = _plain_problem(item, bounds, depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    return _value_problem(value, bounds, depth)
+
+
+def _value_problem(value, bounds, depth, map_key=False):
+    """_plain_problem for every kind of value; with map_key, `value` is a map's key."""
+    if map_key and not isinstance(value, (str, bytes)):
+        # The receiving side decodes with strict map keys: strings (or bytes) only.
+        return f"a map key of type {type(value).__name__}"
     if value is None or isinstance(value, (bool, float)):
         return None
     if isinstance(value, int):
