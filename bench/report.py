@@ -60,6 +60,19 @@ def print_targets(targets):
         print(f"target: {description}: {'met' if met else 'NOT MET'} ({measured})")
 
 
+def settle(max_load, max_seconds):
+    """Wait until the 1-minute load average is at most `max_load`, for `max_seconds` at the most.
+
+    A bench that follows another (as under `make bench`) would otherwise
+    begin while the last one's containers still wind down. Returns
+    (seconds waited, load then).
+    """
+    began = time.monotonic()
+    while os.getloadavg()[0] > max_load and time.monotonic() - began < max_seconds:
+        time.sleep(5.0)
+    return time.monotonic() - began, os.getloadavg()[0]
+
+
 def host_facts():
     """What the figures depend on: CPU count, load, kernel, Python."""
     return {
