@@ -361,6 +361,14 @@ def test_an_unreachable_engine_is_reported_while_the_worker_keeps_heartbeating(t
         worker.kill()
 
 
+def placed_through(engine_proxy, workers, tmp_state_dir, factory_label, template, then):
+    """A worker that reaches the engine through `engine_proxy`, placed a machine that runs `then`: (worker, uuid)."""
+    worker = workers(docker_url=engine_proxy.url)
+    place_msg = machine_place(tmp_state_dir, factory_label, template, then)
+    worker.send(place_msg)
+    return worker, place_msg.machine["uuid"]
+
+
 def history_of(state_dir, uuid):
     [span] = [m for m in history.machines_between(state_dir, 0, time.time() + 3600) if m.uuid == uuid] or [None]
     return span
@@ -373,6 +381,9 @@ def cpu_seconds(pid):
 
 # An engine slow to answer statistics, as just after a dockerd restart.
 STATS_REQUEST = r"^GET /v[0-9.]+/containers/[0-9a-f]+/stats"
+START_REQUEST = r"^POST /v[0-9.]+/containers/[0-9a-f]+/start"
+# Every request about one container: its creation, and each call on its id.
+CONTAINER_REQUEST = r"^[A-Z]+ /v[0-9.]+/containers/(create|[0-9a-f]{64}([/?]|$))"
 STATS_HELD_SECONDS = 7.0
 
 
@@ -380,10 +391,7 @@ STATS_HELD_SECONDS = 7.0
 def test_a_wall_clock_limit_falling_due_while_a_stats_call_hangs_ends_and_accounts_the_machine(
         busybox_image, docker_client, factory_label, tmp_state_dir, template, workers, engine_proxy):
     slow_stats = engine_proxy.hold(STATS_REQUEST, seconds=STATS_HELD_SECONDS)
-    worker = workers(docker_url=engine_proxy.url)
-    place_msg = machine_place(tmp_state_dir, factory_label, template, SLEEP)
-    uuid = place_msg.machine["uuid"]
-    worker.send(place_msg)
+    worker, uuid = placed_through(engine_proxy, workers, tmp_state_dir, factory_label, template, SLEEP)
     worker.state("running")
     began, cpu_before = time.monotonic(), cpu_seconds(worker.pid)
 
@@ -413,17 +421,11 @@ def test_a_wall_clock_limit_falling_due_while_a_stats_call_hangs_ends_and_accoun
     assert used < 0.25 * elapsed, f"the worker used {used:.1f} s of CPU in {elapsed:.1f} s"
 
 
-START_REQUEST = r"^POST /v[0-9.]+/containers/[0-9a-f]+/start"
-
-
 @pytest.mark.docker
 def test_a_worker_killed_while_its_container_starts_leaves_a_machine_accounted_from_the_engine_s_start(
         busybox_image, docker_client, factory_label, tmp_state_dir, template, workers, engine_proxy):
     start_answer = engine_proxy.hold(START_REQUEST, count=1)
-    first = workers(docker_url=engine_proxy.url)
-    place_msg = machine_place(tmp_state_dir, factory_label, template, WAIT_FOR_GO)
-    uuid = place_msg.machine["uuid"]
-    first.send(place_msg)
+    first, uuid = placed_through(engine_proxy, workers, tmp_state_dir, factory_label, template, WAIT_FOR_GO)
 
     held = start_answer.wait_held()   # the engine has been asked to start it; the worker waits for the answer
     first.kill()
@@ -449,18 +451,11 @@ def test_a_worker_killed_while_its_container_starts_leaves_a_machine_accounted_f
     assert (span.started_at, span.ended_at, span.shutdown_code) == (engine_started, finished.ended_at, 200)
 
 
-# Every request about one container: its creation, and each call on its id.
-CONTAINER_REQUEST = r"^[A-Z]+ /v[0-9.]+/containers/(create|[0-9a-f]{64}([/?]|$))"
-
-
 @pytest.mark.docker
 def test_a_machine_s_life_takes_five_engine_calls_and_is_accounted_from_the_engine_s_start(
         busybox_image, docker_client, factory_label, tmp_state_dir, template, workers, engine_proxy):
     calls = engine_proxy.hold(CONTAINER_REQUEST, seconds=0)
-    worker = workers(docker_url=engine_proxy.url)
-    place_msg = machine_place(tmp_state_dir, factory_label, template, WAIT_FOR_GO)
-    uuid = place_msg.machine["uuid"]
-    worker.send(place_msg)
+    worker, uuid = placed_through(engine_proxy, workers, tmp_state_dir, factory_label, template, WAIT_FOR_GO)
     out = joboutputs(tmp_state_dir, uuid)
     wait_for_file(out / "ready")
     [container] = labelled(docker_client, factory_label)

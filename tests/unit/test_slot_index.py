@@ -171,15 +171,23 @@ def test_the_next_machine_of_a_slot_removes_its_done_predecessor_from_the_index(
     assert first["uuid"] != second["uuid"]
 
 
-def test_a_crash_while_the_index_is_completed_reads_every_record_again(world, monkeypatch):
+def _placed_without_index(world):
+    """A running machine in a slot whose index is gone (as after an upgrade): its spec."""
     world.boot()
     spec = world.place()
     _without_index(world)
+    return spec
 
-    def crash(*args):
-        raise RuntimeError("the worker died here")
 
-    monkeypatch.setattr(layout, "create_atomic", crash)
+def _raising(error):
+    def fail(*args):
+        raise error
+    return fail
+
+
+def test_a_crash_while_the_index_is_completed_reads_every_record_again(world, monkeypatch):
+    spec = _placed_without_index(world)
+    monkeypatch.setattr(layout, "create_atomic", _raising(RuntimeError("the worker died here")))
     with pytest.raises(RuntimeError, match="died here"):
         world.boot()
     monkeypatch.undo()
@@ -192,14 +200,8 @@ def test_a_crash_while_the_index_is_completed_reads_every_record_again(world, mo
 
 
 def test_an_index_that_cannot_be_written_leaves_the_scan_to_every_record(world, monkeypatch):
-    world.boot()
-    spec = world.place()
-    _without_index(world)
-
-    def refuse(*args):
-        raise PermissionError("read-only")
-
-    monkeypatch.setattr(slot_steps, "complete_index", refuse)
+    spec = _placed_without_index(world)
+    monkeypatch.setattr(slot_steps, "complete_index", _raising(PermissionError("read-only")))
     world.boot()
 
     assert world.slot.state.value == "running" and world.slot.machine.uuid == spec["uuid"]
