@@ -434,10 +434,10 @@ def _engine_client(**options) -> docker.APIClient:
     """An API client that takes nothing from the environment and keeps its connections.
 
     The engine's API is never sent through an HTTP proxy or given .netrc
-    credentials, and without the look-ups every request made for them each
-    call costs about a third less CPU; each request goes straight to its
-    adapter (_EngineClient). On a Unix socket, one pool serves every
-    request (_OnePoolUnixAdapter).
+    credentials; without requests looking them up, each call cost about a
+    third less CPU. Each request goes straight to its adapter
+    (_EngineClient). On a Unix socket, one pool serves every request
+    (_OnePoolUnixAdapter).
     """
     client = _EngineClient(**options)
     client.trust_env = False

@@ -235,7 +235,10 @@ class SingularityRuntime:
         return self._handle(folder, meta)
 
     def start(self, handle: ContainerHandle) -> ContainerHandle:
-        """Start the launcher (a no-op for a machine whose launcher was started already); the handle, with its start time."""
+        """Start the launcher (a no-op for a machine whose launcher was started already).
+
+        Returns the handle, with the start time the launcher reported.
+        """
         folder, meta = self._meta(handle.id)
         if (folder / LAUNCHER_PID_FILE).exists() or (folder / STARTED_FILE).exists():
             log.info("Singularity machine %s was started already", handle.id)
