@@ -19,6 +19,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "contrib", "demo"))
 from busybox_image import ImageBuildError, ensure_image  # noqa: E402
 
+import run_owner  # noqa: E402
+
 IMAGE = "vac-bench-busybox:latest"
 # Every container a bench starts itself (the plain loops) carries this label
 # with the run's id; vac's carry vac.factory.
@@ -195,12 +197,15 @@ def cleanup(docker_client, label):
 
 
 def remove_leftovers(docker_client):
-    """Remove containers an interrupted bench run left: bench factories and plain runs."""
+    """Remove containers an interrupted bench run left: bench factories and plain runs.
+
+    A run whose process still lives (a bench running beside this one) is left alone (run_owner.py).
+    """
     removed = 0
-    for container in docker_client.api.containers(all=True, filters={"label": ["vac.factory"]}):
-        if (container.get("Labels") or {}).get("vac.factory", "").startswith(LEFTOVER_FACTORY_PREFIX):
-            removed += remove_containers(docker_client, f"vac.factory={container['Labels']['vac.factory']}")
-    for container in docker_client.api.containers(all=True, filters={"label": [BENCH_LABEL]}):
-        if (container.get("Labels") or {}).get(BENCH_LABEL, "").startswith(LEFTOVER_RUN_PREFIX):
-            removed += remove_containers(docker_client, f"{BENCH_LABEL}={container['Labels'][BENCH_LABEL]}")
+    for label, prefix in (("vac.factory", LEFTOVER_FACTORY_PREFIX), (BENCH_LABEL, LEFTOVER_RUN_PREFIX)):
+        runs = {(container.get("Labels") or {}).get(label, "")
+                for container in docker_client.api.containers(all=True, filters={"label": [label]})}
+        for run in sorted(runs):
+            if run.startswith(prefix) and not run_owner.alive(run):
+                removed += remove_containers(docker_client, f"{label}={run}")
     return removed

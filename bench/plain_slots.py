@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from docker.types import Mount
 
+import run_owner
 from engine_events import BENCH_LABEL, BENCH_SLOT_LABEL, ENGINE_ERRORS
 
 MEMORY_BYTES = 256 * 1024 * 1024
@@ -32,6 +33,7 @@ class PlainSlots:
         self.api = docker_client.api
         self.image = image
         self.run_id = f"plain-{uuid.uuid4().hex[:12]}"
+        run_owner.claim(self.run_id)
         self.label = f"{BENCH_LABEL}={self.run_id}"
         self.dir = tempfile.mkdtemp(prefix="vac-bench-plain-")
         self.user_data = user_data
@@ -146,3 +148,4 @@ class PlainSlots:
 
     def remove_dir(self):
         shutil.rmtree(self.dir, ignore_errors=True)
+        run_owner.release(self.run_id)

@@ -21,6 +21,8 @@ import uuid
 
 import psutil
 
+import run_owner
+
 LOG_TAIL_CHARS = 4000
 APPLIED_LINE = "configuration applied:"
 # vacd's log lines start with a local time stamp to the millisecond.
@@ -50,6 +52,7 @@ class VacdFactory:
     def __init__(self, kind, *, slots, machinetypes, settings=None):
         """machinetypes: {name: (options dict, user_data text)}; settings: extra [settings] options."""
         self.factory_name = unique_factory_name(kind)
+        run_owner.claim(self.factory_name)
         self.label = f"vac.factory={self.factory_name}"
         self.slots = slots
         self.dir = tempfile.mkdtemp(prefix=f"vac-bench-{kind}-")
@@ -234,6 +237,7 @@ class VacdFactory:
 
     def remove_dir(self):
         shutil.rmtree(self.dir, ignore_errors=True)
+        run_owner.release(self.factory_name)
 
 
 # A machine that ends at once with 200: the turnover benchmarks' payload.
