@@ -458,6 +458,7 @@ def test_a_machine_s_life_takes_five_engine_calls_and_is_accounted_from_the_engi
     worker, uuid = placed_through(engine_proxy, workers, tmp_state_dir, factory_label, template, WAIT_FOR_GO)
     out = joboutputs(tmp_state_dir, uuid)
     wait_for_file(out / "ready")
+    worker.state("running")         # reported once the running record is written (the payload may be quicker)
     [container] = labelled(docker_client, factory_label)
     engine_started = parse_docker_time(container.attrs["State"]["StartedAt"])
     running = read_record(MachinePaths.for_machine(tmp_state_dir, uuid))
