@@ -73,8 +73,11 @@ def value(site, machine, directory, key):
 
 def mjf_pid(daemon):
     for process in psutil.Process(daemon.proc.pid).children():
-        if " ".join(process.cmdline()).startswith("vacd: mjf"):
-            return process.pid
+        try:
+            if " ".join(process.cmdline()).startswith("vacd: mjf"):
+                return process.pid
+        except psutil.NoSuchProcess:
+            continue   # a child that ended between the listing and the look (the killed one, being reaped)
     return None
 
 
